@@ -1,0 +1,35 @@
+# crossmodal_jax: `make demo` trains the embedded default end to end; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/vqdit_img
+CONFIG ?= configs/vqdit_img.py
+
+.PHONY: demo test lint format install clean
+
+# Virtual environment with the package and its test extras; redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m crossmodal_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
+	@echo "Artifacts in $(WORKDIR): samples.png, metrics.json, tokenizer/ and generator/ (TensorBoard: $(VENV)/bin/tensorboard --logdir $(WORKDIR) if installed)"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check crossmodal_jax configs tests benchmarks
+	$(VENV)/bin/ruff format --check crossmodal_jax configs tests benchmarks
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format crossmodal_jax configs tests benchmarks
+	$(VENV)/bin/ruff check --fix crossmodal_jax configs tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

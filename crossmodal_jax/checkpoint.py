@@ -1,0 +1,87 @@
+"""Orbax checkpoints of one stage: {train state, data iterator}; restore-or-init with fallback.
+
+Each stage keeps its own manager under `<workdir>/<stage>/checkpoints`. Saves are asynchronous (training
+continues while arrays are written) and atomic (orbax writes to a temporary directory and renames), so a
+killed run never leaves a half-written step behind. Restores go into a target tree of `ShapeDtypeStruct`s
+with shardings, so a run restores onto whatever mesh it has now.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing a tree of arrays, as an orbax restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree,
+    )
+
+
+class StageCheckpointer:
+    """Saves and restores (state, data iterator) of one stage."""
+
+    def __init__(self, directory: str, *, keep: int, save_every: int):
+        self.directory = os.path.abspath(directory)
+        self.save_every = save_every
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=True,
+                # Only whole steps count: a step whose directory is still temporary is invisible.
+                cleanup_tmp_directories=True,
+            ),
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: Any | None = None, *, force: bool = False):
+        """Save if `step` is on the interval (or forced); returns whether a save started."""
+        if not force and (self.save_every <= 0 or step % self.save_every):
+            return False
+        if step in self.manager.all_steps():
+            return False
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, abstract_state: Any, data_iter: Any | None = None) -> tuple[int, Any] | None:
+        """Restore the newest readable step into `abstract_state` (and `data_iter` in place).
+
+        orbax's `latest_step()` does not skip a broken step, so try steps newest first and fall back.
+        Returns (step, state), or None when there is nothing to restore.
+        """
+        for step in reversed(self.all_steps()):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if data_iter is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as e:  # noqa: BLE001 - any unreadable step falls back to an older one
+                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                            step, self.directory, str(e).splitlines()[0][:200])
+                continue
+            return step, restored["state"]
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

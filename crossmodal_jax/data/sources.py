@@ -1,0 +1,217 @@
+"""Dataset registry and ArrayRecord cache: random-access sources that grain can read.
+
+Each embedded dataset is generated once, deterministically, and written as one ArrayRecord file per
+split under ``<data_dir>/<name>/<version>/``. The version directory is built in a temporary
+sibling and renamed into place, so a crashed or concurrent build never leaves a half-written cache
+that a later run would trust: if the directory exists, it is complete.
+
+Records are msgpack maps; numpy values travel as ``{dtype, shape, data}`` so dtypes survive exactly.
+We write ArrayRecord directly rather than through a tfds builder: same file format, no tfds
+DatasetInfo/metadata machinery, and nothing that could pull in tensorflow.
+"""
+
+import dataclasses
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import msgpack
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from crossmodal_jax.data import digits
+
+DATA_DIR_ENV = "CROSSMODAL_DATA_DIR"
+_ND_KEY = "__nd__"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How to build one embedded dataset."""
+
+    name: str
+    version: str  # part of the cache path: bump it when records change
+    splits: tuple[str, ...]
+    generate: Callable[[str], list[dict]]  # split -> records in order
+    image_max_value: int  # raw pixel value meaning "full ink/intensity"; pipelines scale by it
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        name=digits.NAME,
+        version=digits.VERSION,
+        splits=digits.SPLITS,
+        generate=digits.generate_split,
+        image_max_value=digits.IMAGE_MAX_VALUE,
+    ),
+}
+
+
+def default_data_dir() -> Path:
+    """``$CROSSMODAL_DATA_DIR``, else ``~/.cache/crossmodal_jax/datasets``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/crossmodal_jax/datasets").expanduser()
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registry entry of ``name``; one-line ValueError if unknown."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def _check_split(spec: DatasetSpec, split: str) -> None:
+    if split not in spec.splits:
+        raise ValueError(
+            f"unknown split '{split}' for dataset '{spec.name}'; "
+            f"available: {', '.join(spec.splits)}"
+        )
+
+
+# --- record codec ---------------------------------------------------------------------------------
+
+
+def _pack_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        arr = np.asarray(value)
+        return {
+            _ND_KEY: True,
+            "dtype": arr.dtype.str,
+            "shape": list(arr.shape),
+            "data": arr.tobytes(),
+        }
+    if isinstance(value, bytes | str | int | float):
+        return value
+    raise TypeError(f"cannot serialize record value of type {type(value).__name__}")
+
+
+def _unpack_value(value: Any) -> Any:
+    if isinstance(value, dict) and value.get(_ND_KEY):
+        arr = np.frombuffer(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+        # Copy: frombuffer arrays are read-only views, which surprises in-place transforms.
+        return arr[()] if arr.ndim == 0 else arr.copy()
+    return value
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """Serializes a record dict (numpy arrays/scalars, bytes, str, int, float) to bytes."""
+    return msgpack.packb({k: _pack_value(v) for k, v in record.items()}, use_bin_type=True)
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+    """Inverse of ``encode_record``: numpy values come back with their dtype and shape."""
+    packed = msgpack.unpackb(data, raw=False)
+    return {k: _unpack_value(v) for k, v in packed.items()}
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+
+def _split_file(version_dir: Path, split: str) -> Path:
+    return version_dir / f"{split}.array_record"
+
+
+def _write_split(path: Path, records: Sequence[dict]) -> None:
+    # group_size:1 makes every record its own chunk: cheapest random access, which shuffling needs.
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    try:
+        for record in records:
+            writer.write(encode_record(record))
+    finally:
+        writer.close()
+
+
+def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Builds the cache of dataset ``name`` unless present; returns its version directory.
+
+    Safe against concurrent builders (several processes of one job): each writes its own temporary
+    directory, the first rename wins, the others discard theirs.
+    """
+    spec = get_spec(name)
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    version_dir = root / spec.name / spec.version
+    if version_dir.is_dir():
+        return version_dir
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = version_dir.parent / f".tmp-{spec.version}-{os.getpid()}-{uuid.uuid4().hex}"
+    tmp_dir.mkdir()
+    try:
+        for split in spec.splits:
+            _write_split(_split_file(tmp_dir, split), spec.generate(split))
+        try:
+            os.rename(tmp_dir, version_dir)
+        except OSError:
+            # Lost the race to another builder: its directory is complete, so use it.
+            if not version_dir.is_dir():
+                raise
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return version_dir
+
+
+class RecordSource:
+    """Random-access source over one cached split (grain ``RandomAccessDataSource`` protocol).
+
+    ``source[i]`` is a record dict. Picklable by path, so grain worker processes reopen the file
+    instead of inheriting a reader.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self._path = str(path)
+        self._reader = grain.sources.ArrayRecordDataSource([self._path])
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return decode_record(self._reader[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        # Batched read: grain calls this when present, one reader call per batch.
+        return [decode_record(r) for r in self._reader.__getitems__(list(indices))]
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"path": self._path}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"RecordSource({self._path!r}, len={len(self)})"
+
+
+def get_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> RecordSource:
+    """A grain-compatible random-access source of ``name``/``split``; builds the cache if needed."""
+    spec = get_spec(name)
+    _check_split(spec, split)
+    return RecordSource(_split_file(prepare(name, data_dir), split))
+
+
+def load_arrays(
+    name: str, split: str, data_dir: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
+    """Every record of a split stacked, in order, for evaluation code.
+
+    ``bytes`` fields (captions) become object arrays of ``str``; numpy fields are stacked.
+    """
+    source = get_source(name, split, data_dir)
+    records = source.__getitems__(range(len(source)))
+    if not records:
+        raise ValueError(f"dataset '{name}' split '{split}' is empty")
+    out: dict[str, np.ndarray] = {}
+    for key in records[0]:
+        values = [r[key] for r in records]
+        if isinstance(values[0], bytes):
+            arr = np.empty((len(values),), dtype=object)
+            arr[:] = [v.decode("utf-8") for v in values]
+            out[key] = arr
+        else:
+            out[key] = np.stack([np.asarray(v) for v in values])
+    return out

@@ -1,0 +1,82 @@
+"""Train every stage a config names, resuming from the workdir.
+
+  python -m crossmodal_jax.main --config=configs/vqdit_img.py --workdir=runs/vqdit_img
+  python -m crossmodal_jax.main --config=configs/vqdit_img.py:smoke --workdir=/tmp/smoke \
+      --config.generator.train.steps=20
+
+Multi-process (TPU pods, SLURM, or `launch/local_multiprocess.sh`): pass --coordinator_address,
+--num_processes and --process_id, or let `jax.distributed.initialize()` read them from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from crossmodal_jax.errors import UserError, fail, last_line, one_line
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/vqdit_img.py[:smoke].", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with settings from the environment."
+)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where a bad config path or override key is one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.UnrecognizedFlagError as e:
+        name = getattr(e, "flagname", "") or ""
+        if name.startswith("config."):
+            fail(f"unknown config key {name[len('config.'):]!r} (see the config file's fields)")
+        fail(one_line(e))
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+        fail(f"bad --config: {last_line(e)}")
+    return []
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        fail("both --config=configs/<task>.py and --workdir=DIR are required")
+    import jax
+
+    if _COORDINATOR.value or _DISTRIBUTED.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [p{jax.process_index()}] %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
+    for noisy in ("absl", "orbax", "jax._src", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from crossmodal_jax import train
+
+    try:
+        train.run(_CONFIG.value, _WORKDIR.value)
+    except UserError as e:
+        fail(str(e))
+
+
+def run_main() -> None:
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run_main()

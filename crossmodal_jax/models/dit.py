@@ -1,0 +1,228 @@
+"""Diffusion Transformer with adaLN-Zero blocks (Peebles & Xie, 2023) and in-context conditions.
+
+The source modality arrives as token ids (UTF-8 bytes, class ids, VQ ids of another modality)
+with a 0/1 mask. They are embedded and placed in front of the patch tokens; all tokens share the
+adaLN-Zero blocks and attend jointly, with padded condition positions masked as keys. The adaLN
+vector is c = t_embedding + Dense(masked mean of the condition embeddings), or a learned null
+vector when an example's mask is all zero (classifier-free-guidance drop): such an example sees
+no condition token at all, so it is truly unconditional.
+
+Input embedding (`PatchEmbed`) and output head (`FinalLayer`) are separate modules so that a
+token-id target mode (embedding in, logits out) can replace them.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from crossmodal_jax.models.layers import (
+    Mlp,
+    SelfAttention,
+    TimestepEmbedder,
+    ZEROS,
+    dense,
+    embed,
+    modulate,
+    partitioned,
+    patchify,
+    sincos_2d,
+    unpatchify,
+)
+from crossmodal_jax.sharding import BATCH, EMBED, MLP, SEQ
+
+DIT_PRESETS: dict[str, dict[str, int]] = {
+    "S": dict(depth=12, hidden_size=384, num_heads=6),
+    "B": dict(depth=12, hidden_size=768, num_heads=12),
+    "L": dict(depth=24, hidden_size=1024, num_heads=16),
+    "XL": dict(depth=28, hidden_size=1152, num_heads=16),
+}
+
+TOKEN_AXES = (BATCH, SEQ, EMBED)
+
+
+def _layer_norm(dtype: jnp.dtype, name: str) -> nn.LayerNorm:
+    # No affine parameters: adaLN supplies the per-example scale and shift.
+    return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block; the identity at init (zero-initialised gates)."""
+
+    hidden_size: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x_BxLxD: jax.Array, c_BxD: jax.Array, key_mask_BxL: jax.Array | None = None
+    ) -> jax.Array:
+        mod_Bx6D = dense(
+            6 * self.hidden_size, (EMBED, MLP), dtype=self.dtype, kernel_init=ZEROS, name="adaLN"
+        )(nn.silu(c_BxD))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod_Bx6D, 6, -1)
+
+        h = modulate(_layer_norm(self.dtype, "norm1")(x_BxLxD), shift_msa, scale_msa)
+        h = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(h, key_mask_BxL)
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD + gate_msa[:, None, :] * h, TOKEN_AXES)
+
+        h = modulate(_layer_norm(self.dtype, "norm2")(x_BxLxD), shift_mlp, scale_mlp)
+        h = Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+        return nn.with_logical_constraint(x_BxLxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
+
+
+class PatchEmbed(nn.Module):
+    """Image/latent grid -> patch tokens (patchify + Dense == the p x p stride-p conv of DiT)."""
+
+    patch_size: int
+    hidden_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        tokens = patchify(x_BxHxWxC.astype(self.dtype), self.patch_size)
+        kernel_init = nn.initializers.xavier_uniform()
+        return dense(
+            self.hidden_size, (None, EMBED), dtype=self.dtype, kernel_init=kernel_init, name="proj"
+        )(tokens)
+
+
+class FinalLayer(nn.Module):
+    """adaLN (zero init) + Dense to p*p*C features per patch (zero init): the DiT output head."""
+
+    hidden_size: int
+    out_features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, c_BxD: jax.Array) -> jax.Array:
+        mod = dense(
+            2 * self.hidden_size, (EMBED, MLP), dtype=self.dtype, kernel_init=ZEROS, name="adaLN"
+        )(nn.silu(c_BxD))
+        shift, scale = jnp.split(mod, 2, axis=-1)
+        h = modulate(_layer_norm(self.dtype, "norm")(x_BxTxD), shift, scale)
+        return dense(
+            self.out_features, (EMBED, None), dtype=self.dtype, kernel_init=ZEROS, name="linear"
+        )(h)
+
+
+class ConditionEmbedder(nn.Module):
+    """Condition ids [B, L] + mask -> (condition tokens [B, L, D], pooled vector [B, D])."""
+
+    vocab_size: int
+    max_len: int
+    hidden_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+        length = ids_BxL.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"condition length {length} exceeds cond_len {self.max_len}")
+        d = self.hidden_size
+        std = nn.initializers.normal(0.02)
+        pos_LxD = self.param("pos_embed", partitioned(std, (None, EMBED)), (self.max_len, d))
+        type_D = self.param("type_embed", partitioned(std, (EMBED,)), (d,))
+        null_D = self.param("null_embed", partitioned(std, (EMBED,)), (d,))
+
+        tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(ids_BxL)
+        tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
+        tokens = nn.with_logical_constraint(tokens, TOKEN_AXES)
+
+        mask = mask_BxL.astype(jnp.float32)
+        count_B = jnp.sum(mask, axis=1)
+        pooled_BxD = jnp.einsum("bld,bl->bd", tokens.astype(jnp.float32), mask)
+        pooled_BxD = pooled_BxD / jnp.maximum(count_B, 1.0)[:, None]
+        pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(pooled_BxD)
+        vec_BxD = jnp.where((count_B > 0)[:, None], pooled_BxD, null_D.astype(self.dtype))
+        return tokens, vec_BxD
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer over a latent grid [B, h, w, C] with token-id conditions.
+
+    `__call__(x, t, cond_ids, cond_mask)` returns the eps/v prediction f32[B, h, w, C]. `t` is
+    in timestep units (see layers.timestep_embedding). `cond_ids=None` means no condition
+    (every example uses the null vector).
+    """
+
+    input_size: tuple[int, int]
+    in_channels: int
+    patch_size: int = 1
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    cond_vocab_size: int = 256
+    cond_len: int = 64
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        h, w = self.input_size
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch {p}")
+        self.grid = (h // p, w // p)
+        self.patch_embed = PatchEmbed(p, self.hidden_size, dtype=self.dtype)
+        self.cond_embed = ConditionEmbedder(
+            self.cond_vocab_size, self.cond_len, self.hidden_size, dtype=self.dtype
+        )
+        self.t_embed = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
+        self.blocks = [
+            DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, dtype=self.dtype)
+            for _ in range(self.depth)
+        ]
+        self.final_layer = FinalLayer(self.hidden_size, p * p * self.in_channels, dtype=self.dtype)
+
+    def embed_input(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        """Target -> tokens [B, T, D] with the fixed 2-D sin-cos position embedding."""
+        pos_TxD = jnp.asarray(sincos_2d(self.hidden_size, *self.grid), self.dtype)
+        tokens = self.patch_embed(x_BxHxWxC) + pos_TxD[None]
+        return nn.with_logical_constraint(tokens, TOKEN_AXES)
+
+    def output_head(self, tokens_BxTxD: jax.Array, c_BxD: jax.Array) -> jax.Array:
+        """Target tokens -> prediction f32[B, H, W, C]."""
+        out = self.final_layer(tokens_BxTxD, c_BxD)
+        return unpatchify(out, self.patch_size, self.grid).astype(jnp.float32)
+
+    def condition(
+        self, t_B: jax.Array, cond_ids_BxL: jax.Array | None, cond_mask_BxL: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """(adaLN vector c [B, D], condition tokens [B, L, D] or None, key mask or None)."""
+        t_vec = self.t_embed(jnp.asarray(t_B, jnp.float32).reshape(-1))
+        b = t_vec.shape[0]
+        if cond_ids_BxL is None:
+            # Parameters are shared with the conditional path: the null vector is the same one.
+            ids, mask = jnp.zeros((b, 1), jnp.int32), jnp.zeros((b, 1), jnp.float32)
+            _, vec = self.cond_embed(ids, mask)
+            return t_vec + vec, None, None
+        if cond_mask_BxL is None:
+            cond_mask_BxL = jnp.ones(cond_ids_BxL.shape, jnp.float32)
+        tokens, vec = self.cond_embed(cond_ids_BxL, cond_mask_BxL)
+        return t_vec + vec, tokens, cond_mask_BxL
+
+    def __call__(
+        self,
+        x_BxHxWxC: jax.Array,
+        t_B: jax.Array,
+        cond_ids_BxL: jax.Array | None = None,
+        cond_mask_BxL: jax.Array | None = None,
+        *,
+        train: bool = False,
+    ) -> jax.Array:
+        del train  # no dropout; kept so every model shares one call signature
+        c_BxD, cond_tokens, cond_mask = self.condition(t_B, cond_ids_BxL, cond_mask_BxL)
+        x_tokens = self.embed_input(x_BxHxWxC)
+        num_target = x_tokens.shape[1]
+        if cond_tokens is None:
+            h, key_mask = x_tokens, None
+        else:
+            h = jnp.concatenate([cond_tokens.astype(x_tokens.dtype), x_tokens], axis=1)
+            target_mask = jnp.ones((x_tokens.shape[0], num_target), jnp.float32)
+            key_mask = jnp.concatenate([cond_mask.astype(jnp.float32), target_mask], axis=1)
+        h = nn.with_logical_constraint(h, TOKEN_AXES)
+        for block in self.blocks:
+            h = block(h, c_BxD, key_mask)
+        return self.output_head(h[:, -num_target:], c_BxD)

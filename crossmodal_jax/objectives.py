@@ -1,0 +1,99 @@
+"""Objectives injected into the shared `train_step`.
+
+Each factory closes over its (static) modules and settings and returns
+    loss(params, model_state, batch, key) -> (loss, (new_model_state, metrics)).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax.models.dit import DiT
+from crossmodal_jax.models.vqvae import VQVAE
+from crossmodal_jax.step import Objective
+
+
+def psnr(mse: jax.Array, value_range: float = 2.0) -> jax.Array:
+    """PSNR in dB for signals spanning `value_range` (2 for images in [-1, 1])."""
+    return 10.0 * jnp.log10(value_range**2 / jnp.maximum(mse, 1e-12))
+
+
+def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
+    """Reconstruction MSE + commitment; the codebook learns by EMA (in `vq_stats`), not by gradient."""
+
+    def loss_fn(params, model_state, batch, key):
+        x = batch[data_key]
+        (x_rec, aux), new_vars = model.apply(
+            {"params": params, **model_state}, x, train=True, rngs={"vq": key}, mutable=["vq_stats"]
+        )
+        mse_per_example = jnp.mean(jnp.square(x_rec - x).reshape(x.shape[0], -1), axis=-1)
+        recon = jnp.mean(mse_per_example)
+        loss = recon + aux["commitment_loss"]
+        metrics = {
+            "recon_mse": recon,
+            "psnr": jnp.mean(psnr(mse_per_example)),
+            "commitment_loss": aux["commitment_loss"],
+            "codebook_usage": aux["codebook_usage"],
+            "perplexity": aux["perplexity"],
+            "dead_codes": aux["dead_codes"],
+            "restarts": aux["restarts"],
+        }
+        return loss, ({**model_state, **new_vars}, metrics)
+
+    return loss_fn
+
+
+def encode_latents(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
+    """Quantized latents of the frozen tokenizer: the continuous targets of Gaussian diffusion."""
+    z_e = tokenizer.apply(tokenizer_vars, x, method=VQVAE.encode)
+    z_q, _ = tokenizer.apply(tokenizer_vars, z_e, method=VQVAE.quantize)
+    return jax.lax.stop_gradient(z_q)
+
+
+def normalize_latents(z: jax.Array, stats: dict) -> jax.Array:
+    return (z - stats["mean"]) / stats["std"]
+
+
+def denormalize_latents(z: jax.Array, stats: dict) -> jax.Array:
+    return z * stats["std"] + stats["mean"]
+
+
+def drop_condition(mask_BxL: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+    """Zero whole condition masks with probability `rate`: the unconditional branch of CFG."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, (mask_BxL.shape[0],))
+    return mask_BxL * keep[:, None].astype(mask_BxL.dtype)
+
+
+def gaussian_diffusion_objective(
+    dit: DiT,
+    tokenizer: VQVAE,
+    schedule: gaussian.GaussianSchedule,
+    *,
+    prediction: str,
+    cond_drop: float,
+    target_key: str = "image",
+    cond_key: str = "text",
+) -> Objective:
+    """DiT loss of Gaussian diffusion over the frozen tokenizer's normalized, quantized latents.
+
+    `model_state` = {"tokenizer": frozen VQ-VAE variables, "latents": {"mean", "std"}}.
+    """
+
+    def loss_fn(params, model_state, batch, key):
+        drop_key, loss_key = jax.random.split(key)
+        z = encode_latents(tokenizer, model_state["tokenizer"], batch[target_key])
+        z = normalize_latents(z, model_state["latents"])
+        cond_ids = batch[cond_key]
+        cond_mask = drop_condition(batch[f"{cond_key}_mask"], drop_key, cond_drop)
+
+        def model_fn(xt, t):
+            return dit.apply({"params": params}, xt, t, cond_ids, cond_mask, train=True)
+
+        loss, _ = gaussian.training_loss(schedule, model_fn, z, loss_key, prediction=prediction)
+        return loss, (model_state, {})
+
+    return loss_fn

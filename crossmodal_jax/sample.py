@@ -1,0 +1,129 @@
+"""Inference from a trained workdir; the task comes from the workdir's config.
+
+  text→image: python -m crossmodal_jax.sample --workdir=DIR --input=prompts.txt --output=OUT
+      one prompt a line -> OUT/000000.png, OUT/000001.png, ... in line order (native resolution;
+      --upscale=8 for larger nearest-neighbour copies).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+from crossmodal_jax.errors import UserError, fail, one_line
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by crossmodal_jax.main.")
+_INPUT = flags.DEFINE_string("input", None, "text→image: a text file, one prompt a line.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for the outputs (created).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling noise.")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: config).")
+_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts generated per call.")
+_UPSCALE = flags.DEFINE_integer("upscale", 1, "Nearest-neighbour upscale factor of written PNGs.")
+
+
+def load_workdir_config(workdir: str):
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def read_prompts(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise UserError(f"input file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"input file {path} is not UTF-8 text ({e.reason})") from e
+    if not prompts:
+        raise UserError(f"input file {path} has no prompts")
+    return prompts
+
+
+def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list[str]:
+    """Generate one PNG per prompt; returns the written paths."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from crossmodal_jax import data, sharding, stages
+    from crossmodal_jax.data import text as text_tok
+    from crossmodal_jax.diffusion import gaussian
+    from crossmodal_jax.generation import make_image_generator
+    from crossmodal_jax.metrics import save_png
+    from crossmodal_jax.train import RunContext
+
+    if _GUIDANCE.value is not None:
+        config.generator.sample.guidance = _GUIDANCE.value
+    if _STEPS.value is not None:
+        config.generator.sample.steps = _STEPS.value
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = sharding.rules_from_config(config.mesh.rules)
+    ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        try:
+            gen_spec = stages.generator_stage(ctx)
+            state = stages.restore_stage_state(ctx, "generator", gen_spec, stage_index=1)
+        except FileNotFoundError as e:
+            raise UserError(one_line(e)) from e
+        hwc = stages.latent_hwc(config)
+        diff = config.generator.diffusion
+        generate = make_image_generator(
+            stages.build_dit(config, hwc), stages.build_tokenizer(config),
+            gaussian.make_schedule(diff.schedule, diff.timesteps), config.generator.sample,
+            prediction=diff.prediction, latent_hwc=hwc)
+        os.makedirs(output, exist_ok=True)
+        paths, key = [], jax.random.key(_SEED.value)
+        for start in range(0, len(prompts), _BATCH.value):
+            chunk = prompts[start:start + _BATCH.value]
+            ids, mask = text_tok.encode_batch(chunk, config.data.text_max_len)
+            images = generate(state.ema_params, state.model_state, jnp.asarray(ids),
+                              jnp.asarray(mask), jax.random.fold_in(key, start))
+            images = data.unit_to_uint8(np.asarray(images))
+            for i, img in enumerate(images):
+                if _UPSCALE.value > 1:
+                    img = img.repeat(_UPSCALE.value, 0).repeat(_UPSCALE.value, 1)
+                path = os.path.join(output, f"{start + i:06d}.png")
+                save_png(path, img)
+                paths.append(path)
+    return paths
+
+
+TASK_RUNNERS = {"text2image": (read_prompts, text_to_image)}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
+        fail("--workdir, --input and --output are required")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        config = load_workdir_config(_WORKDIR.value)
+        if config.task not in TASK_RUNNERS:
+            raise UserError(f"task {config.task!r} has no sampler; available: "
+                            f"{', '.join(TASK_RUNNERS)}")
+        read_inputs, runner = TASK_RUNNERS[config.task]
+        inputs = read_inputs(_INPUT.value)
+        paths = runner(_WORKDIR.value, config, inputs, _OUTPUT.value)
+    except UserError as e:
+        fail(str(e))
+    print(f"wrote {len(paths)} file(s) to {_OUTPUT.value}")
+
+
+def run_main() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

@@ -1,0 +1,145 @@
+"""Device mesh, logical axis names and the shardings of states and batches.
+
+Models name the axes of every parameter and of the activations at block boundaries with the logical
+names below; a rules table in the config maps them onto the mesh axes ("data", "fsdp", "tensor").
+One table therefore selects data parallel, FSDP or FSDP + tensor parallel without touching model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# Logical axis names used by the models (parameters and activations).
+BATCH = "batch"
+SEQ = "seq"
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+HEAD_DIM = "head_dim"
+VOCAB = "vocab"
+CONV_IN = "conv_in"
+CONV_OUT = "conv_out"
+CODEBOOK = "codebook"
+CODE_DIM = "code_dim"
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# Mesh axes that split the batch: every replica along them sees different examples.
+DATA_AXES = ("data", "fsdp")
+
+# Default rules: batch over data and fsdp; weights' embed dimension over fsdp (ZeRO-3 style);
+# MLP hidden, heads and conv outputs over tensor (Megatron style). Codebooks stay replicated.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    (BATCH, DATA_AXES),
+    (SEQ, None),
+    (EMBED, "fsdp"),
+    (MLP, "tensor"),
+    (HEADS, "tensor"),
+    (HEAD_DIM, None),
+    (VOCAB, None),
+    (CONV_IN, "fsdp"),
+    (CONV_OUT, "tensor"),
+    (CODEBOOK, None),
+    (CODE_DIM, None),
+)
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes ("data", "fsdp", "tensor"); one size may be -1 (filled from the device count).
+
+    Axes are `Auto` so linen's logical constraints drive GSPMD (explicit axes reject sharded
+    contractions in tensor-parallel layers).
+    """
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh axes must be {MESH_AXES}, got unknown {sorted(unknown)}")
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not divide into mesh {shape}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"{len(devices)} are available"
+        )
+    device_grid = np.asarray(devices).reshape(sizes)
+    return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
+    """Config rules ([[name, axis-or-list-or-None], ...]) as the tuple flax expects."""
+    out = []
+    for name, axes in rules:
+        if isinstance(axes, list):
+            axes = tuple(axes)
+        out.append((name, axes))
+    return tuple(out)
+
+
+def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop mesh axes from dimensions they do not divide (e.g. a 1-channel output conv)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        fitted.append(axes if names and dim % size == 0 else None)
+    return P(*fitted)
+
+
+def _is_box(x: Any) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
+def strip_boxes(tree: Any) -> Any:
+    """Remove logical-partitioning boxes without applying sharding constraints (safe outside jit)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if _is_box(x) else x, tree, is_leaf=_is_box
+    )
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence) -> Any:
+    """NamedShardings for a tree of (possibly `nn.LogicallyPartitioned`) abstract values.
+
+    Leaves without logical annotations are replicated.
+    """
+    specs = nn.get_partition_spec(abstract_tree)
+    mesh_specs = nn.logical_to_mesh(specs, rules)
+    unboxed = strip_boxes(abstract_tree)
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
+        mesh_specs,
+        unboxed,
+        is_leaf=lambda s: isinstance(s, P),
+    )
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Leading axis over the data axes, the rest replicated."""
+    return NamedSharding(mesh, P(DATA_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in DATA_AXES]))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble a global batch from this process's rows (multi-host safe)."""
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+        for k, v in local_batch.items()
+    }

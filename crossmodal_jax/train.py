@@ -1,0 +1,199 @@
+"""The training loop: build a stage, restore-or-init, step, log, checkpoint; run the configured stages.
+
+Stage-specific pieces (models, objectives, data, image summaries) come from `stages.py` as a
+`StageSpec`; this file knows nothing about tokenizers or diffusion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+from clu import parameter_overview
+
+from crossmodal_jax import sharding
+from crossmodal_jax.checkpoint import StageCheckpointer, abstract_like
+from crossmodal_jax.metrics import MetricWriter, Progress, format_duration
+from crossmodal_jax.step import Objective, TrainState, init_state, make_optimizer, train_step
+
+log = logging.getLogger("crossmodal_jax")
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """Everything the loop needs to train one stage."""
+
+    name: str  # "tokenizer" | "generator": names the stage's folder in the workdir
+    train_cfg: ml_collections.ConfigDict  # steps, batch size, optimizer, logging cadence
+    init_variables: Callable[[jax.Array], dict]  # key -> flax variables (logically boxed)
+    objective: Objective
+    make_iterator: Callable[[], Any]  # -> checkpointable grain iterator of local batches
+    frozen_state: dict = dataclasses.field(default_factory=dict)  # arrays merged into model_state
+    summarize: Callable[[TrainState, int, MetricWriter], None] | None = None  # images, texts
+
+
+@dataclasses.dataclass
+class RunContext:
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    results: dict  # stage name -> final TrainState
+
+
+def abstract_state(spec: StageSpec, tx, key, ctx: RunContext):
+    """(init function, abstract state with shardings, shardings) without materialising anything."""
+
+    def boxed(key):
+        variables = dict(spec.init_variables(key))
+        params = variables.pop("params")
+        return init_state(params, variables, tx)
+
+    boxed_abstract = jax.eval_shape(boxed, key)
+    shardings = sharding.logical_shardings(boxed_abstract, ctx.mesh, ctx.rules)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        sharding.strip_boxes(boxed_abstract),
+        shardings,
+    )
+    init_fn = jax.jit(lambda k: nn.meta.unbox(boxed(k)), out_shardings=shardings)
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, spec.frozen_state)
+    frozen_abstract = abstract_like(spec.frozen_state)
+    abstract = abstract.replace(model_state={**abstract.model_state, **frozen_abstract})
+    shardings = shardings.replace(model_state={**shardings.model_state, **frozen_shardings})
+    return init_fn, abstract, shardings
+
+
+def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
+    """The jitted shared train_step of a stage: state donated, shardings fixed."""
+    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+    return jax.jit(
+        partial(train_step, objective=spec.objective, tx=tx, ema_decay=spec.train_cfg.ema_decay),
+        in_shardings=(state_shardings, batch_shardings, sharding.replicated(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
+    """Train one stage to `train_cfg.steps`, resuming from its checkpoints; returns the final state."""
+    cfg = spec.train_cfg
+    stage_dir = os.path.join(ctx.workdir, spec.name)
+    key = jax.random.fold_in(jax.random.key(ctx.config.seed), stage_index)
+    init_key, step_key = jax.random.split(key)
+    tx, lr_schedule = make_optimizer(cfg)
+    init_fn, abstract, state_shardings = abstract_state(spec, tx, init_key, ctx)
+
+    data_iter = spec.make_iterator()
+    ckpt = StageCheckpointer(
+        os.path.join(stage_dir, "checkpoints"), keep=cfg.keep_checkpoints,
+        save_every=cfg.checkpoint_every,
+    )
+    restored = ckpt.restore(abstract, data_iter)
+    if restored is not None:
+        step, state = restored
+        log.info("[%s] resuming from step %d (%s)", spec.name, step, ckpt.directory)
+    else:
+        state = init_fn(init_key)
+        # Copies: the step donates its state, which must not free the caller's arrays.
+        frozen = jax.tree.map(lambda x: jax.device_put(x, may_alias=False), spec.frozen_state)
+        state = state.replace(model_state={**state.model_state, **frozen})
+        n_params = parameter_overview.count_parameters(state.params)
+        log.info("[%s] initialised %s parameters", spec.name, f"{n_params:,}")
+    start = int(state.step)
+    if start >= cfg.steps:
+        log.info("[%s] already trained (%d/%d steps); skipping", spec.name, start, cfg.steps)
+        ckpt.close()
+        _close(data_iter)
+        return state
+
+    step_fn = None
+    writer = MetricWriter(stage_dir)
+    progress = Progress(spec.name, start, cfg.steps)
+    pending = None  # metrics of a logged step, read one step late so dispatch stays async
+    t_start = time.perf_counter()
+    for step in range(start, cfg.steps):
+        batch = sharding.global_batch(next(data_iter), ctx.mesh)
+        if step_fn is None:
+            step_fn = compile_step(spec, tx, state_shardings, batch, ctx.mesh)
+        state, metrics = step_fn(state, batch, step_key)
+        if pending is not None:
+            _log_scalars(writer, progress, *pending, lr_schedule)
+            pending = None
+        done = step + 1
+        if step == start:
+            jax.block_until_ready(metrics)  # exclude compilation from the step rate
+            progress.mark_started(done)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            pending = (done, metrics)
+        ckpt.save(done, state, data_iter, force=done == cfg.steps)
+        if spec.summarize and cfg.images_every and done % cfg.images_every == 0:
+            spec.summarize(state, done, writer)
+    if pending is not None:
+        _log_scalars(writer, progress, *pending, lr_schedule)
+    if spec.summarize and not (cfg.images_every and cfg.steps % cfg.images_every == 0):
+        spec.summarize(state, cfg.steps, writer)
+    ckpt.close()
+    writer.close()
+    _close(data_iter)
+    log.info("[%s] finished %d steps in %s", spec.name, cfg.steps - start,
+             format_duration(time.perf_counter() - t_start))
+    return state
+
+
+def _close(data_iter) -> None:
+    """Stop grain workers now rather than in interpreter teardown (which prints noise)."""
+    if hasattr(data_iter, "close"):
+        data_iter.close()
+
+
+def _log_scalars(writer, progress, step, metrics, lr_schedule) -> None:
+    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    scalars["learning_rate"] = float(lr_schedule(step - 1))
+    rate = progress.rate(step)
+    if rate == rate:
+        scalars["steps_per_sec"] = rate
+    writer.scalars(step, scalars)
+    if jax.process_index() == 0:
+        log.info(progress.line(step, {k: scalars[k] for k in ("loss", "grad_norm") if k in scalars}
+                               | {k: v for k, v in scalars.items() if k in ("psnr", "codebook_usage")}))
+
+
+def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train every stage in `config.stages`, evaluate, write metrics.json; returns the metrics."""
+    from crossmodal_jax import evaluate, stages  # stage builders import the models
+
+    stages.validate(config)  # bad names fail here, before the workdir is touched
+    mesh = sharding.make_mesh(dict(config.mesh.shape))
+    rules = sharding.rules_from_config(config.mesh.rules)
+    os.makedirs(workdir, exist_ok=True)
+    write_resolved_config(config, workdir)
+    ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
+    log.info("mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape), mesh.size,
+             jax.devices()[0].platform, jax.process_count())
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        for index, name in enumerate(config.stages):
+            spec = stages.STAGE_BUILDERS[name](ctx)
+            ctx.results[name] = fit(spec, ctx, stage_index=index)
+        metrics = evaluate.evaluate_run(ctx)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
+        log.info("wrote %s", os.path.join(workdir, "metrics.json"))
+    return metrics
