@@ -63,7 +63,7 @@ def test_ema_update_matches_hand_formula():
         decay=0.9,
         epsilon=1e-3,
     )
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from crossmodal_jax.models.layers import (
+    ZEROS,
     Mlp,
     SelfAttention,
     TimestepEmbedder,
-    ZEROS,
     dense,
     embed,
     modulate,

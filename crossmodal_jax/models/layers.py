@@ -7,7 +7,7 @@ table maps the whole model onto the mesh. Parameters are float32; `dtype` is the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import einops
 import flax.linen as nn
@@ -15,7 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossmodal_jax.sharding import BATCH, CONV_IN, CONV_OUT, EMBED, HEAD_DIM, HEADS, MLP, SEQ, VOCAB
+from crossmodal_jax.sharding import (
+    BATCH,
+    CONV_IN,
+    CONV_OUT,
+    EMBED,
+    HEAD_DIM,
+    HEADS,
+    MLP,
+    SEQ,
+    VOCAB,
+)
 
 Initializer = Callable[..., jax.Array]
 Axes = tuple[str | None, ...]
@@ -108,6 +118,20 @@ def embed(
     )
 
 
+class Conv(nn.Conv):
+    """nn.Conv whose input is constrained to (BATCH, None, None, None): channels replicated.
+
+    Works around an XLA SPMD partitioner bug (jax 0.10.2, CPU, mesh data x fsdp x tensor): the
+    backward pass of a 3x3 conv whose input channels are sharded over "tensor" while the kernel is
+    (fsdp, tensor)-sharded returns wrong gradients (forward values are right). Gathering the
+    input channels first keeps the tensor-parallel split of the output channels and is exact.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        spec = (BATCH,) + (None,) * (inputs.ndim - 1)
+        return super().__call__(nn.with_logical_constraint(inputs, spec))
+
+
 def conv(
     features: int,
     kernel_size: int = 3,
@@ -118,7 +142,7 @@ def conv(
     name: str | None = None,
 ) -> nn.Conv:
     """2-D conv (NHWC), SAME padding, kernel axes (None, None, CONV_IN, CONV_OUT)."""
-    return nn.Conv(
+    return Conv(
         features,
         (kernel_size, kernel_size),
         strides=(strides, strides),
@@ -237,7 +261,11 @@ class SelfAttention(nn.Module):
         head_dim = d // self.num_heads
         qkv = [
             dense_general(
-                (d,), (self.num_heads, head_dim), (EMBED, HEADS, HEAD_DIM), dtype=self.dtype, name=name
+                (d,),
+                (self.num_heads, head_dim),
+                (EMBED, HEADS, HEAD_DIM),
+                dtype=self.dtype,
+                name=name,
             )(x_BxLxD)
             for name in ("query", "key", "value")
         ]

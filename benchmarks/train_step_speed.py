@@ -1,0 +1,73 @@
+"""Steady-state speed of the shared train_step for each stage of a config (compile excluded).
+
+  python benchmarks/train_step_speed.py --config=configs/vqdit_img.py [--steps=30] [--config.x=y]
+
+Prints one line per stage, then (last line) one JSON object: {stage: {"ms_per_step", "steps_per_sec",
+"compile_s", "params"}}. The tokenizer is freshly initialised, not trained: speed does not depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags
+from clu import parameter_overview
+from ml_collections import config_flags
+
+from crossmodal_jax import sharding, stages
+from crossmodal_jax.step import make_optimizer
+from crossmodal_jax.train import RunContext, abstract_state, compile_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/vqdit_img.py", "Config file.")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per stage (after one compiling step).")
+
+
+def time_stage(name: str, ctx: RunContext, steps: int) -> dict:
+    spec = stages.STAGE_BUILDERS[name](ctx)
+    tx, _ = make_optimizer(spec.train_cfg)
+    init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(0), ctx)
+    state = init_fn(jax.random.key(0))
+    state = state.replace(model_state={**state.model_state, **spec.frozen_state})
+    it = spec.make_iterator()
+    batches = [sharding.global_batch(next(it), ctx.mesh) for _ in range(steps + 1)]
+    step_fn = compile_step(spec, tx, shardings, batches[0], ctx.mesh)
+    t0 = time.perf_counter()
+    state, metrics = step_fn(state, batches[0], jax.random.key(1))
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for batch in batches[1:]:
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, batch, jax.random.key(1))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * float(np.median(times))
+    ctx.results[name] = state
+    return {"ms_per_step": round(ms, 2), "steps_per_sec": round(1000 / ms, 2),
+            "compile_s": round(compile_s, 2),
+            "params": int(parameter_overview.count_parameters(state.params)),
+            "batch_size": spec.train_cfg.batch_size}
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    mesh = sharding.make_mesh(dict(config.mesh.shape))
+    rules = sharding.rules_from_config(config.mesh.rules)
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir, jax.set_mesh(mesh), \
+            nn.logical_axis_rules(rules):
+        ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
+        for name in config.stages:
+            results[name] = time_stage(name, ctx, _STEPS.value)
+            print(f"{name}: {results[name]}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    app.run(main)
