@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from crossmodal_jax import sharding, stages
 from crossmodal_jax.step import make_optimizer
-from crossmodal_jax.train import RunContext, abstract_state, compile_step
+from crossmodal_jax.train import RunContext, abstract_state, compile_step, fresh_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vqdit_img.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per stage (after one compiling step).")
@@ -31,8 +31,7 @@ def time_stage(name: str, ctx: RunContext, steps: int) -> dict:
     spec = stages.STAGE_BUILDERS[name](ctx)
     tx, _ = make_optimizer(spec.train_cfg)
     init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(0), ctx)
-    state = init_fn(jax.random.key(0))
-    state = state.replace(model_state={**state.model_state, **spec.frozen_state})
+    state = fresh_state(spec, init_fn, jax.random.key(0))
     it = spec.make_iterator()
     batches = [sharding.global_batch(next(it), ctx.mesh) for _ in range(steps + 1)]
     step_fn = compile_step(spec, tx, shardings, batches[0], ctx.mesh)
@@ -48,10 +47,13 @@ def time_stage(name: str, ctx: RunContext, steps: int) -> dict:
         times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
     ctx.results[name] = state
-    return {"ms_per_step": round(ms, 2), "steps_per_sec": round(1000 / ms, 2),
-            "compile_s": round(compile_s, 2),
-            "params": int(parameter_overview.count_parameters(state.params)),
-            "batch_size": spec.train_cfg.batch_size}
+    return {
+        "ms_per_step": round(ms, 2),
+        "steps_per_sec": round(1000 / ms, 2),
+        "compile_s": round(compile_s, 2),
+        "params": int(parameter_overview.count_parameters(state.params)),
+        "batch_size": spec.train_cfg.batch_size,
+    }
 
 
 def main(argv) -> None:
@@ -60,8 +62,7 @@ def main(argv) -> None:
     mesh = sharding.make_mesh(dict(config.mesh.shape))
     rules = sharding.rules_from_config(config.mesh.rules)
     results = {}
-    with tempfile.TemporaryDirectory() as workdir, jax.set_mesh(mesh), \
-            nn.logical_axis_rules(rules):
+    with tempfile.TemporaryDirectory() as workdir, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
         for name in config.stages:
             results[name] = time_stage(name, ctx, _STEPS.value)

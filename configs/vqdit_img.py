@@ -1,6 +1,6 @@
 """Text→image on the embedded `digits`: a VQ-VAE tokenizer, then a text-conditioned DiT over its latents.
 
-Run (the embedded default, ≈6 minutes on 2 CPU cores):
+Run (the embedded default, ≈6 minutes on 2 CPU cores; see README "Measured results"):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py --workdir=runs/vqdit_img
 Smoke variant for tests (seconds):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py:smoke --workdir=/tmp/smoke
@@ -24,7 +24,9 @@ def _train(**kw) -> ml_collections.ConfigDict:
     c.grad_clip = 1.0  # clip gradients to this global norm
     c.ema_decay = 0.0  # EMA of the weights used for sampling/eval; 0 keeps a plain copy
     c.log_every = 50  # steps between logged scalars (metrics.jsonl, TensorBoard, progress line)
-    c.images_every = 500  # steps between image summaries (reconstructions/samples); 0 = only at the end
+    c.images_every = (
+        500  # steps between image summaries (reconstructions/samples); 0 = only at the end
+    )
     c.checkpoint_every = 500  # steps between checkpoints (the last step is always saved)
     c.keep_checkpoints = 3  # how many recent checkpoints to keep
     c.update(kw)
@@ -35,16 +37,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "text2image"  # source→target task (see crossmodal_jax/tasks.py)
     c.seed = 0  # seeds init, data order and the diffusion noise
-    c.stages = ("tokenizer", "generator")  # trained in order; a finished stage is restored, not retrained
+    c.stages = (
+        "tokenizer",
+        "generator",
+    )  # trained in order; a finished stage is restored, not retrained
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"  # embedded dataset (see crossmodal_jax/data/sources.py)
-    c.data.data_dir = ""  # cache for built datasets; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
+    c.data.data_dir = (
+        ""  # cache for built datasets; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
+    )
     c.data.text_max_len = 32  # caption length in UTF-8 byte tokens (incl. end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all other devices
+    c.mesh.shape = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1)
+    )  # -1: all other devices
     # Logical axis -> mesh axes. See crossmodal_jax/sharding.py for the names and the default table.
     c.mesh.rules = [
         ["batch", ["data", "fsdp"]],
@@ -63,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Stage 1: VQ-VAE over 8x8 images -> 4x4 grid of codes.
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.model = ml_collections.ConfigDict()
-    c.tokenizer.model.channels = 64  # base conv width
+    c.tokenizer.model.channels = 32  # base conv width
     c.tokenizer.model.channel_mult = (1, 2)  # one entry per resolution: 8x8 -> 4x4
     c.tokenizer.model.num_res_blocks = 1  # residual blocks per resolution
     c.tokenizer.model.code_dim = 8  # dimension of a code vector (the DiT's latent channels)
@@ -72,13 +81,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.model.epsilon = 1e-5  # Laplace smoothing of EMA cluster sizes
     c.tokenizer.model.commitment_cost = 0.25  # weight of ||z_e - sg(z_q)||^2
     c.tokenizer.model.dead_code_threshold = 0.05  # restart codes whose EMA usage falls below this
-    c.tokenizer.train = _train(steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100)
+    c.tokenizer.train = _train(
+        steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=1000
+    )
 
     # Stage 2: DiT over the (quantized) latents, conditioned on the caption bytes.
     c.generator = ml_collections.ConfigDict()
     c.generator.model = ml_collections.ConfigDict()
-    c.generator.model.preset = ""  # "S" | "B" | "L" | "XL" (the DiT paper's sizes) overrides the 3 below
-    c.generator.model.hidden_size = 128  # transformer width
+    c.generator.model.preset = (
+        ""  # "S" | "B" | "L" | "XL" (the DiT paper's sizes) overrides the 3 below
+    )
+    c.generator.model.hidden_size = 64  # transformer width
     c.generator.model.depth = 4  # adaLN-Zero blocks
     c.generator.model.num_heads = 4  # attention heads
     c.generator.model.mlp_ratio = 4.0  # MLP hidden = mlp_ratio * hidden_size
@@ -93,10 +106,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generator.sample.sampler = "ddim"  # "ddim" | "ddpm"
     c.generator.sample.steps = 50  # DDIM steps (DDPM always uses all T)
     c.generator.sample.eta = 0.0  # DDIM eta: 0 = deterministic
-    c.generator.sample.guidance = 3.0  # classifier-free guidance scale (1 = conditional only)
+    c.generator.sample.guidance = 4.0  # classifier-free guidance scale (1 = conditional only)
     c.generator.sample.snap_to_codebook = True  # quantize sampled latents before decoding
     c.generator.train = _train(
-        steps=4000, batch_size=64, learning_rate=1e-3, warmup_steps=200, ema_decay=0.999
+        steps=3000,
+        batch_size=32,
+        learning_rate=1e-3,
+        warmup_steps=200,
+        ema_decay=0.999,
+        images_every=1000,
     )
 
     c.eval = ml_collections.ConfigDict()
@@ -116,7 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.samples_per_prompt = 2
         for stage in (c.tokenizer, c.generator):
             stage.train.update(
-                steps=6, batch_size=16, warmup_steps=2, log_every=2, images_every=0,
+                steps=6,
+                batch_size=16,
+                warmup_steps=2,
+                log_every=2,
+                images_every=0,
                 checkpoint_every=3,
             )
     elif arg:

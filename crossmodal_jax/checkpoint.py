@@ -73,8 +73,12 @@ class StageCheckpointer:
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001 - any unreadable step falls back to an older one
-                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
-                            step, self.directory, str(e).splitlines()[0][:200])
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s); trying an older one",
+                    step,
+                    self.directory,
+                    str(e).splitlines()[0][:200],
+                )
                 continue
             return step, restored["state"]
         return None

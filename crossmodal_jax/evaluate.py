@@ -23,8 +23,9 @@ from crossmodal_jax.models.vqvae import VQVAE
 log = logging.getLogger("crossmodal_jax")
 
 
-def reconstruction_metrics(tokenizer: VQVAE, tok_vars: dict, images: np.ndarray,
-                           batch_size: int) -> dict[str, float]:
+def reconstruction_metrics(
+    tokenizer: VQVAE, tok_vars: dict, images: np.ndarray, batch_size: int
+) -> dict[str, float]:
     """Per-image PSNR (mean), MSE, and codebook usage/perplexity over the whole split's codes."""
 
     @jax.jit
@@ -37,7 +38,7 @@ def reconstruction_metrics(tokenizer: VQVAE, tok_vars: dict, images: np.ndarray,
 
     mses, indices = [], []
     for i in range(0, len(images), batch_size):
-        mse, idx = run(jnp.asarray(images[i:i + batch_size]))
+        mse, idx = run(jnp.asarray(images[i : i + batch_size]))
         mses.append(np.asarray(mse))
         indices.append(np.asarray(idx).reshape(-1))
     mse = np.concatenate(mses)
@@ -86,17 +87,30 @@ def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, flo
     hwc = stages.latent_hwc(config)
     diff = config.generator.diffusion
     generate = make_image_generator(
-        stages.build_dit(config, hwc), stages.build_tokenizer(config),
-        gaussian.make_schedule(diff.schedule, diff.timesteps), config.generator.sample,
-        prediction=diff.prediction, latent_hwc=hwc)
+        stages.build_dit(config, hwc),
+        stages.build_tokenizer(config),
+        gaussian.make_schedule(diff.schedule, diff.timesteps),
+        config.generator.sample,
+        prediction=diff.prediction,
+        latent_hwc=hwc,
+    )
     prompts, labels = digit_prompts(per_digit)
     ids, mask = text_tok.encode_batch(prompts, config.data.text_max_len)
     key = jax.random.fold_in(jax.random.key(config.seed), 10**9)
-    images = np.asarray(generate(generator_state.ema_params, generator_state.model_state,
-                                 jnp.asarray(ids), jnp.asarray(mask), key))
+    images = np.asarray(
+        generate(
+            generator_state.ema_params,
+            generator_state.model_state,
+            jnp.asarray(ids),
+            jnp.asarray(mask),
+            key,
+        )
+    )
     pred = classify_images(images, config.data.name, config.data.data_dir or None)
-    per_class = {f"sample_digit_accuracy/{w}": float(np.mean(pred[labels == i] == i))
-                 for i, w in enumerate(data.NUMBER_WORDS)}
+    per_class = {
+        f"sample_digit_accuracy/{w}": float(np.mean(pred[labels == i] == i))
+        for i, w in enumerate(data.NUMBER_WORDS)
+    }
     return {"sample_digit_accuracy": float(np.mean(pred == labels)), **per_class}, images
 
 
@@ -110,15 +124,19 @@ def evaluate_run(ctx) -> dict[str, float]:
         test = data.load_arrays(config.data.name, "test", config.data.data_dir or None)
         images = data.image_to_unit(test["image"], data.get_spec(config.data.name).image_max_value)
         tok_vars = stages.tokenizer_variables(ctx)
-        metrics.update(reconstruction_metrics(stages.build_tokenizer(config), tok_vars, images,
-                                              config.eval.batch_size))
+        metrics.update(
+            reconstruction_metrics(
+                stages.build_tokenizer(config), tok_vars, images, config.eval.batch_size
+            )
+        )
     if "generator" in ctx.results:
         per_digit = config.eval.samples_per_prompt
         acc, samples = sample_accuracy(ctx, ctx.results["generator"], per_digit)
         metrics.update(acc)
         if jax.process_index() == 0:
-            grid = image_grid(data.unit_to_uint8(samples), cols=per_digit,
-                              upscale=stages.IMAGE_UPSCALE)
+            grid = image_grid(
+                data.unit_to_uint8(samples), cols=per_digit, upscale=stages.IMAGE_UPSCALE
+            )
             path = os.path.join(ctx.workdir, "samples.png")
             save_png(path, grid)
             log.info("sample grid (rows: 'the digit zero' ... 'the digit nine'): %s", path)

@@ -11,6 +11,7 @@ Multi-process (TPU pods, SLURM, or `launch/local_multiprocess.sh`): pass --coord
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -30,17 +31,33 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
+def _config_error(e: BaseException, argv: list[str]) -> str:
+    """One line for a config that fails to load or an override naming a field that does not exist."""
+    if isinstance(e, KeyError | AttributeError) and e.args:
+        # ml_collections nests reprs ("'\\'trian\\'\\nDid you mean ..."): pull out the names.
+        text = str(e.args[0]).replace("\\\\", "\\").replace("\\n", "\n")
+        names = re.findall(r"[A-Za-z_]\w*", text.splitlines()[0]) if text.strip() else []
+        bad = names[0] if names else ""
+        keys = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
+        key = next((k for k in keys if bad in k.split(".")), bad)
+        hint = re.search(r'[Dd]id you mean "(\w+)"', text)
+        return f"unknown config key {key!r}" + (f' (did you mean "{hint[1]}"?)' if hint else "")
+    return f"bad --config: {last_line(e)}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad config path or override key is one line, not a traceback."""
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.keys()  # config files load lazily: surface their errors here
+        return rest
     except flags.UnrecognizedFlagError as e:
         name = getattr(e, "flagname", "") or ""
         if name.startswith("config."):
-            fail(f"unknown config key {name[len('config.'):]!r} (see the config file's fields)")
+            fail(f"unknown config key {name[len('config.') :]!r} (see the config file's fields)")
         fail(one_line(e))
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-        fail(f"bad --config: {last_line(e)}")
+        fail(_config_error(e, argv))
     return []
 
 
@@ -49,6 +66,8 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None or not _WORKDIR.value:
         fail("both --config=configs/<task>.py and --workdir=DIR are required")
+    for noisy in ("absl", "orbax", "jax", "grain"):  # their INFO lines drown the progress lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     import jax
 
     if _COORDINATOR.value or _DISTRIBUTED.value:
@@ -64,8 +83,6 @@ def main(argv: list[str]) -> None:
         stream=sys.stdout,
         force=True,
     )
-    for noisy in ("absl", "orbax", "jax._src", "grain"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     from crossmodal_jax import train
 
     try:

@@ -86,11 +86,15 @@ class Progress:
         shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k != "steps_per_sec")
         pct = 100.0 * step / max(self.total, 1)
         eta_s = format_duration(eta) if eta == eta else "?"
-        return (f"[{self.stage}] {step}/{self.total} ({pct:.0f}%) {shown} | "
-                f"{rate:.2f} steps/s | ETA {eta_s}")
+        return (
+            f"[{self.stage}] {step}/{self.total} ({pct:.0f}%) {shown} | "
+            f"{rate:.2f} steps/s | ETA {eta_s}"
+        )
 
 
-def image_grid(images_NxHxWxC: np.ndarray, cols: int, *, upscale: int = 1, pad: int = 1) -> np.ndarray:
+def image_grid(
+    images_NxHxWxC: np.ndarray, cols: int, *, upscale: int = 1, pad: int = 1
+) -> np.ndarray:
     """Tile uint8 images into one grid (nearest-neighbour upscaled, so 8x8 digits are visible)."""
     images = np.asarray(images_NxHxWxC)
     if upscale > 1:

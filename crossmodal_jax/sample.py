@@ -1,13 +1,12 @@
 """Inference from a trained workdir; the task comes from the workdir's config.
 
-  text→image: python -m crossmodal_jax.sample --workdir=DIR --input=prompts.txt --output=OUT
-      one prompt a line -> OUT/000000.png, OUT/000001.png, ... in line order (native resolution;
-      --upscale=8 for larger nearest-neighbour copies).
+text→image: python -m crossmodal_jax.sample --workdir=DIR --input=prompts.txt --output=OUT
+    one prompt a line -> OUT/000000.png, OUT/000001.png, ... in line order (native resolution;
+    --upscale=8 for larger nearest-neighbour copies).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -15,25 +14,18 @@ import sys
 from absl import app, flags
 
 from crossmodal_jax.errors import UserError, fail, one_line
+from crossmodal_jax.train import load_resolved_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by crossmodal_jax.main.")
 _INPUT = flags.DEFINE_string("input", None, "text→image: a text file, one prompt a line.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for the outputs (created).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling noise.")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: config).")
+_GUIDANCE = flags.DEFINE_float(
+    "guidance", None, "Classifier-free guidance scale (default: config)."
+)
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts generated per call.")
 _UPSCALE = flags.DEFINE_integer("upscale", 1, "Nearest-neighbour upscale factor of written PNGs.")
-
-
-def load_workdir_config(workdir: str):
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 def read_prompts(path: str) -> list[str]:
@@ -79,16 +71,25 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
         hwc = stages.latent_hwc(config)
         diff = config.generator.diffusion
         generate = make_image_generator(
-            stages.build_dit(config, hwc), stages.build_tokenizer(config),
-            gaussian.make_schedule(diff.schedule, diff.timesteps), config.generator.sample,
-            prediction=diff.prediction, latent_hwc=hwc)
+            stages.build_dit(config, hwc),
+            stages.build_tokenizer(config),
+            gaussian.make_schedule(diff.schedule, diff.timesteps),
+            config.generator.sample,
+            prediction=diff.prediction,
+            latent_hwc=hwc,
+        )
         os.makedirs(output, exist_ok=True)
         paths, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(prompts), _BATCH.value):
-            chunk = prompts[start:start + _BATCH.value]
+            chunk = prompts[start : start + _BATCH.value]
             ids, mask = text_tok.encode_batch(chunk, config.data.text_max_len)
-            images = generate(state.ema_params, state.model_state, jnp.asarray(ids),
-                              jnp.asarray(mask), jax.random.fold_in(key, start))
+            images = generate(
+                state.ema_params,
+                state.model_state,
+                jnp.asarray(ids),
+                jnp.asarray(mask),
+                jax.random.fold_in(key, start),
+            )
             images = data.unit_to_uint8(np.asarray(images))
             for i, img in enumerate(images):
                 if _UPSCALE.value > 1:
@@ -109,10 +110,11 @@ def main(argv: list[str]) -> None:
         fail("--workdir, --input and --output are required")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        config = load_workdir_config(_WORKDIR.value)
+        config = load_resolved_config(_WORKDIR.value)
         if config.task not in TASK_RUNNERS:
-            raise UserError(f"task {config.task!r} has no sampler; available: "
-                            f"{', '.join(TASK_RUNNERS)}")
+            raise UserError(
+                f"task {config.task!r} has no sampler; available: {', '.join(TASK_RUNNERS)}"
+            )
         read_inputs, runner = TASK_RUNNERS[config.task]
         inputs = read_inputs(_INPUT.value)
         paths = runner(_WORKDIR.value, config, inputs, _OUTPUT.value)

@@ -62,7 +62,9 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
     devices = list(devices if devices is not None else jax.devices())
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(
+            f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes, strict=True))}"
+        )
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
@@ -70,7 +72,7 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {int(np.prod(sizes))} devices, "
             f"{len(devices)} are available"
         )
     device_grid = np.asarray(devices).reshape(sizes)
@@ -90,7 +92,7 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     """Drop mesh axes from dimensions they do not divide (e.g. a 1-channel output conv)."""
     fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
         size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
         fitted.append(axes if names and dim % size == 0 else None)

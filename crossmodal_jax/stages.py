@@ -68,7 +68,10 @@ def train_iterator_factory(config, train_cfg):
     source = data.get_source(config.data.name, "train", config.data.data_dir or None)
     transform = features(config)
     return lambda: data.make_train_iterator(
-        source, global_batch_size=train_cfg.batch_size, seed=config.seed, transform=transform,
+        source,
+        global_batch_size=train_cfg.batch_size,
+        seed=config.seed,
+        transform=transform,
         worker_count=config.data.worker_count,
     )
 
@@ -101,12 +104,14 @@ def tokenizer_stage(ctx: RunContext) -> StageSpec:
     def summarize(state, step, writer: MetricWriter):
         variables = {"params": state.params, **state.model_state}
         rec = np.asarray(reconstruct(variables, jnp.asarray(shown)))
-        grid = image_grid(data.unit_to_uint8(np.concatenate([shown, rec])), cols=len(shown),
-                          upscale=IMAGE_UPSCALE)
+        grid = image_grid(
+            data.unit_to_uint8(np.concatenate([shown, rec])), cols=len(shown), upscale=IMAGE_UPSCALE
+        )
         writer.image(step, "reconstructions", grid)  # top row: inputs; bottom: reconstructions
         if writer.enabled:
-            save_png(os.path.join(ctx.workdir, "tokenizer", f"reconstructions_{step:06d}.png"),
-                     grid)
+            save_png(
+                os.path.join(ctx.workdir, "tokenizer", f"reconstructions_{step:06d}.png"), grid
+            )
 
     return StageSpec(
         name="tokenizer",
@@ -133,14 +138,18 @@ def restore_stage_state(ctx: RunContext, name: str, spec: StageSpec, *, stage_in
 
     tx, _ = make_optimizer(spec.train_cfg)
     _, abstract, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
-    ckpt = StageCheckpointer(os.path.join(ctx.workdir, name, "checkpoints"),
-                             keep=spec.train_cfg.keep_checkpoints, save_every=0)
+    ckpt = StageCheckpointer(
+        os.path.join(ctx.workdir, name, "checkpoints"),
+        keep=spec.train_cfg.keep_checkpoints,
+        save_every=0,
+    )
     restored = ckpt.restore(abstract)
     ckpt.close()
     if restored is None:
         raise FileNotFoundError(
             f"no {name} checkpoint in {os.path.join(ctx.workdir, name)}; train the {name} stage "
-            f"first (add {name!r} to config.stages)")
+            f"first (add {name!r} to config.stages)"
+        )
     return restored[1]
 
 
@@ -149,12 +158,19 @@ def restore_stage_state(ctx: RunContext, name: str, spec: StageSpec, *, stage_in
 
 def build_dit(config: ml_collections.ConfigDict, latent_hwc: tuple[int, int, int]) -> DiT:
     m = config.generator.model
-    size = dict(DIT_PRESETS[m.preset]) if m.preset else dict(
-        depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
+    size = (
+        dict(DIT_PRESETS[m.preset])
+        if m.preset
+        else dict(depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
+    )
     return DiT(
-        input_size=latent_hwc[:2], in_channels=latent_hwc[2], patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio, cond_vocab_size=text_tok.VOCAB_SIZE,
-        cond_len=config.data.text_max_len, **size,
+        input_size=latent_hwc[:2],
+        in_channels=latent_hwc[2],
+        patch_size=m.patch_size,
+        mlp_ratio=m.mlp_ratio,
+        cond_vocab_size=text_tok.VOCAB_SIZE,
+        cond_len=config.data.text_max_len,
+        **size,
     )
 
 
@@ -171,14 +187,18 @@ def latent_statistics(config, tokenizer: VQVAE, tok_vars, mesh, num_batches: int
     """
     it = train_iterator_factory(config, config.generator.train)()
     encode = jax.jit(lambda v, x: encode_latents(tokenizer, v, x))
-    zs = [np.asarray(encode(tok_vars, sharding.global_batch(next(it), mesh)["image"]))
-          for _ in range(num_batches)]
+    zs = [
+        np.asarray(encode(tok_vars, sharding.global_batch(next(it), mesh)["image"]))
+        for _ in range(num_batches)
+    ]
     z = np.concatenate(zs).reshape(-1, zs[0].shape[-1])
     mean = z.mean(axis=0)
     std = float(np.sqrt(np.mean((z - mean) ** 2)))
     rep = sharding.replicated(mesh)
-    return {"mean": jax.device_put(mean.astype(np.float32), rep),
-            "std": jax.device_put(np.float32(max(std, 1e-6)), rep)}
+    return {
+        "mean": jax.device_put(mean.astype(np.float32), rep),
+        "std": jax.device_put(np.float32(max(std, 1e-6)), rep),
+    }
 
 
 def generator_stage(ctx: RunContext) -> StageSpec:
@@ -189,11 +209,19 @@ def generator_stage(ctx: RunContext) -> StageSpec:
     dit = build_dit(config, hwc)
     diff = config.generator.diffusion
     schedule = gaussian.make_schedule(diff.schedule, diff.timesteps)
-    frozen = {"tokenizer": tok_vars, "latents": latent_statistics(config, tokenizer, tok_vars,
-                                                                  ctx.mesh)}
+    frozen = {
+        "tokenizer": tok_vars,
+        "latents": latent_statistics(config, tokenizer, tok_vars, ctx.mesh),
+    }
     L = config.data.text_max_len
-    generate = make_image_generator(dit, tokenizer, schedule, config.generator.sample,
-                                    prediction=diff.prediction, latent_hwc=hwc)
+    generate = make_image_generator(
+        dit,
+        tokenizer,
+        schedule,
+        config.generator.sample,
+        prediction=diff.prediction,
+        latent_hwc=hwc,
+    )
     prompts = list(config.eval.prompts)
     n = config.eval.samples_per_prompt
     ids, mask = text_tok.encode_batch([p for p in prompts for _ in range(n)], L)
@@ -205,24 +233,30 @@ def generator_stage(ctx: RunContext) -> StageSpec:
 
     def summarize(state, step, writer: MetricWriter):
         key = jax.random.fold_in(jax.random.key(config.seed), step)
-        images = generate(state.ema_params, state.model_state, jnp.asarray(ids),
-                          jnp.asarray(mask), key)
+        images = generate(
+            state.ema_params, state.model_state, jnp.asarray(ids), jnp.asarray(mask), key
+        )
         images = data.unit_to_uint8(np.asarray(images))
         for i, prompt in enumerate(prompts):
-            writer.image(step, f"samples/{prompt}",
-                         image_grid(images[i * n:(i + 1) * n], cols=n, upscale=IMAGE_UPSCALE))
+            writer.image(
+                step,
+                f"samples/{prompt}",
+                image_grid(images[i * n : (i + 1) * n], cols=n, upscale=IMAGE_UPSCALE),
+            )
         if writer.enabled:
             grid = image_grid(images, cols=n, upscale=IMAGE_UPSCALE)
             save_png(os.path.join(ctx.workdir, "generator", f"samples_{step:06d}.png"), grid)
-            writer.text(step, "sample grid rows", "\n".join(f"{i}: {p}"
-                                                           for i, p in enumerate(prompts)))
+            writer.text(
+                step, "sample grid rows", "\n".join(f"{i}: {p}" for i, p in enumerate(prompts))
+            )
 
     return StageSpec(
         name="generator",
         train_cfg=config.generator.train,
         init_variables=init_variables,
         objective=gaussian_diffusion_objective(
-            dit, tokenizer, schedule, prediction=diff.prediction, cond_drop=diff.cond_drop),
+            dit, tokenizer, schedule, prediction=diff.prediction, cond_drop=diff.cond_drop
+        ),
         make_iterator=train_iterator_factory(config, config.generator.train),
         frozen_state=frozen,
         summarize=summarize,

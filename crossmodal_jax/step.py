@@ -74,9 +74,7 @@ def train_step(
     """One optimizer step of any stage: grads of the injected objective, optax update, weight EMA."""
     key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    (loss, (model_state, metrics)), grads = grad_fn(
-        state.params, state.model_state, batch, key
-    )
+    (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -86,7 +84,7 @@ def train_step(
         model_state=model_state,
         ema_params=ema_update(state.ema_params, params, ema_decay),
     )
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return new_state, metrics
 
 

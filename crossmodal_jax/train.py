@@ -73,6 +73,17 @@ def abstract_state(spec: StageSpec, tx, key, ctx: RunContext):
     return init_fn, abstract, shardings
 
 
+def fresh_state(spec: StageSpec, init_fn: Callable, key: jax.Array) -> TrainState:
+    """A newly initialised state with the stage's frozen arrays in its model_state.
+
+    The frozen arrays are copied leaf by leaf: the step donates its state, which must neither free
+    the caller's arrays nor receive one buffer twice.
+    """
+    state = init_fn(key)
+    frozen = jax.tree.map(lambda x: jax.device_put(x, may_alias=False), spec.frozen_state)
+    return state.replace(model_state={**state.model_state, **frozen})
+
+
 def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
     """The jitted shared train_step of a stage: state donated, shardings fixed."""
     batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
@@ -95,7 +106,8 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
 
     data_iter = spec.make_iterator()
     ckpt = StageCheckpointer(
-        os.path.join(stage_dir, "checkpoints"), keep=cfg.keep_checkpoints,
+        os.path.join(stage_dir, "checkpoints"),
+        keep=cfg.keep_checkpoints,
         save_every=cfg.checkpoint_every,
     )
     restored = ckpt.restore(abstract, data_iter)
@@ -103,10 +115,7 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
         step, state = restored
         log.info("[%s] resuming from step %d (%s)", spec.name, step, ckpt.directory)
     else:
-        state = init_fn(init_key)
-        # Copies: the step donates its state, which must not free the caller's arrays.
-        frozen = jax.tree.map(lambda x: jax.device_put(x, may_alias=False), spec.frozen_state)
-        state = state.replace(model_state={**state.model_state, **frozen})
+        state = fresh_state(spec, init_fn, init_key)
         n_params = parameter_overview.count_parameters(state.params)
         log.info("[%s] initialised %s parameters", spec.name, f"{n_params:,}")
     start = int(state.step)
@@ -145,8 +154,12 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
     ckpt.close()
     writer.close()
     _close(data_iter)
-    log.info("[%s] finished %d steps in %s", spec.name, cfg.steps - start,
-             format_duration(time.perf_counter() - t_start))
+    log.info(
+        "[%s] finished %d steps in %s",
+        spec.name,
+        cfg.steps - start,
+        format_duration(time.perf_counter() - t_start),
+    )
     return state
 
 
@@ -164,14 +177,30 @@ def _log_scalars(writer, progress, step, metrics, lr_schedule) -> None:
         scalars["steps_per_sec"] = rate
     writer.scalars(step, scalars)
     if jax.process_index() == 0:
-        log.info(progress.line(step, {k: scalars[k] for k in ("loss", "grad_norm") if k in scalars}
-                               | {k: v for k, v in scalars.items() if k in ("psnr", "codebook_usage")}))
+        log.info(
+            progress.line(
+                step,
+                {k: scalars[k] for k in ("loss", "grad_norm") if k in scalars}
+                | {k: v for k, v in scalars.items() if k in ("psnr", "codebook_usage")},
+            )
+        )
 
 
 def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+
+
+def load_resolved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (written by `run`)."""
+    from crossmodal_jax.errors import UserError
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -184,8 +213,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     write_resolved_config(config, workdir)
     ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
-    log.info("mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape), mesh.size,
-             jax.devices()[0].platform, jax.process_count())
+    log.info(
+        "mesh %s over %d devices (%s), %d process(es)",
+        dict(mesh.shape),
+        mesh.size,
+        jax.devices()[0].platform,
+        jax.process_count(),
+    )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         for index, name in enumerate(config.stages):
             spec = stages.STAGE_BUILDERS[name](ctx)

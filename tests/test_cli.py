@@ -14,8 +14,16 @@ SMOKE = "--config=configs/vqdit_img.py:smoke"
 
 
 def run_cli(module, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", f"crossmodal_jax.{module}", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    # Two fake devices: the CLI runs data-parallel; the 8-device sharding lives in test_step.py.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return subprocess.run(
+        [sys.executable, "-m", f"crossmodal_jax.{module}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def read_jsonl(path):
@@ -38,15 +46,22 @@ def test_smoke_run_writes_every_artifact(smoke_run):
     for stage in ("tokenizer", "generator"):
         rows = read_jsonl(os.path.join(workdir, stage, "metrics.jsonl"))
         assert [r["step"] for r in rows] == [2, 4, 6]
-        assert all(np.isfinite(r["loss"]) and "grad_norm" in r and "learning_rate" in r
-                   for r in rows)
+        assert all(
+            np.isfinite(r["loss"]) and "grad_norm" in r and "learning_rate" in r for r in rows
+        )
         assert os.listdir(os.path.join(workdir, stage, "checkpoints"))
-        assert any(f.startswith("events.out.tfevents") for f in
-                   os.listdir(os.path.join(workdir, stage, "tb")))
+        assert any(
+            f.startswith("events.out.tfevents")
+            for f in os.listdir(os.path.join(workdir, stage, "tb"))
+        )
     assert "codebook_usage" in read_jsonl(os.path.join(workdir, "tokenizer", "metrics.jsonl"))[0]
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-    for key in ("test_psnr_db", "test_codebook_usage", "test_codebook_perplexity",
-                "sample_digit_accuracy"):
+    for key in (
+        "test_psnr_db",
+        "test_codebook_usage",
+        "test_codebook_perplexity",
+        "sample_digit_accuracy",
+    ):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert os.path.isfile(os.path.join(workdir, "samples.png"))
     assert os.path.isfile(os.path.join(workdir, "tokenizer", "reconstructions_000006.png"))
@@ -80,11 +95,16 @@ def test_sample_cli_writes_one_png_per_prompt(smoke_run, tmp_path):
 
 def test_sample_cli_missing_input_is_one_line(smoke_run, tmp_path):
     workdir, _, _ = smoke_run
-    result = run_cli("sample", f"--workdir={workdir}", f"--input={tmp_path / 'nope.txt'}",
-                     f"--output={tmp_path / 'out'}")
+    result = run_cli(
+        "sample",
+        f"--workdir={workdir}",
+        f"--input={tmp_path / 'nope.txt'}",
+        f"--output={tmp_path / 'out'}",
+    )
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [f"error: input file not found: "
-                                                  f"{tmp_path / 'nope.txt'}"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: input file not found: {tmp_path / 'nope.txt'}"
+    ]
     assert not (tmp_path / "out").exists()
 
 
