@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from crossmodal_jax.errors import UserError, fail, last_line, one_line
+from crossmodal_jax.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vqdit_img.py[:smoke].", lock_config=True
@@ -66,8 +67,7 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None or not _WORKDIR.value:
         fail("both --config=configs/<task>.py and --workdir=DIR are required")
-    for noisy in ("absl", "orbax", "jax", "grain"):  # their INFO lines drown the progress lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_logs()
     import jax
 
     if _COORDINATOR.value or _DISTRIBUTED.value:

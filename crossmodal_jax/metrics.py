@@ -18,6 +18,15 @@ import numpy as np
 log = logging.getLogger("crossmodal_jax")
 
 
+def quiet_library_logs() -> None:
+    """Keep absl/orbax/jax/grain INFO chatter off the console, where the progress lines go."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for name in ("absl", "orbax", "jax", "grain"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class MetricWriter:
     """Appends `<stage_dir>/metrics.jsonl` and writes TensorBoard events into `<stage_dir>/tb`."""
 

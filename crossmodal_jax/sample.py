@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 
 from crossmodal_jax.errors import UserError, fail, one_line
+from crossmodal_jax.metrics import quiet_library_logs
 from crossmodal_jax.train import load_resolved_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by crossmodal_jax.main.")
@@ -109,6 +110,7 @@ def main(argv: list[str]) -> None:
     if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
         fail("--workdir, --input and --output are required")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    quiet_library_logs()
     try:
         config = load_resolved_config(_WORKDIR.value)
         if config.task not in TASK_RUNNERS:

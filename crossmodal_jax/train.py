@@ -23,6 +23,7 @@ from clu import parameter_overview
 from crossmodal_jax import sharding
 from crossmodal_jax.checkpoint import StageCheckpointer, abstract_like
 from crossmodal_jax.metrics import MetricWriter, Progress, format_duration
+from crossmodal_jax.report import write_report
 from crossmodal_jax.step import Objective, TrainState, init_state, make_optimizer, train_step
 
 log = logging.getLogger("crossmodal_jax")
@@ -229,5 +230,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
         log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
-        log.info("wrote %s", os.path.join(workdir, "metrics.json"))
+        log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"),
+                 write_report(workdir, config, metrics))
     return metrics

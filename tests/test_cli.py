@@ -64,6 +64,8 @@ def test_smoke_run_writes_every_artifact(smoke_run):
     ):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert os.path.isfile(os.path.join(workdir, "samples.png"))
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "test_psnr_db" in report and "![samples.png](samples.png)" in report
     assert os.path.isfile(os.path.join(workdir, "tokenizer", "reconstructions_000006.png"))
     assert os.path.isfile(os.path.join(workdir, "generator", "samples_000006.png"))
     config = json.load(open(os.path.join(workdir, "config.json")))
