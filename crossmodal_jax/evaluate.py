@@ -80,20 +80,9 @@ def digit_prompts(per_digit: int) -> tuple[list[str], np.ndarray]:
 def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, float], np.ndarray]:
     """Generate `per_digit` images for each "the digit <word>" prompt and classify them."""
     from crossmodal_jax import stages
-    from crossmodal_jax.diffusion import gaussian
-    from crossmodal_jax.generation import make_image_generator
 
     config = ctx.config
-    hwc = stages.latent_hwc(config)
-    diff = config.generator.diffusion
-    generate = make_image_generator(
-        stages.build_dit(config, hwc),
-        stages.build_tokenizer(config),
-        gaussian.make_schedule(diff.schedule, diff.timesteps),
-        config.generator.sample,
-        prediction=diff.prediction,
-        latent_hwc=hwc,
-    )
+    generate = stages.image_generator(config)
     prompts, labels = digit_prompts(per_digit)
     ids, mask = text_tok.encode_batch(prompts, config.data.text_max_len)
     key = jax.random.fold_in(jax.random.key(config.seed), 10**9)

@@ -51,8 +51,6 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
 
     from crossmodal_jax import data, sharding, stages
     from crossmodal_jax.data import text as text_tok
-    from crossmodal_jax.diffusion import gaussian
-    from crossmodal_jax.generation import make_image_generator
     from crossmodal_jax.metrics import save_png
     from crossmodal_jax.train import RunContext
 
@@ -69,16 +67,7 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
             state = stages.restore_stage_state(ctx, "generator", gen_spec, stage_index=1)
         except FileNotFoundError as e:
             raise UserError(one_line(e)) from e
-        hwc = stages.latent_hwc(config)
-        diff = config.generator.diffusion
-        generate = make_image_generator(
-            stages.build_dit(config, hwc),
-            stages.build_tokenizer(config),
-            gaussian.make_schedule(diff.schedule, diff.timesteps),
-            config.generator.sample,
-            prediction=diff.prediction,
-            latent_hwc=hwc,
-        )
+        generate = stages.image_generator(config)
         os.makedirs(output, exist_ok=True)
         paths, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(prompts), _BATCH.value):

@@ -23,7 +23,8 @@ from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
 from crossmodal_jax.objectives import encode_latents, gaussian_diffusion_objective, vqvae_objective
-from crossmodal_jax.train import RunContext, StageSpec
+from crossmodal_jax.step import make_optimizer
+from crossmodal_jax.train import RunContext, StageSpec, abstract_state
 
 log = logging.getLogger("crossmodal_jax")
 
@@ -48,13 +49,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.generator.model.preset:
         check("DiT preset", config.generator.model.preset, DIT_PRESETS)
     try:
-        data.get_source(config.data.name, "train", config.data.data_dir or None)
+        source(config, "train")
     except ValueError as e:
         raise UserError(str(e)) from e
 
 
+def source(config: ml_collections.ConfigDict, split: str):
+    """The configured dataset's split as a grain random-access source."""
+    return data.get_source(config.data.name, split, config.data.data_dir or None)
+
+
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    example = data.get_source(config.data.name, "train", config.data.data_dir or None)[0]
+    example = source(config, "train")[0]
     return tuple(np.asarray(example["image"]).shape)
 
 
@@ -65,10 +71,10 @@ def features(config: ml_collections.ConfigDict) -> data.ImageTextFeatures:
 
 
 def train_iterator_factory(config, train_cfg):
-    source = data.get_source(config.data.name, "train", config.data.data_dir or None)
+    train_source = source(config, "train")
     transform = features(config)
     return lambda: data.make_train_iterator(
-        source,
+        train_source,
         global_batch_size=train_cfg.batch_size,
         seed=config.seed,
         transform=transform,
@@ -78,8 +84,10 @@ def train_iterator_factory(config, train_cfg):
 
 def fixed_test_batch(config, n: int) -> dict[str, np.ndarray]:
     """The first n test examples: the same images in every reconstruction summary."""
-    source = data.get_source(config.data.name, "test", config.data.data_dir or None)
-    return next(iter(data.make_eval_batches(source, batch_size=n, transform=features(config))))
+    batches = data.make_eval_batches(
+        source(config, "test"), batch_size=n, transform=features(config)
+    )
+    return next(iter(batches))
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
@@ -133,9 +141,6 @@ def tokenizer_variables(ctx: RunContext) -> dict:
 
 def restore_stage_state(ctx: RunContext, name: str, spec: StageSpec, *, stage_index: int):
     """Restore a finished stage's final state from `<workdir>/<name>/checkpoints`."""
-    from crossmodal_jax.step import make_optimizer
-    from crossmodal_jax.train import abstract_state
-
     tx, _ = make_optimizer(spec.train_cfg)
     _, abstract, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
     ckpt = StageCheckpointer(
@@ -201,6 +206,20 @@ def latent_statistics(config, tokenizer: VQVAE, tok_vars, mesh, num_batches: int
     }
 
 
+def image_generator(config: ml_collections.ConfigDict):
+    """The jitted text→image sampler of this config (see generation.make_image_generator)."""
+    hwc = latent_hwc(config)
+    diff = config.generator.diffusion
+    return make_image_generator(
+        build_dit(config, hwc),
+        build_tokenizer(config),
+        gaussian.make_schedule(diff.schedule, diff.timesteps),
+        config.generator.sample,
+        prediction=diff.prediction,
+        latent_hwc=hwc,
+    )
+
+
 def generator_stage(ctx: RunContext) -> StageSpec:
     config = ctx.config
     tokenizer = build_tokenizer(config)
@@ -214,14 +233,7 @@ def generator_stage(ctx: RunContext) -> StageSpec:
         "latents": latent_statistics(config, tokenizer, tok_vars, ctx.mesh),
     }
     L = config.data.text_max_len
-    generate = make_image_generator(
-        dit,
-        tokenizer,
-        schedule,
-        config.generator.sample,
-        prediction=diff.prediction,
-        latent_hwc=hwc,
-    )
+    generate = image_generator(config)
     prompts = list(config.eval.prompts)
     n = config.eval.samples_per_prompt
     ids, mask = text_tok.encode_batch([p for p in prompts for _ in range(n)], L)
@@ -240,7 +252,7 @@ def generator_stage(ctx: RunContext) -> StageSpec:
         for i, prompt in enumerate(prompts):
             writer.image(
                 step,
-                f"samples/{prompt}",
+                "samples/" + prompt.replace(" ", "_"),  # TensorBoard tags have no spaces
                 image_grid(images[i * n : (i + 1) * n], cols=n, upscale=IMAGE_UPSCALE),
             )
         if writer.enabled:

@@ -230,6 +230,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
         log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
-        log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"),
-                 write_report(workdir, config, metrics))
+        log.info(
+            "wrote %s and %s",
+            os.path.join(workdir, "metrics.json"),
+            write_report(workdir, config, metrics),
+        )
     return metrics
