@@ -29,6 +29,7 @@ def _train(**kw) -> ml_collections.ConfigDict:
     )
     c.checkpoint_every = 500  # steps between checkpoints (the last step is always saved)
     c.keep_checkpoints = 3  # how many recent checkpoints to keep
+    c.skip_nonfinite = False  # NaN/Inf loss or grads: False stops the run, True skips the update
     c.update(kw)
     return c
 
@@ -81,6 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.model.epsilon = 1e-5  # Laplace smoothing of EMA cluster sizes
     c.tokenizer.model.commitment_cost = 0.25  # weight of ||z_e - sg(z_q)||^2
     c.tokenizer.model.dead_code_threshold = 0.05  # restart codes whose EMA usage falls below this
+    c.tokenizer.model.cosine = False  # l2-normalised inputs and unit-norm codes for the lookup
+    c.tokenizer.model.lookup_dim = 0  # >0: look codes up in a learned low dim (0 = in code_dim)
+    c.tokenizer.model.codebook_init = "random"  # "random" | "batch" | "kmeans++": first batch
+    c.tokenizer.model.lookup_chunk_size = 0  # >0: argmin over codebook chunks (bounds memory)
     c.tokenizer.train = _train(
         steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=1000
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import grain
@@ -49,9 +51,13 @@ class StageCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def is_due(self, step: int) -> bool:
+        """Whether `step` is on the checkpoint interval."""
+        return self.save_every > 0 and step % self.save_every == 0
+
     def save(self, step: int, state: Any, data_iter: Any | None = None, *, force: bool = False):
         """Save if `step` is on the interval (or forced); returns whether a save started."""
-        if not force and (self.save_every <= 0 or step % self.save_every):
+        if not (force or self.is_due(step)):
             return False
         if step in self.manager.all_steps():
             return False
@@ -63,7 +69,9 @@ class StageCheckpointer:
     def restore(self, abstract_state: Any, data_iter: Any | None = None) -> tuple[int, Any] | None:
         """Restore the newest readable step into `abstract_state` (and `data_iter` in place).
 
-        orbax's `latest_step()` does not skip a broken step, so try steps newest first and fall back.
+        orbax's `latest_step()` does not skip a broken step, so try steps newest first. An unreadable
+        step is moved to `<stage>/broken_checkpoints/` (kept for inspection, out of the manager's
+        way so the run can save that step again); good checkpoints are never touched.
         Returns (step, state), or None when there is nothing to restore.
         """
         for step in reversed(self.all_steps()):
@@ -73,15 +81,31 @@ class StageCheckpointer:
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001 - any unreadable step falls back to an older one
-                log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying an older one",
-                    step,
-                    self.directory,
-                    str(e).splitlines()[0][:200],
-                )
+                self._set_aside(step, e)
                 continue
             return step, restored["state"]
         return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        path = os.path.join(self.directory, str(step))
+        broken = os.path.join(os.path.dirname(self.directory), "broken_checkpoints")
+        target = os.path.join(broken, f"{step}-{int(time.time())}")
+        log.warning(
+            "checkpoint %s is unreadable (%s); moved to %s, restoring an older step",
+            path,
+            str(error).strip().splitlines()[0][:200]
+            if str(error).strip()
+            else type(error).__name__,
+            target,
+        )
+        if jax.process_index() == 0 and os.path.exists(path):
+            os.makedirs(broken, exist_ok=True)
+            shutil.move(path, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from crossmodal_jax.errors import UserError, fail, last_line, one_line
+from crossmodal_jax.guards import Preempted
 from crossmodal_jax.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,7 +43,10 @@ def _config_error(e: BaseException, argv: list[str]) -> str:
         keys = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
         key = next((k for k in keys if bad in k.split(".")), bad)
         hint = re.search(r'[Dd]id you mean "(\w+)"', text)
-        return f"unknown config key {key!r}" + (f' (did you mean "{hint[1]}"?)' if hint else "")
+        if not hint:
+            return f"unknown config key {key!r}"
+        fixed = ".".join(hint[1] if part == bad else part for part in key.split("."))
+        return f"unknown config key {key!r}; did you mean {fixed!r}?"
     return f"bad --config: {last_line(e)}"
 
 
@@ -89,6 +93,9 @@ def main(argv: list[str]) -> None:
         train.run(_CONFIG.value, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
+    except Preempted as e:
+        logging.getLogger("crossmodal_jax").info("%s", e)
+        sys.exit(0)
 
 
 def run_main() -> None:

@@ -17,7 +17,6 @@ from crossmodal_jax import data, sharding
 from crossmodal_jax.checkpoint import StageCheckpointer
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian
-from crossmodal_jax.errors import UserError
 from crossmodal_jax.generation import make_image_generator
 from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
@@ -31,27 +30,6 @@ log = logging.getLogger("crossmodal_jax")
 TASKS = ("text2image",)
 DIFFUSION_PROCESSES = ("gaussian",)
 IMAGE_UPSCALE = 8  # sample/reconstruction grids are nearest-upscaled so 8x8 digits are visible
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Fail early, in one line (UserError), on names the run cannot use."""
-
-    def check(name: str, value, choices) -> None:
-        if value not in choices:
-            raise UserError(f"unknown {name} {value!r}; available: {', '.join(choices)}")
-
-    check("task", config.task, TASKS)
-    for stage in config.stages:
-        check("stage", stage, STAGE_BUILDERS)
-    check("diffusion process", config.generator.diffusion.process, DIFFUSION_PROCESSES)
-    check("noise schedule", config.generator.diffusion.schedule, gaussian.SCHEDULES)
-    check("prediction", config.generator.diffusion.prediction, gaussian.PREDICTIONS)
-    if config.generator.model.preset:
-        check("DiT preset", config.generator.model.preset, DIT_PRESETS)
-    try:
-        source(config, "train")
-    except ValueError as e:
-        raise UserError(str(e)) from e
 
 
 def source(config: ml_collections.ConfigDict, split: str):

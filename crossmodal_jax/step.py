@@ -70,11 +70,19 @@ def train_step(
     objective: Objective,
     tx: optax.GradientTransformation,
     ema_decay: float,
+    skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step of any stage: grads of the injected objective, optax update, weight EMA."""
+    """One optimizer step of any stage: grads of the injected objective, optax update, weight EMA.
+
+    `metrics["nonfinite"]` is 1 when the loss or the gradient norm is NaN/Inf. With
+    `skip_nonfinite` such a step keeps the previous parameters, optimizer and model state (the step
+    counter still advances, so data and keys move on); otherwise the loop stops the run.
+    """
     key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, key)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -84,8 +92,11 @@ def train_step(
         model_state=model_state,
         ema_params=ema_update(state.ema_params, params, ema_decay),
     )
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return new_state, metrics
+    if skip_nonfinite:
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        new_state = kept.replace(step=state.step + 1)
+    nonfinite = 1.0 - finite.astype(jnp.float32)
+    return new_state, dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=nonfinite)
 
 
 def eval_step(

@@ -22,6 +22,8 @@ from clu import parameter_overview
 
 from crossmodal_jax import sharding
 from crossmodal_jax.checkpoint import StageCheckpointer, abstract_like
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.guards import Preempted, PreemptionGuard, check_finite
 from crossmodal_jax.metrics import MetricWriter, Progress, format_duration
 from crossmodal_jax.report import write_report
 from crossmodal_jax.step import Objective, TrainState, init_state, make_optimizer, train_step
@@ -89,7 +91,13 @@ def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
     """The jitted shared train_step of a stage: state donated, shardings fixed."""
     batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
     return jax.jit(
-        partial(train_step, objective=spec.objective, tx=tx, ema_decay=spec.train_cfg.ema_decay),
+        partial(
+            train_step,
+            objective=spec.objective,
+            tx=tx,
+            ema_decay=spec.train_cfg.ema_decay,
+            skip_nonfinite=spec.train_cfg.skip_nonfinite,
+        ),
         in_shardings=(state_shardings, batch_shardings, sharding.replicated(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -126,35 +134,28 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
         _close(data_iter)
         return state
 
-    step_fn = None
     writer = MetricWriter(stage_dir)
-    progress = Progress(spec.name, start, cfg.steps)
-    pending = None  # metrics of a logged step, read one step late so dispatch stays async
     t_start = time.perf_counter()
-    for step in range(start, cfg.steps):
-        batch = sharding.global_batch(next(data_iter), ctx.mesh)
-        if step_fn is None:
-            step_fn = compile_step(spec, tx, state_shardings, batch, ctx.mesh)
-        state, metrics = step_fn(state, batch, step_key)
-        if pending is not None:
-            _log_scalars(writer, progress, *pending, lr_schedule)
-            pending = None
-        done = step + 1
-        if step == start:
-            jax.block_until_ready(metrics)  # exclude compilation from the step rate
-            progress.mark_started(done)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            pending = (done, metrics)
-        ckpt.save(done, state, data_iter, force=done == cfg.steps)
-        if spec.summarize and cfg.images_every and done % cfg.images_every == 0:
-            spec.summarize(state, done, writer)
-    if pending is not None:
-        _log_scalars(writer, progress, *pending, lr_schedule)
-    if spec.summarize and not (cfg.images_every and cfg.steps % cfg.images_every == 0):
-        spec.summarize(state, cfg.steps, writer)
-    ckpt.close()
-    writer.close()
-    _close(data_iter)
+    try:
+        with PreemptionGuard() as guard:
+            state = _train_loop(
+                spec,
+                ctx,
+                state,
+                start,
+                tx,
+                lr_schedule,
+                state_shardings,
+                step_key,
+                data_iter,
+                ckpt,
+                writer,
+                guard,
+            )
+    finally:
+        ckpt.close()  # waits for async saves: a stage returns only once its checkpoint is whole
+        writer.close()
+        _close(data_iter)
     log.info(
         "[%s] finished %d steps in %s",
         spec.name,
@@ -164,14 +165,83 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
     return state
 
 
+def _train_loop(
+    spec,
+    ctx,
+    state,
+    start,
+    tx,
+    lr_schedule,
+    state_shardings,
+    step_key,
+    data_iter,
+    ckpt,
+    writer,
+    guard,
+) -> TrainState:
+    """Steps `start..steps`; logs one step late (async dispatch) and checks finiteness before saves."""
+    cfg = spec.train_cfg
+    step_fn = None
+    progress = Progress(spec.name, start, cfg.steps)
+    pending = None  # metrics of a logged step, read one step late so dispatch stays async
+    previous = None  # (step, metrics) of the step before: its NaN check runs one step late
+    skipped = 0  # updates dropped for non-finite values (skip_nonfinite=True)
+    for step in range(start, cfg.steps):
+        batch = sharding.global_batch(next(data_iter), ctx.mesh)
+        if step_fn is None:
+            step_fn = compile_step(spec, tx, state_shardings, batch, ctx.mesh)
+        state, metrics = step_fn(state, batch, step_key)
+        done = step + 1
+        if previous is not None:
+            skipped += _count_or_stop(spec.name, cfg, *previous)
+        previous = (done, metrics)
+        if pending is not None:
+            _log_scalars(writer, progress, *pending, lr_schedule, skipped)
+            pending = None
+        if step == start:
+            jax.block_until_ready(metrics)  # exclude compilation from the step rate
+            progress.mark_started(done)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            pending = (done, metrics)
+        stop = guard.should_stop()
+        if stop or done == cfg.steps or ckpt.is_due(done):
+            skipped += _count_or_stop(spec.name, cfg, *previous)  # never save a NaN state
+            previous = None
+            ckpt.save(done, state, data_iter, force=True)
+        if stop:
+            if pending is not None:
+                _log_scalars(writer, progress, *pending, lr_schedule, skipped)
+            ckpt.wait()
+            raise Preempted(
+                f"[{spec.name}] stopped at step {done}/{cfg.steps} and saved a checkpoint; "
+                "rerun the same command to resume"
+            )
+        if spec.summarize and cfg.images_every and done % cfg.images_every == 0:
+            spec.summarize(state, done, writer)
+    if pending is not None:
+        _log_scalars(writer, progress, *pending, lr_schedule, skipped)
+    if spec.summarize and not (cfg.images_every and cfg.steps % cfg.images_every == 0):
+        spec.summarize(state, cfg.steps, writer)
+    return state
+
+
+def _count_or_stop(stage: str, cfg, step: int, metrics: dict) -> int:
+    """1 if that step's update was skipped for NaN/Inf; raises NonFiniteLoss when not skipping."""
+    if cfg.skip_nonfinite:
+        return int(jax.device_get(metrics["nonfinite"]) > 0)
+    check_finite(stage, step, metrics)
+    return 0
+
+
 def _close(data_iter) -> None:
     """Stop grain workers now rather than in interpreter teardown (which prints noise)."""
     if hasattr(data_iter, "close"):
         data_iter.close()
 
 
-def _log_scalars(writer, progress, step, metrics, lr_schedule) -> None:
+def _log_scalars(writer, progress, step, metrics, lr_schedule, skipped: int) -> None:
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    scalars["skipped_updates"] = float(skipped)
     scalars["learning_rate"] = float(lr_schedule(step - 1))
     rate = progress.rate(step)
     if rate == rate:
@@ -195,8 +265,6 @@ def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> No
 
 def load_resolved_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with (written by `run`)."""
-    from crossmodal_jax.errors import UserError
-
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
@@ -206,10 +274,13 @@ def load_resolved_config(workdir: str) -> ml_collections.ConfigDict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train every stage in `config.stages`, evaluate, write metrics.json; returns the metrics."""
-    from crossmodal_jax import evaluate, stages  # stage builders import the models
+    from crossmodal_jax import evaluate, stages, validation  # stage builders import the models
 
-    stages.validate(config)  # bad names fail here, before the workdir is touched
-    mesh = sharding.make_mesh(dict(config.mesh.shape))
+    try:
+        mesh = sharding.make_mesh(dict(config.mesh.shape))
+    except ValueError as e:
+        raise UserError(f"config.mesh.shape: {e}") from e
+    validation.validate(config, mesh, workdir)  # before the workdir is touched
     rules = sharding.rules_from_config(config.mesh.rules)
     os.makedirs(workdir, exist_ok=True)
     write_resolved_config(config, workdir)

@@ -113,7 +113,12 @@ def test_sample_cli_missing_input_is_one_line(smoke_run, tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("--config.tokenizer.trian.steps=3", "unknown config key 'tokenizer.trian.steps'"),
+        (
+            "--config.tokenizer.trian.steps=3",
+            "unknown config key 'tokenizer.trian.steps'; did you mean 'tokenizer.train.steps'?",
+        ),
+        ("--config.tokenizer.train.steps=abc", "--config.tokenizer.train.steps=abc"),
+        ("--config.tokenizer.train.batch_size=15", "not divisible by the data-parallel size"),
         ("--config.data.name=nope", "unknown dataset 'nope'"),
         ("--config.stages=('tokenizer','decoder')", "unknown stage 'decoder'"),
     ],
@@ -125,6 +130,17 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, expected)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
     assert not workdir.exists()
+
+
+def test_workdir_of_another_config_is_refused_with_a_diff(smoke_run):
+    workdir, flags, _ = smoke_run
+    before = sorted(os.listdir(workdir))
+    result = run_cli("main", *flags, "--config.tokenizer.model.num_codes=64")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "holds a run with a different config (tokenizer.model.num_codes: 32 -> 64)" in lines[0]
+    assert sorted(os.listdir(workdir)) == before
 
 
 def test_missing_config_file_is_one_line(tmp_path):

@@ -1,11 +1,15 @@
 """EMA vector quantizer (VQ-VAE-2 / Sonnet `VectorQuantizerEMA`) with dead-code restart.
 
 The codebook is not trained by gradients: it lives in the variable collection "vq_stats"
-(codebook [K, D], cluster_size [K], embed_sum [K, D]) and follows exponential moving averages of
-the encoder outputs assigned to each code. The encoder is pulled towards its codes by the
-commitment loss and receives the decoder's gradient through the straight-through estimator.
+(codebook [K, D], cluster_size [K], embed_sum [K, D], plus an `initialized` flag when the
+codebook is seeded from data) and follows exponential moving averages of the encoder outputs
+assigned to each code. The encoder is pulled towards its codes by the commitment loss and
+receives the decoder's gradient through the straight-through estimator.
 
-Under jit the batch is the global batch, so the plain sums below are already global statistics.
+Under jit the batch is the global batch (GSPMD splits it over the data axes and inserts the
+all-reduce for every batch sum), so the EMA statistics, restarts and data-dependent seeding are
+global and bitwise identical on every replica, as long as the "vq" rng is the same everywhere
+(train.py passes fold_in(run key, step)). No explicit psum is needed. The maths is in vq_ops.py.
 """
 
 from __future__ import annotations
@@ -16,103 +20,42 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from crossmodal_jax.models.layers import dense
+from crossmodal_jax.models.vq_ops import (
+    assignment_sums,
+    code_counts,
+    codebook_perplexity,
+    codebook_usage,
+    dead_code_count,
+    ema_step,
+    ema_update,
+    kmeans_plus_plus,
+    l2_normalize,
+    nearest_codes,
+    nearest_codes_chunked,
+    perplexity_from_counts,
+    restart_dead_codes,
+    sample_rows,
+    straight_through,
+)
 from crossmodal_jax.sharding import CODE_DIM, CODEBOOK
 
+__all__ = [
+    "STATS",
+    "VectorQuantizer",
+    "code_counts",
+    "codebook_perplexity",
+    "codebook_usage",
+    "dead_code_count",
+    "ema_update",
+    "nearest_codes",
+    "nearest_codes_chunked",
+    "restart_dead_codes",
+    "straight_through",
+]
+
 STATS = "vq_stats"
-
-
-def nearest_codes(z_NxD: jax.Array, codebook_KxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Index of the nearest code for each row and all squared L2 distances (float32).
-
-    ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2: one matmul instead of an [N, K, D] difference tensor.
-    """
-    z = z_NxD.astype(jnp.float32)
-    e = codebook_KxD.astype(jnp.float32)
-    dist_NxK = (
-        jnp.sum(z**2, axis=1, keepdims=True)
-        - 2.0 * jnp.matmul(z, e.T, precision=jax.lax.Precision.HIGHEST)
-        + jnp.sum(e**2, axis=1)[None, :]
-    )
-    return jnp.argmin(dist_NxK, axis=1).astype(jnp.int32), dist_NxK
-
-
-def straight_through(z: jax.Array, z_q: jax.Array) -> jax.Array:
-    """Forward value z_q, gradient of the identity with respect to z."""
-    return z + jax.lax.stop_gradient(z_q - z)
-
-
-def ema_update(
-    cluster_size_K: jax.Array,
-    embed_sum_KxD: jax.Array,
-    z_NxD: jax.Array,
-    onehot_NxK: jax.Array,
-    *,
-    decay: float,
-    epsilon: float,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One EMA step of the code statistics; returns (cluster_size, embed_sum, codebook).
-
-    Laplace smoothing of the cluster sizes keeps codes with no assignments from dividing by zero
-    while preserving the total count n.
-    """
-    z = z_NxD.astype(jnp.float32)
-    onehot = onehot_NxK.astype(jnp.float32)
-    cluster_size = decay * cluster_size_K + (1.0 - decay) * jnp.sum(onehot, axis=0)
-    batch_sum_KxD = jnp.matmul(onehot.T, z, precision=jax.lax.Precision.HIGHEST)
-    embed_sum = decay * embed_sum_KxD + (1.0 - decay) * batch_sum_KxD
-    n = jnp.sum(cluster_size)
-    num_codes = cluster_size.shape[0]
-    smoothed = (cluster_size + epsilon) / (n + num_codes * epsilon) * n
-    codebook = embed_sum / smoothed[:, None]
-    return cluster_size, embed_sum, codebook
-
-
-def code_counts(indices: jax.Array, num_codes: int) -> jax.Array:
-    """How often each code occurs in `indices` (any shape), float32 [K]."""
-    return jnp.bincount(indices.reshape(-1), length=num_codes).astype(jnp.float32)
-
-
-def codebook_usage(indices: jax.Array, num_codes: int) -> jax.Array:
-    """Fraction of the K codes used at least once in `indices`."""
-    return jnp.mean((code_counts(indices, num_codes) > 0).astype(jnp.float32))
-
-
-def _perplexity_from_counts(counts_K: jax.Array) -> jax.Array:
-    p = counts_K / jnp.maximum(jnp.sum(counts_K), 1.0)
-    # 0 * log 0 := 0; the where keeps log's argument positive.
-    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-    return jnp.exp(entropy)
-
-
-def codebook_perplexity(indices: jax.Array, num_codes: int) -> jax.Array:
-    """exp(entropy) of the empirical code distribution: 1 (one code) .. K (uniform)."""
-    return _perplexity_from_counts(code_counts(indices, num_codes))
-
-
-def restart_dead_codes(
-    key: jax.Array,
-    cluster_size_K: jax.Array,
-    embed_sum_KxD: jax.Array,
-    codebook_KxD: jax.Array,
-    z_NxD: jax.Array,
-    *,
-    threshold: float,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Replace codes with cluster_size < threshold by random encoder outputs of this batch.
-
-    A revived code gets cluster_size max(threshold, 1) (so it counts as alive right after the
-    restart) and a consistent embed_sum = code * cluster_size. Returns the new stats and the
-    boolean dead mask.
-    """
-    num_codes = cluster_size_K.shape[0]
-    dead_K = cluster_size_K < threshold
-    pick_K = jax.random.randint(key, (num_codes,), 0, z_NxD.shape[0])
-    new_codes_KxD = z_NxD.astype(jnp.float32)[pick_K]
-    revived_size = max(float(threshold), 1.0)
-    codebook = jnp.where(dead_K[:, None], new_codes_KxD, codebook_KxD)
-    cluster_size = jnp.where(dead_K, revived_size, cluster_size_K)
-    embed_sum = jnp.where(dead_K[:, None], new_codes_KxD * revived_size, embed_sum_KxD)
-    return cluster_size, embed_sum, codebook, dead_K
+INITS = ("random", "batch", "kmeans++")
 
 
 class VectorQuantizer(nn.Module):
@@ -123,6 +66,16 @@ class VectorQuantizer(nn.Module):
     "perplexity" (of this batch), "dead_codes" (codes below the threshold) and "restarts".
     With train=True and "vq_stats" mutable (not during init), the EMA stats are updated and dead
     codes restarted (rng stream "vq"); with train=False nothing changes.
+
+    Options (all off by default = the plain VQ-VAE-2 quantizer):
+      cosine: l2-normalise inputs and codes for the lookup; codes stay unit-norm (ViT-VQGAN).
+      lookup_dim: > 0 projects z to this dim (learned Dense) for the lookup and back up after;
+        the codebook [K, lookup_dim] lives in the low dim (ViT-VQGAN factorized codes).
+      codebook_init: "random" (variance-scaled), or seed the codebook from the first train=True batch:
+        "batch" (K distinct encodings) or "kmeans++" (D^2 seeding); key from the "vq" rng.
+      lookup_chunk_size: > 0 scans the codebook in chunks of this many codes (running argmin) so
+        the lookup needs N * chunk * 4 B of distances instead of N * K * 4 B (see vq_ops).
+    Distances and all statistics are float32 even when dtype is bfloat16.
     """
 
     num_codes: int
@@ -131,15 +84,28 @@ class VectorQuantizer(nn.Module):
     epsilon: float = 1e-5
     commitment_cost: float = 0.25
     dead_code_threshold: float = 0.0
+    cosine: bool = False
+    lookup_dim: int = 0
+    codebook_init: str = "random"
+    lookup_chunk_size: int = 0
     dtype: jnp.dtype = jnp.float32
 
+    @property
+    def book_dim(self) -> int:
+        return self.lookup_dim if self.lookup_dim > 0 else self.code_dim
+
     def setup(self):
-        k, d = self.num_codes, self.code_dim
+        if self.codebook_init not in INITS:
+            raise ValueError(
+                f"unknown codebook init {self.codebook_init!r}; expected one of {INITS}"
+            )
+        k, d = self.num_codes, self.book_dim
         # fan_in = D (not K) so code norms match unit-variance encoder features.
         init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform", in_axis=-1, out_axis=-2)
 
         def init_codebook():
-            return init(self.make_rng("params"), (k, d), jnp.float32)
+            codes = init(self.make_rng("params"), (k, d), jnp.float32)
+            return l2_normalize(codes) if self.cosine else codes
 
         self.codebook = self.variable(
             STATS, "codebook", nn.with_logical_partitioning(init_codebook, (CODEBOOK, CODE_DIM))
@@ -155,36 +121,76 @@ class VectorQuantizer(nn.Module):
             "embed_sum",
             nn.with_logical_partitioning(lambda: self.codebook.value, (CODEBOOK, CODE_DIM)),
         )
+        if self.codebook_init != "random":
+            self.initialized = self.variable(STATS, "initialized", lambda: jnp.zeros((), jnp.int32))
+        if self.lookup_dim > 0:
+            self.proj_down = dense(self.lookup_dim, (CODE_DIM, None), dtype=self.dtype)
+            self.proj_up = dense(self.code_dim, (None, CODE_DIM), dtype=self.dtype)
+
+    def _to_lookup_space(self, z: jax.Array) -> jax.Array:
+        """Encoder output [..., code_dim] -> f32 vectors the codebook is compared with."""
+        if self.lookup_dim > 0:
+            z = self.proj_down(z.astype(self.dtype))
+        return l2_normalize(z) if self.cosine else z.astype(jnp.float32)
+
+    def _from_lookup_space(self, z_q: jax.Array) -> jax.Array:
+        if self.lookup_dim > 0:
+            return self.proj_up(z_q.astype(self.dtype))
+        return z_q
 
     def lookup(self, indices: jax.Array) -> jax.Array:
-        """Codes for integer indices of any shape: [...] -> [..., D] (compute dtype)."""
-        return jnp.take(self.codebook.value, indices, axis=0).astype(self.dtype)
+        """Codes for integer indices of any shape: [...] -> [..., code_dim] (compute dtype)."""
+        codes = jnp.take(self.codebook.value, indices, axis=0)
+        return self._from_lookup_space(codes).astype(self.dtype)
+
+    def _seed_codebook(self, z_NxD: jax.Array) -> None:
+        """On the first update, replace the random codebook by one drawn from this batch."""
+
+        key = self.make_rng("vq")  # drawn outside cond: the rng stream advances the same way
+
+        def seed(_):
+            if self.codebook_init == "kmeans++":
+                codes = kmeans_plus_plus(key, z_NxD, self.num_codes)
+            else:
+                codes = sample_rows(key, z_NxD, self.num_codes)
+            return l2_normalize(codes) if self.cosine else codes
+
+        current = self.codebook.value
+        # cond, not where: k-means++ costs K sequential passes over the batch, run it once.
+        codebook = jax.lax.cond(self.initialized.value > 0, lambda _: current, seed, None)
+        fresh = self.initialized.value == 0
+        self.codebook.value = codebook
+        self.cluster_size.value = jnp.where(fresh, 1.0, self.cluster_size.value)
+        self.embed_sum.value = jnp.where(fresh, codebook, self.embed_sum.value)
+        self.initialized.value = jnp.ones((), jnp.int32)
 
     def __call__(self, z: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
         if z.shape[-1] != self.code_dim:
             raise ValueError(f"expected last axis {self.code_dim}, got shape {z.shape}")
         lead_shape = z.shape[:-1]
-        z_NxD = jax.lax.stop_gradient(z).reshape(-1, self.code_dim).astype(jnp.float32)
-        codebook_KxD = self.codebook.value
-        indices_N, _ = nearest_codes(z_NxD, codebook_KxD)
-        z_q = codebook_KxD[indices_N].reshape(z.shape)
+        z_l = self._to_lookup_space(z).reshape(-1, self.book_dim)  # f32, differentiable
+        z_NxD = jax.lax.stop_gradient(z_l)
+        update = train and self.is_mutable_collection(STATS) and not self.is_initializing()
+        if update and self.codebook_init != "random":
+            self._seed_codebook(z_NxD)
 
-        z_f32 = z.astype(jnp.float32)
-        commitment = self.commitment_cost * jnp.mean((z_f32 - jax.lax.stop_gradient(z_q)) ** 2)
-        counts_K = code_counts(indices_N, self.num_codes)
+        codebook_KxD = self.codebook.value
+        indices_N, _ = nearest_codes_chunked(z_NxD, codebook_KxD, self.lookup_chunk_size)
+        z_q = codebook_KxD[indices_N]
+        commitment = self.commitment_cost * jnp.mean((z_l - jax.lax.stop_gradient(z_q)) ** 2)
+        counts_K, sums_KxD = assignment_sums(z_NxD, indices_N, self.num_codes)
 
         cluster_size_K = self.cluster_size.value
         restarts = jnp.zeros((), jnp.float32)
-        update = train and self.is_mutable_collection(STATS) and not self.is_initializing()
         if update:
-            onehot_NxK = jax.nn.one_hot(indices_N, self.num_codes, dtype=jnp.float32)
-            cluster_size_K, embed_sum, codebook = ema_update(
+            cluster_size_K, embed_sum, codebook = ema_step(
                 cluster_size_K,
                 self.embed_sum.value,
-                z_NxD,
-                onehot_NxK,
+                counts_K,
+                sums_KxD,
                 decay=self.decay,
                 epsilon=self.epsilon,
+                cosine=self.cosine,
             )
             if self.dead_code_threshold > 0:
                 cluster_size_K, embed_sum, codebook, dead_K = restart_dead_codes(
@@ -202,18 +208,16 @@ class VectorQuantizer(nn.Module):
 
         if update:
             dead = restarts  # the codes that fell below the threshold were just restarted
-        elif self.dead_code_threshold > 0:
-            dead = jnp.sum(cluster_size_K < self.dead_code_threshold).astype(jnp.float32)
         else:
-            dead = jnp.zeros((), jnp.float32)
+            dead = dead_code_count(cluster_size_K, self.dead_code_threshold)
 
         aux = {
             "indices": indices_N.reshape(lead_shape),
             "commitment_loss": commitment,
             "codebook_usage": jnp.mean((counts_K > 0).astype(jnp.float32)),
-            "perplexity": _perplexity_from_counts(counts_K),
+            "perplexity": perplexity_from_counts(counts_K),
             "dead_codes": dead,
             "restarts": restarts,
         }
-        z_q_st = straight_through(z_f32, z_q).astype(z.dtype)
-        return z_q_st, aux
+        z_q_st = straight_through(z_l, z_q).reshape(*lead_shape, self.book_dim)
+        return self._from_lookup_space(z_q_st).astype(z.dtype), aux

@@ -107,7 +107,8 @@ class VQVAE(nn.Module):
     """VQ-VAE image tokenizer. Images f32[B, H, W, C] (in [-1, 1]) <-> ids i32[B, h, w].
 
     Variables: "params" (encoder/decoder) and "vq_stats" (codebook EMA state). Training applies
-    with mutable=["vq_stats"] and rngs={"vq": key} (the latter only with dead_code_threshold > 0).
+    with mutable=["vq_stats"] and rngs={"vq": key} (used by dead-code restarts and data seeding).
+    Codebook options (cosine, lookup_dim, codebook_init, lookup_chunk_size): see vq.py.
     """
 
     in_channels: int = 1
@@ -120,6 +121,10 @@ class VQVAE(nn.Module):
     epsilon: float = 1e-5
     commitment_cost: float = 0.25
     dead_code_threshold: float = 0.0
+    cosine: bool = False
+    lookup_dim: int = 0
+    codebook_init: str = "random"
+    lookup_chunk_size: int = 0
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -134,6 +139,10 @@ class VQVAE(nn.Module):
             epsilon=self.epsilon,
             commitment_cost=self.commitment_cost,
             dead_code_threshold=self.dead_code_threshold,
+            cosine=self.cosine,
+            lookup_dim=self.lookup_dim,
+            codebook_init=self.codebook_init,
+            lookup_chunk_size=self.lookup_chunk_size,
             dtype=self.dtype,
         )
         self.decoder = Decoder(
