@@ -132,6 +132,25 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, expected)
     assert not workdir.exists()
 
 
+def test_sample_cli_rejects_non_utf8_input_and_a_wrong_workdir(smoke_run, tmp_path):
+    workdir, _, _ = smoke_run
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"the digit \xff\xfe seven\n")
+    result = run_cli(
+        "sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={tmp_path / 'out'}"
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"error: input file {prompts} is not UTF-8 text (invalid start byte)"
+    ]
+    result = run_cli(
+        "sample", f"--workdir={tmp_path}", f"--input={prompts}", f"--output={tmp_path / 'out'}"
+    )
+    assert result.returncode != 0 and "no config.json in workdir" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_workdir_of_another_config_is_refused_with_a_diff(smoke_run):
     workdir, flags, _ = smoke_run
     before = sorted(os.listdir(workdir))
