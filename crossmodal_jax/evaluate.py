@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax import data
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.metrics import image_grid, save_png
-from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage
+from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
 from crossmodal_jax.models.vqvae import VQVAE
 
 log = logging.getLogger("crossmodal_jax")
@@ -28,7 +29,7 @@ def reconstruction_metrics(
 ) -> dict[str, float]:
     """Per-image PSNR (mean), MSE, and codebook usage/perplexity over the whole split's codes."""
 
-    @jax.jit
+    @partial(jax.jit, out_shardings=P())  # replicated: readable on every process
     def run(x):
         z_e = tokenizer.apply(tok_vars, x, method=VQVAE.encode)
         z_q, idx = tokenizer.apply(tok_vars, z_e, method=VQVAE.quantize)
@@ -38,7 +39,7 @@ def reconstruction_metrics(
 
     mses, indices = [], []
     for i in range(0, len(images), batch_size):
-        mse, idx = run(jnp.asarray(images[i : i + batch_size]))
+        mse, idx = run(images[i : i + batch_size])
         mses.append(np.asarray(mse))
         indices.append(np.asarray(idx).reshape(-1))
     mse = np.concatenate(mses)
@@ -49,6 +50,13 @@ def reconstruction_metrics(
         "test_recon_mse": float(np.mean(mse)),
         "test_codebook_usage": float(codebook_usage(idx, k)),
         "test_codebook_perplexity": float(codebook_perplexity(idx, k)),
+        # Codes the EMA considers dead (restart candidates) and codes no test latent uses.
+        "dead_codes": float(
+            dead_code_count(
+                tok_vars["vq_stats"]["quantizer"]["cluster_size"], tokenizer.dead_code_threshold
+            )
+        ),
+        "test_unused_codes": float(k - np.count_nonzero(np.bincount(np.asarray(idx), minlength=k))),
     }
 
 
@@ -90,8 +98,8 @@ def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, flo
         generate(
             generator_state.ema_params,
             generator_state.model_state,
-            jnp.asarray(ids),
-            jnp.asarray(mask),
+            ids,
+            mask,
             key,
         )
     )

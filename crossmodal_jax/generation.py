@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax.diffusion import gaussian, gaussian_samplers
 from crossmodal_jax.models.dit import DiT
@@ -65,7 +66,7 @@ def make_image_generator(
         raise ValueError(f"unknown sampler {sample_cfg.sampler!r}; available: {sorted(SAMPLERS)}")
     sampler = SAMPLERS[sample_cfg.sampler]
 
-    @partial(jax.jit)
+    @partial(jax.jit, out_shardings=P())  # replicated: every process can read the images
     def generate(params, model_state, cond_ids, cond_mask, key):
         noise_key, sample_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (cond_ids.shape[0], *latent_hwc))

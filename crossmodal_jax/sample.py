@@ -46,7 +46,6 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     """Generate one PNG per prompt; returns the written paths."""
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from crossmodal_jax import data, sharding, stages
@@ -76,8 +75,8 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
             images = generate(
                 state.ema_params,
                 state.model_state,
-                jnp.asarray(ids),
-                jnp.asarray(mask),
+                ids,
+                mask,
                 jax.random.fold_in(key, start),
             )
             images = data.unit_to_uint8(np.asarray(images))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax import data, sharding
 from crossmodal_jax.checkpoint import StageCheckpointer
@@ -85,11 +86,12 @@ def tokenizer_stage(ctx: RunContext) -> StageSpec:
         params_key, vq_key = jax.random.split(key)
         return model.init({"params": params_key, "vq": vq_key}, dummy, train=False)
 
-    reconstruct = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+    # Replicated outputs: every process may read them (multi-host safe).
+    reconstruct = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=P())
 
     def summarize(state, step, writer: MetricWriter):
         variables = {"params": state.params, **state.model_state}
-        rec = np.asarray(reconstruct(variables, jnp.asarray(shown)))
+        rec = np.asarray(reconstruct(variables, shown))
         grid = image_grid(
             data.unit_to_uint8(np.concatenate([shown, rec])), cols=len(shown), upscale=IMAGE_UPSCALE
         )
@@ -169,7 +171,7 @@ def latent_statistics(config, tokenizer: VQVAE, tok_vars, mesh, num_batches: int
     Diffusion assumes unit-scale data; VQ latents have whatever scale the codebook learned.
     """
     it = train_iterator_factory(config, config.generator.train)()
-    encode = jax.jit(lambda v, x: encode_latents(tokenizer, v, x))
+    encode = jax.jit(lambda v, x: encode_latents(tokenizer, v, x), out_shardings=P())
     zs = [
         np.asarray(encode(tok_vars, sharding.global_batch(next(it), mesh)["image"]))
         for _ in range(num_batches)
@@ -223,9 +225,7 @@ def generator_stage(ctx: RunContext) -> StageSpec:
 
     def summarize(state, step, writer: MetricWriter):
         key = jax.random.fold_in(jax.random.key(config.seed), step)
-        images = generate(
-            state.ema_params, state.model_state, jnp.asarray(ids), jnp.asarray(mask), key
-        )
+        images = generate(state.ema_params, state.model_state, ids, mask, key)
         images = data.unit_to_uint8(np.asarray(images))
         for i, prompt in enumerate(prompts):
             writer.image(

@@ -83,7 +83,9 @@ def fresh_state(spec: StageSpec, init_fn: Callable, key: jax.Array) -> TrainStat
     the caller's arrays nor receive one buffer twice.
     """
     state = init_fn(key)
-    frozen = jax.tree.map(lambda x: jax.device_put(x, may_alias=False), spec.frozen_state)
+    frozen = jax.tree.map(
+        lambda x: jax.device_put(x, x.sharding, may_alias=False), spec.frozen_state
+    )
     return state.replace(model_state={**state.model_state, **frozen})
 
 
