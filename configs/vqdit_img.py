@@ -1,6 +1,6 @@
 """Text→image on the embedded `digits`: a VQ-VAE tokenizer, then a text-conditioned DiT over its latents.
 
-Run (the embedded default, ≈6 minutes on 2 CPU cores; see README "Measured results"):
+Run (the embedded default: ≈7 minutes on 2 CPU cores; see README "Measured results"):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py --workdir=runs/vqdit_img
 Smoke variant for tests (seconds):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py:smoke --workdir=/tmp/smoke
