@@ -140,11 +140,9 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
     t_start = time.perf_counter()
     try:
         with PreemptionGuard() as guard:
-            state = _train_loop(
+            loop = _Loop(
                 spec,
                 ctx,
-                state,
-                start,
                 tx,
                 lr_schedule,
                 state_shardings,
@@ -154,6 +152,7 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
                 writer,
                 guard,
             )
+            state = _train_loop(loop, state, start)
     finally:
         ckpt.close()  # waits for async saves: a stage returns only once its checkpoint is whole
         writer.close()
@@ -167,21 +166,25 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
     return state
 
 
-def _train_loop(
-    spec,
-    ctx,
-    state,
-    start,
-    tx,
-    lr_schedule,
-    state_shardings,
-    step_key,
-    data_iter,
-    ckpt,
-    writer,
-    guard,
-) -> TrainState:
+@dataclasses.dataclass
+class _Loop:
+    """What one stage's training loop works with."""
+
+    spec: StageSpec
+    ctx: RunContext
+    tx: Any
+    lr_schedule: Callable
+    state_shardings: Any
+    step_key: jax.Array
+    data_iter: Any
+    ckpt: StageCheckpointer
+    writer: MetricWriter
+    guard: PreemptionGuard
+
+
+def _train_loop(loop: _Loop, state: TrainState, start: int) -> TrainState:
     """Steps `start..steps`; logs one step late (async dispatch) and checks finiteness before saves."""
+    spec, ckpt, writer = loop.spec, loop.ckpt, loop.writer
     cfg = spec.train_cfg
     step_fn = None
     progress = Progress(spec.name, start, cfg.steps)
@@ -189,30 +192,30 @@ def _train_loop(
     previous = None  # (step, metrics) of the step before: its NaN check runs one step late
     skipped = 0  # updates dropped for non-finite values (skip_nonfinite=True)
     for step in range(start, cfg.steps):
-        batch = sharding.global_batch(next(data_iter), ctx.mesh)
+        batch = sharding.global_batch(next(loop.data_iter), loop.ctx.mesh)
         if step_fn is None:
-            step_fn = compile_step(spec, tx, state_shardings, batch, ctx.mesh)
-        state, metrics = step_fn(state, batch, step_key)
+            step_fn = compile_step(spec, loop.tx, loop.state_shardings, batch, loop.ctx.mesh)
+        state, metrics = step_fn(state, batch, loop.step_key)
         done = step + 1
         if previous is not None:
             skipped += _count_or_stop(spec.name, cfg, *previous)
         previous = (done, metrics)
         if pending is not None:
-            _log_scalars(writer, progress, *pending, lr_schedule, skipped)
+            _log_scalars(writer, progress, *pending, loop.lr_schedule, skipped)
             pending = None
         if step == start:
             jax.block_until_ready(metrics)  # exclude compilation from the step rate
             progress.mark_started(done)
         if done % cfg.log_every == 0 or done == cfg.steps:
             pending = (done, metrics)
-        stop = guard.should_stop()
+        stop = loop.guard.should_stop()
         if stop or done == cfg.steps or ckpt.is_due(done):
             skipped += _count_or_stop(spec.name, cfg, *previous)  # never save a NaN state
             previous = None
-            ckpt.save(done, state, data_iter, force=True)
+            ckpt.save(done, state, loop.data_iter, force=True)
         if stop:
             if pending is not None:
-                _log_scalars(writer, progress, *pending, lr_schedule, skipped)
+                _log_scalars(writer, progress, *pending, loop.lr_schedule, skipped)
             ckpt.wait()
             raise Preempted(
                 f"[{spec.name}] stopped at step {done}/{cfg.steps} and saved a checkpoint; "
@@ -221,7 +224,7 @@ def _train_loop(
         if spec.summarize and cfg.images_every and done % cfg.images_every == 0:
             spec.summarize(state, done, writer)
     if pending is not None:
-        _log_scalars(writer, progress, *pending, lr_schedule, skipped)
+        _log_scalars(writer, progress, *pending, loop.lr_schedule, skipped)
     if spec.summarize and not (cfg.images_every and cfg.steps % cfg.images_every == 0):
         spec.summarize(state, cfg.steps, writer)
     return state
