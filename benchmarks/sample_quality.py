@@ -45,8 +45,15 @@ def main(argv) -> None:
             f.writelines(f"the digit {w}\n" for w in WORDS for _ in range(n))
         out = os.path.join(tmp, "out")
         subprocess.run(
-            [sys.executable, "-m", "crossmodal_jax.sample", f"--workdir={_WORKDIR.value}",
-             f"--input={prompts}", f"--output={out}", f"--seed={_SEED.value}"],
+            [
+                sys.executable,
+                "-m",
+                "crossmodal_jax.sample",
+                f"--workdir={_WORKDIR.value}",
+                f"--input={prompts}",
+                f"--output={out}",
+                f"--seed={_SEED.value}",
+            ],
             check=True,
         )
         files = sorted(os.listdir(out))
