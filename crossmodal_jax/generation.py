@@ -35,10 +35,10 @@ SAMPLERS = {"ddim": _ddim, "ddpm": _ddpm}
 
 def guided_dit_fn(dit: DiT, params: Any, cond_ids, cond_mask, scale: float) -> Callable:
     """model_fn(xt, t) with classifier-free guidance: one batched call for both branches."""
+    if scale == 1.0:
+        return lambda xt, t: dit.apply({"params": params}, xt, t, cond_ids, cond_mask)
 
-    def model_fn(xt, t):
-        if scale == 1.0:
-            return dit.apply({"params": params}, xt, t, cond_ids, cond_mask)
+    def pair_fn(xt, t):
         both = dit.apply(
             {"params": params},
             jnp.concatenate([xt, xt]),
@@ -46,10 +46,9 @@ def guided_dit_fn(dit: DiT, params: Any, cond_ids, cond_mask, scale: float) -> C
             jnp.concatenate([cond_ids, cond_ids]),
             jnp.concatenate([cond_mask, jnp.zeros_like(cond_mask)]),
         )
-        cond_out, uncond_out = jnp.split(both, 2)
-        return gaussian.cfg_combine(cond_out, uncond_out, scale)
+        return tuple(jnp.split(both, 2))
 
-    return model_fn
+    return gaussian.guided_model_fn(pair_fn, scale)
 
 
 def make_image_generator(
