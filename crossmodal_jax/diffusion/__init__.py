@@ -1,5 +1,11 @@
-"""Diffusion processes as pure functions: Gaussian (continuous latents), masked (discrete ids)."""
+"""Diffusion processes as pure functions: Gaussian (continuous latents), masked (discrete ids).
 
+The Gaussian functions are exported flat; the masked ones stay in their modules
+(`diffusion.masked`, `diffusion.masked_samplers`) because their names (training_loss, ...) mirror
+the Gaussian ones.
+"""
+
+from crossmodal_jax.diffusion import masked, masked_samplers
 from crossmodal_jax.diffusion.gaussian import (
     PREDICTIONS,
     SCHEDULES,
@@ -18,6 +24,8 @@ from crossmodal_jax.diffusion.gaussian import (
 from crossmodal_jax.diffusion.gaussian_samplers import ddim_sample, ddim_timesteps, ddpm_sample
 
 __all__ = [
+    "masked",
+    "masked_samplers",
     "PREDICTIONS",
     "SCHEDULES",
     "GaussianSchedule",
