@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/vqdit_img
 CONFIG ?= configs/vqdit_img.py
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install install-system-deps clean
 
 # Virtual environment with the package and its test extras; redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -16,11 +16,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# espeak-ng synthesizes the embedded spoken_digits dataset (speech→text). Debian/Ubuntu: installed
+# with apt-get (sudo when not root); elsewhere: install it yourself (macOS: brew install espeak-ng).
+install-system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; \
+	  else \
+	    echo "espeak-ng not found and no apt-get: install it (macOS: brew install espeak-ng)" >&2; \
+	    exit 1; \
+	  fi; }
+
 demo: $(VENV)/.installed
 	$(PY) -m crossmodal_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 	@echo "Artifacts in $(WORKDIR): samples.png, metrics.json, tokenizer/ and generator/ (TensorBoard: $(VENV)/bin/tensorboard --logdir $(WORKDIR) if installed)"
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed install-system-deps
 	$(PY) -m pytest tests
 
 lint: $(VENV)/.installed

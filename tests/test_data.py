@@ -112,7 +112,10 @@ def test_concurrent_builder_losing_the_race_uses_the_winner(tmp_path, monkeypatc
 def test_unknown_dataset_and_split_errors(tmp_path):
     with pytest.raises(ValueError) as err:
         sources.get_source("foo", "train", tmp_path)
-    assert str(err.value) == "unknown dataset 'foo'; available: digits"
+    assert str(err.value) == (
+        "unknown dataset 'foo'; available: digits, moving_digits, spoken_digits, "
+        "spoken_digits_smoke"
+    )
     with pytest.raises(ValueError) as err:
         sources.get_source("digits", "validation", tmp_path)
     assert "\n" not in str(err.value) and "'validation'" in str(err.value)

@@ -1,12 +1,23 @@
-"""Data: embedded datasets cached as ArrayRecord, grain pipelines, the byte tokenizer."""
+"""Data: embedded datasets cached as ArrayRecord, grain pipelines, the byte tokenizer, audio
+features and readers of user input files."""
 
+from crossmodal_jax.data import audio, files, moving_digits, spoken_digits
 from crossmodal_jax.data.digits import CAPTION_TEMPLATES, NUMBER_WORDS, TEST_START
+from crossmodal_jax.data.features import AudioTextFeatures, VideoTextFeatures, audio_features
+from crossmodal_jax.data.files import (
+    InputFileError,
+    list_inputs,
+    read_image,
+    read_video,
+    read_wav,
+)
 from crossmodal_jax.data.pipeline import (
     ImageTextFeatures,
     image_to_unit,
     local_batch_size,
     make_eval_batches,
     make_train_iterator,
+    materialize,
     unit_to_uint8,
 )
 from crossmodal_jax.data.sources import (
@@ -32,6 +43,18 @@ from crossmodal_jax.data.text import (
 )
 
 __all__ = [
+    "AudioTextFeatures",
+    "InputFileError",
+    "VideoTextFeatures",
+    "audio",
+    "audio_features",
+    "files",
+    "list_inputs",
+    "moving_digits",
+    "read_image",
+    "read_video",
+    "read_wav",
+    "spoken_digits",
     "BYTE_OFFSET",
     "CAPTION_TEMPLATES",
     "DATASETS",
@@ -56,6 +79,7 @@ __all__ = [
     "local_batch_size",
     "make_eval_batches",
     "make_train_iterator",
+    "materialize",
     "prepare",
     "unit_to_uint8",
 ]

@@ -5,6 +5,8 @@ turns the per-process batches into global jax arrays
 (``jax.make_array_from_process_local_data``).
 """
 
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -91,7 +93,7 @@ def make_train_iterator(
     *,
     global_batch_size: int,
     seed: int,
-    transform: grain.transforms.Map,
+    transform: grain.transforms.Map | None,
     worker_count: int = 0,
 ) -> grain.DatasetIterator:
     """Infinite, seeded, per-process-sharded training batches: a checkpointable grain iterator.
@@ -103,14 +105,17 @@ def make_train_iterator(
     ever dropped.
 
     ``get_state()``/``set_state()`` resume exactly; orbax saves it with
-    ``grain.checkpoint.CheckpointSave(it)`` inside ``ocp.args.Composite``.
+    ``grain.checkpoint.CheckpointSave(it)`` inside ``ocp.args.Composite``. ``transform=None``: the
+    source already yields model features (see ``materialize``).
     """
     batch_size = local_batch_size(global_batch_size, len(source))
     ds = grain.MapDataset.source(source).shuffle(seed=seed)
     # repeat() reseeds upstream shuffles per epoch by default: a new permutation each epoch.
     ds = ds.repeat(None)
     ds = ds[jax.process_index() :: jax.process_count()]
-    ds = ds.map(transform).batch(batch_size, drop_remainder=True)
+    if transform is not None:
+        ds = ds.map(transform)
+    ds = ds.batch(batch_size, drop_remainder=True)
     iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
     if worker_count > 0:
         # grain workers read absl flags; outside an absl app (tests, notebooks) use the defaults.
@@ -122,10 +127,29 @@ def make_train_iterator(
 
 
 def make_eval_batches(
-    source: Sequence[Any], *, batch_size: int, transform: grain.transforms.Map
+    source: Sequence[Any], *, batch_size: int, transform: grain.transforms.Map | None
 ) -> Iterator[dict[str, np.ndarray]]:
     """One ordered pass over the whole split; the last batch may be smaller (kept as-is)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    ds = grain.MapDataset.source(source).map(transform).batch(batch_size, drop_remainder=False)
+    ds = grain.MapDataset.source(source)
+    if transform is not None:
+        ds = ds.map(transform)
+    ds = ds.batch(batch_size, drop_remainder=False)
     return iter(ds.to_iter_dataset(_READ_OPTIONS))
+
+
+def materialize(
+    source: Sequence[Any], transform: grain.transforms.Map, *, what: str = "examples"
+) -> list[dict[str, np.ndarray]]:
+    """Every example of `source` through `transform`, computed once and kept in memory.
+
+    For features too costly to recompute every epoch (log-mel spectrograms): the list is itself a
+    random-access source, so shuffling, sharding and checkpointed iteration work unchanged.
+    """
+    start = time.perf_counter()
+    out = [transform.map(source[i]) for i in range(len(source))]
+    logging.getLogger("crossmodal_jax").info(
+        "computed features of %d %s in %.1f s", len(out), what, time.perf_counter() - start
+    )
+    return out

@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from crossmodal_jax.data import digits
+from crossmodal_jax.data import digits, moving_digits, spoken_digits
 
 DATA_DIR_ENV = "CROSSMODAL_DATA_DIR"
 _ND_KEY = "__nd__"
@@ -37,7 +37,9 @@ class DatasetSpec:
     version: str  # part of the cache path: bump it when records change
     splits: tuple[str, ...]
     generate: Callable[[str], list[dict]]  # split -> records in order
-    image_max_value: int  # raw pixel value meaning "full ink/intensity"; pipelines scale by it
+    modality: str  # the non-text field: "image" | "audio" | "video" (picks the feature transform)
+    # Raw pixel value meaning "full ink/intensity"; pipelines scale by it. None: no images/videos.
+    image_max_value: int | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -46,7 +48,30 @@ DATASETS: dict[str, DatasetSpec] = {
         version=digits.VERSION,
         splits=digits.SPLITS,
         generate=digits.generate_split,
+        modality="image",
         image_max_value=digits.IMAGE_MAX_VALUE,
+    ),
+    "moving_digits": DatasetSpec(
+        name=moving_digits.NAME,
+        version=moving_digits.VERSION,
+        splits=moving_digits.SPLITS,
+        generate=moving_digits.generate_split,
+        modality="video",
+        image_max_value=moving_digits.IMAGE_MAX_VALUE,
+    ),
+    "spoken_digits": DatasetSpec(
+        name=spoken_digits.NAME,
+        version=spoken_digits.VERSION,
+        splits=spoken_digits.SPLITS,
+        generate=spoken_digits.generate_split,
+        modality="audio",
+    ),
+    "spoken_digits_smoke": DatasetSpec(
+        name=spoken_digits.SMOKE_NAME,
+        version=spoken_digits.VERSION,
+        splits=spoken_digits.SPLITS,
+        generate=spoken_digits.generate_smoke_split,
+        modality="audio",
     ),
 }
 
@@ -212,6 +237,10 @@ def load_arrays(
             arr = np.empty((len(values),), dtype=object)
             arr[:] = [v.decode("utf-8") for v in values]
             out[key] = arr
-        else:
+        elif len({np.shape(v) for v in values}) == 1:
             out[key] = np.stack([np.asarray(v) for v in values])
+        else:  # variable-length fields (waveforms) stay one array per record
+            arr = np.empty((len(values),), dtype=object)
+            arr[:] = [np.asarray(v) for v in values]
+            out[key] = arr
     return out

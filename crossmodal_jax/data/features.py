@@ -1,0 +1,138 @@
+"""grain transforms from ``moving_digits`` / ``spoken_digits`` records to model features.
+
+Like ``pipeline.ImageTextFeatures``: module-level ``grain.transforms.Map`` classes holding only plain
+numbers, so grain worker processes can unpickle them. ``audio_features`` is the single definition of
+what a speech model sees; the sample CLI calls it on user WAV files, so training and inference
+share one code path.
+"""
+
+from typing import Any
+
+import grain
+import numpy as np
+
+from crossmodal_jax.data import audio
+from crossmodal_jax.data import text as text_lib
+from crossmodal_jax.data.pipeline import image_to_unit
+
+# 3.072 s at 16 kHz: 192 frames with hop 256. The longest spoken_digits utterance (4 words at the
+# slowest speed: "seven seven seven seven") is ~2.3 s after trimming, so nothing is cut.
+DEFAULT_NUM_SAMPLES = 49152
+
+
+def audio_features(
+    waveform: np.ndarray,
+    sample_rate: int,
+    *,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    n_fft: int = 512,
+    hop: int = 256,
+    n_mels: int = 32,
+    fmin: float = 20.0,
+    fmax: float = 8000.0,
+) -> np.ndarray:
+    """Mono float waveform at any rate -> normalised log-mel f32[num_samples // hop, n_mels, 1].
+
+    Steps: resample to 16 kHz, trim leading/trailing silence, scale to a fixed RMS (so recording
+    gain does not matter), centre in ``num_samples`` (pad or crop), log-mel in dB, fixed map to
+    [-1, 1]. The trailing axis of 1 lets a VQ-VAE treat it as a one-channel image.
+    """
+    x = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    if sample_rate != audio.SAMPLE_RATE:
+        x = audio.resample(x, sample_rate, audio.SAMPLE_RATE)
+    x = audio.trim_silence(x, audio.SAMPLE_RATE)
+    x = audio.normalize_rms(x)
+    x = audio.fit_length(x, num_samples)
+    log_mel_FxM = audio.log_mel_spectrogram(
+        x, sample_rate=audio.SAMPLE_RATE, n_fft=n_fft, hop=hop, n_mels=n_mels, fmin=fmin, fmax=fmax
+    )
+    return audio.normalize_log_mel(log_mel_FxM)[..., None]
+
+
+def _caption_str(caption: Any) -> str:
+    return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+
+
+class AudioTextFeatures(grain.transforms.Map):
+    """Record ``{"audio": int16 [T] at 16 kHz, "caption", ...}`` ->
+    ``{"audio": f32 [frames, n_mels, 1], "text": i32 [L], "text_mask": i32 [L]}``.
+
+    ``frames = num_samples // hop`` (192 with the defaults); see ``audio_features``.
+    """
+
+    def __init__(
+        self,
+        text_max_len: int,
+        num_samples: int = DEFAULT_NUM_SAMPLES,
+        n_fft: int = 512,
+        hop: int = 256,
+        n_mels: int = 32,
+        fmin: float = 20.0,
+        fmax: float = 8000.0,
+    ):
+        if text_max_len < 1:
+            raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
+        if num_samples < hop:
+            raise ValueError(f"num_samples ({num_samples}) must be >= hop ({hop})")
+        self.text_max_len = int(text_max_len)
+        self.num_samples = int(num_samples)
+        self.n_fft = int(n_fft)
+        self.hop = int(hop)
+        self.n_mels = int(n_mels)
+        self.fmin = float(fmin)
+        self.fmax = float(fmax)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape of ``"audio"`` in the output (without batch axis)."""
+        return (audio.num_frames(self.num_samples, self.hop), self.n_mels, 1)
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        pcm = np.asarray(element["audio"])
+        # Records hold int16 PCM; accept float waveforms too (already in [-1, 1]).
+        wave = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
+        ids_L, mask_L = text_lib.encode(_caption_str(element["caption"]), self.text_max_len)
+        return {
+            "audio": audio_features(
+                wave,
+                audio.SAMPLE_RATE,
+                num_samples=self.num_samples,
+                n_fft=self.n_fft,
+                hop=self.hop,
+                n_mels=self.n_mels,
+                fmin=self.fmin,
+                fmax=self.fmax,
+            ),
+            "text": ids_L,
+            "text_mask": mask_L,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"AudioTextFeatures(text_max_len={self.text_max_len}, num_samples={self.num_samples}, "
+            f"n_fft={self.n_fft}, hop={self.hop}, n_mels={self.n_mels}, fmin={self.fmin}, "
+            f"fmax={self.fmax})"
+        )
+
+
+class VideoTextFeatures(grain.transforms.Map):
+    """Record ``{"video": uint8 [T,H,W,C], "label", "caption", ...}`` ->
+    ``{"video": f32 [T,H,W,C] in [-1, 1], "text", "text_mask", "label"}``."""
+
+    def __init__(self, text_max_len: int, max_value: int = 255):
+        if text_max_len < 1:
+            raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
+        self.text_max_len = int(text_max_len)
+        self.max_value = int(max_value)
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        ids_L, mask_L = text_lib.encode(_caption_str(element["caption"]), self.text_max_len)
+        return {
+            "video": image_to_unit(element["video"], self.max_value),
+            "text": ids_L,
+            "text_mask": mask_L,
+            "label": np.asarray(element["label"], dtype=np.int32),
+        }
+
+    def __repr__(self) -> str:
+        return f"VideoTextFeatures(text_max_len={self.text_max_len}, max_value={self.max_value})"
