@@ -8,7 +8,13 @@ vector when an example's mask is all zero (classifier-free-guidance drop): such 
 no condition token at all, so it is truly unconditional.
 
 Input embedding (`PatchEmbed`) and output head (`FinalLayer`) are separate modules so that a
-token-id target mode (embedding in, logits out) can replace them.
+token-id target mode (embedding in, logits out; token_dit.TokenDiT) can replace them; the part in
+between (condition vector, joint blocks) is shared through `make_blocks`, `condition_vector` and
+`joint_blocks`.
+
+`remat=True` recomputes each block's activations in the backward pass (nn.remat): same values and
+gradients, activation memory of one block instead of `depth`. `dtype` is the compute dtype;
+parameters are float32 whatever it is, outputs float32.
 """
 
 from __future__ import annotations
@@ -140,6 +146,71 @@ class ConditionEmbedder(nn.Module):
         return tokens, vec_BxD
 
 
+RematDiTBlock = nn.remat(DiTBlock)
+
+
+def make_blocks(
+    depth: int,
+    hidden_size: int,
+    num_heads: int,
+    mlp_ratio: float,
+    dtype: jnp.dtype,
+    remat: bool = False,
+) -> list[nn.Module]:
+    """`depth` DiT blocks for a setup(); rematerialised ones keep the same parameter names."""
+    block_cls = RematDiTBlock if remat else DiTBlock
+    return [block_cls(hidden_size, num_heads, mlp_ratio, dtype=dtype) for _ in range(depth)]
+
+
+def condition_vector(
+    t_embed: nn.Module,
+    cond_embed: nn.Module,
+    t_B: jax.Array,
+    cond_ids_BxL: jax.Array | None,
+    cond_mask_BxL: jax.Array | None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """(adaLN vector c [B, D], condition tokens [B, L, D] or None, key mask or None).
+
+    `cond_ids=None` means unconditional: c uses the null vector (the same parameter as a
+    dropped condition) and no condition token is added. A missing mask means all ones.
+    """
+    t_vec = t_embed(jnp.asarray(t_B, jnp.float32).reshape(-1))
+    b = t_vec.shape[0]
+    if cond_ids_BxL is None:
+        ids, mask = jnp.zeros((b, 1), jnp.int32), jnp.zeros((b, 1), jnp.float32)
+        _, vec = cond_embed(ids, mask)
+        return t_vec + vec, None, None
+    if cond_mask_BxL is None:
+        cond_mask_BxL = jnp.ones(cond_ids_BxL.shape, jnp.float32)
+    tokens, vec = cond_embed(cond_ids_BxL, cond_mask_BxL)
+    return t_vec + vec, tokens, cond_mask_BxL
+
+
+def joint_blocks(
+    blocks: list[nn.Module],
+    x_BxTxD: jax.Array,
+    c_BxD: jax.Array,
+    cond_tokens_BxLxD: jax.Array | None,
+    cond_mask_BxL: jax.Array | None,
+) -> jax.Array:
+    """[condition tokens | target tokens] -> blocks -> target tokens [B, T, D].
+
+    Condition and target tokens attend jointly; masked condition positions are masked as keys,
+    so they cannot influence any output.
+    """
+    num_target = x_BxTxD.shape[1]
+    if cond_tokens_BxLxD is None:
+        h, key_mask = x_BxTxD, None
+    else:
+        h = jnp.concatenate([cond_tokens_BxLxD.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
+        target_mask = jnp.ones((x_BxTxD.shape[0], num_target), jnp.float32)
+        key_mask = jnp.concatenate([cond_mask_BxL.astype(jnp.float32), target_mask], axis=1)
+    h = nn.with_logical_constraint(h, TOKEN_AXES)
+    for block in blocks:
+        h = block(h, c_BxD, key_mask)
+    return h[:, -num_target:]
+
+
 class DiT(nn.Module):
     """Diffusion Transformer over a latent grid [B, h, w, C] with token-id conditions.
 
@@ -158,6 +229,7 @@ class DiT(nn.Module):
     cond_vocab_size: int = 256
     cond_len: int = 64
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
         h, w = self.input_size
@@ -170,10 +242,9 @@ class DiT(nn.Module):
             self.cond_vocab_size, self.cond_len, self.hidden_size, dtype=self.dtype
         )
         self.t_embed = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
-        self.blocks = [
-            DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, dtype=self.dtype)
-            for _ in range(self.depth)
-        ]
+        self.blocks = make_blocks(
+            self.depth, self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.remat
+        )
         self.final_layer = FinalLayer(self.hidden_size, p * p * self.in_channels, dtype=self.dtype)
 
     def embed_input(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -191,17 +262,7 @@ class DiT(nn.Module):
         self, t_B: jax.Array, cond_ids_BxL: jax.Array | None, cond_mask_BxL: jax.Array | None
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """(adaLN vector c [B, D], condition tokens [B, L, D] or None, key mask or None)."""
-        t_vec = self.t_embed(jnp.asarray(t_B, jnp.float32).reshape(-1))
-        b = t_vec.shape[0]
-        if cond_ids_BxL is None:
-            # Parameters are shared with the conditional path: the null vector is the same one.
-            ids, mask = jnp.zeros((b, 1), jnp.int32), jnp.zeros((b, 1), jnp.float32)
-            _, vec = self.cond_embed(ids, mask)
-            return t_vec + vec, None, None
-        if cond_mask_BxL is None:
-            cond_mask_BxL = jnp.ones(cond_ids_BxL.shape, jnp.float32)
-        tokens, vec = self.cond_embed(cond_ids_BxL, cond_mask_BxL)
-        return t_vec + vec, tokens, cond_mask_BxL
+        return condition_vector(self.t_embed, self.cond_embed, t_B, cond_ids_BxL, cond_mask_BxL)
 
     def __call__(
         self,
@@ -215,14 +276,5 @@ class DiT(nn.Module):
         del train  # no dropout; kept so every model shares one call signature
         c_BxD, cond_tokens, cond_mask = self.condition(t_B, cond_ids_BxL, cond_mask_BxL)
         x_tokens = self.embed_input(x_BxHxWxC)
-        num_target = x_tokens.shape[1]
-        if cond_tokens is None:
-            h, key_mask = x_tokens, None
-        else:
-            h = jnp.concatenate([cond_tokens.astype(x_tokens.dtype), x_tokens], axis=1)
-            target_mask = jnp.ones((x_tokens.shape[0], num_target), jnp.float32)
-            key_mask = jnp.concatenate([cond_mask.astype(jnp.float32), target_mask], axis=1)
-        h = nn.with_logical_constraint(h, TOKEN_AXES)
-        for block in self.blocks:
-            h = block(h, c_BxD, key_mask)
-        return self.output_head(h[:, -num_target:], c_BxD)
+        h = joint_blocks(self.blocks, x_tokens, c_BxD, cond_tokens, cond_mask)
+        return self.output_head(h, c_BxD)

@@ -119,7 +119,7 @@ def embed(
 
 
 class Conv(nn.Conv):
-    """nn.Conv whose input is constrained to (BATCH, None, None, None): channels replicated.
+    """nn.Conv whose input is constrained to (BATCH, None, ..., None): channels replicated.
 
     Works around an XLA SPMD partitioner bug (jax 0.10.2, CPU, mesh data x fsdp x tensor): the
     backward pass of a 3x3 conv whose input channels are sharded over "tensor" while the kernel is
@@ -132,24 +132,39 @@ class Conv(nn.Conv):
         return super().__call__(nn.with_logical_constraint(inputs, spec))
 
 
+def _per_axis(value: int | tuple[int, ...], ndim: int, what: str) -> tuple[int, ...]:
+    """An int repeated to `ndim` axes, or a tuple of exactly `ndim` ints."""
+    if isinstance(value, int):
+        return (value,) * ndim
+    value = tuple(int(v) for v in value)
+    if len(value) != ndim:
+        raise ValueError(f"conv {what} {value} has {len(value)} entries, expected ndim={ndim}")
+    return value
+
+
 def conv(
     features: int,
-    kernel_size: int = 3,
+    kernel_size: int | tuple[int, ...] = 3,
     *,
-    strides: int = 1,
+    strides: int | tuple[int, ...] = 1,
+    ndim: int = 2,
     dtype: jnp.dtype = jnp.float32,
     kernel_init: Initializer = DEFAULT_KERNEL_INIT,
     name: str | None = None,
 ) -> nn.Conv:
-    """2-D conv (NHWC), SAME padding, kernel axes (None, None, CONV_IN, CONV_OUT)."""
+    """N-D conv over `ndim` spatial axes (channels last), SAME padding.
+
+    `kernel_size`/`strides`: an int (the same on every axis) or one int per spatial axis.
+    Kernel axes (None,) * ndim + (CONV_IN, CONV_OUT); ndim=2 is the NHWC image conv.
+    """
     return Conv(
         features,
-        (kernel_size, kernel_size),
-        strides=(strides, strides),
+        _per_axis(kernel_size, ndim, "kernel_size"),
+        strides=_per_axis(strides, ndim, "strides"),
         padding="SAME",
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=partitioned(kernel_init, (None, None, CONV_IN, CONV_OUT)),
+        kernel_init=partitioned(kernel_init, (None,) * ndim + (CONV_IN, CONV_OUT)),
         bias_init=partitioned(ZEROS, (CONV_OUT,)),
         name=name,
     )

@@ -1,12 +1,17 @@
-"""Convolutional VQ-VAE: encoder -> EMA vector quantizer -> mirror decoder (NHWC).
+"""Convolutional VQ-VAE over any number of spatial axes: encoder -> EMA quantizer -> mirror decoder.
 
-One resolution per `channel_mult` entry; `len(channel_mult) - 1` stride-2 downsamplings, mirrored
-by nearest-neighbour upsampling + conv in the decoder (no checkerboard artefacts of transposed
-convs). The codebook statistics live in the "vq_stats" collection (see vq.py).
+Inputs are channels-last: images [B, H, W, C], spectrograms as images [B, frames, mels, 1],
+videos [B, T, H, W, C] (3-D convs). One resolution per `channel_mult` entry and one downsampling
+between consecutive resolutions, with a per-level, per-axis stride (`strides`; default 2 on every
+axis). The decoder mirrors it with nearest-neighbour upsampling by the same factors + conv (no
+checkerboard artefacts of transposed convs). The codebook statistics live in the "vq_stats"
+collection (see vq.py).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -17,77 +22,138 @@ from crossmodal_jax.models.layers import conv, group_norm
 from crossmodal_jax.models.vq import VectorQuantizer
 from crossmodal_jax.sharding import BATCH, CONV_OUT
 
-# Activations at block boundaries: batch over the data axes, channels like the conv outputs.
-ACT_AXES = (BATCH, None, None, CONV_OUT)
+Strides = tuple[tuple[int, ...], ...]
 
 
-def latent_shape(image_hw: tuple[int, int], channel_mult: tuple[int, ...]) -> tuple[int, int]:
-    """Latent grid (h, w) of an image of size image_hw; sizes must divide by 2**(levels - 1)."""
-    factor = 2 ** (len(channel_mult) - 1)
-    h, w = image_hw
-    if h % factor or w % factor:
+def act_axes(ndim: int) -> tuple[str | None, ...]:
+    """Activations at block boundaries: batch over the data axes, channels like conv outputs."""
+    return (BATCH,) + (None,) * ndim + (CONV_OUT,)
+
+
+ACT_AXES = act_axes(2)
+
+
+def resolve_strides(
+    channel_mult: Sequence[int], strides: Sequence[Sequence[int]], ndim: int
+) -> Strides:
+    """Per-level strides (one tuple of `ndim` ints per downsampling); () means 2 on every axis."""
+    levels = len(channel_mult) - 1
+    if not strides:
+        return ((2,) * ndim,) * levels
+    out = tuple(tuple(int(s) for s in level) for level in strides)
+    if len(out) != levels:
         raise ValueError(
-            f"image size {h}x{w} is not divisible by the VQ-VAE downsampling factor {factor} "
-            f"(channel_mult={tuple(channel_mult)})"
+            f"strides has {len(out)} levels, expected len(channel_mult) - 1 = {levels}: {out}"
         )
-    return h // factor, w // factor
+    if any(len(level) != ndim or min(level) < 1 for level in out):
+        raise ValueError(
+            f"every strides entry needs {ndim} positive ints, one per spatial axis: {out}"
+        )
+    return out
+
+
+def latent_shape(
+    input_shape: Sequence[int],
+    channel_mult: Sequence[int],
+    strides: Sequence[Sequence[int]] = (),
+) -> tuple[int, ...]:
+    """Latent grid of an input with spatial size `input_shape` ((h, w), (frames, mels), (t, h, w)).
+
+    Each axis must divide by the product of its strides over the levels.
+    """
+    size = tuple(int(n) for n in input_shape)
+    per_level = resolve_strides(channel_mult, strides, len(size))
+    factor = tuple(math.prod(level[a] for level in per_level) for a in range(len(size)))
+    if any(n % f for n, f in zip(size, factor, strict=True)):
+        raise ValueError(
+            f"input size {'x'.join(map(str, size))} is not divisible by the VQ-VAE downsampling "
+            f"factor {'x'.join(map(str, factor))} (channel_mult={tuple(channel_mult)}, "
+            f"strides={per_level})"
+        )
+    return tuple(n // f for n, f in zip(size, factor, strict=True))
 
 
 class ResBlock(nn.Module):
-    """Pre-activation residual block: (GroupNorm, SiLU, conv3x3) x 2 + (1x1-projected) skip."""
+    """Pre-activation residual block: (GroupNorm, SiLU, conv3) x 2 + (1x1-projected) skip.
+
+    Works on any number of spatial axes (read from the input rank).
+    """
 
     channels: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        c_in = x_BxHxWxC.shape[-1]
-        h = group_norm(c_in, dtype=self.dtype, name="norm1")(x_BxHxWxC)
-        h = conv(self.channels, 3, dtype=self.dtype, name="conv1")(nn.silu(h))
+    def __call__(self, x_BxSxC: jax.Array) -> jax.Array:
+        nd, c_in = x_BxSxC.ndim - 2, x_BxSxC.shape[-1]
+        h = group_norm(c_in, dtype=self.dtype, name="norm1")(x_BxSxC)
+        h = conv(self.channels, 3, ndim=nd, dtype=self.dtype, name="conv1")(nn.silu(h))
         h = group_norm(self.channels, dtype=self.dtype, name="norm2")(h)
-        h = conv(self.channels, 3, dtype=self.dtype, name="conv2")(nn.silu(h))
-        skip = x_BxHxWxC
+        h = conv(self.channels, 3, ndim=nd, dtype=self.dtype, name="conv2")(nn.silu(h))
+        skip = x_BxSxC
         if c_in != self.channels:
-            skip = conv(self.channels, 1, dtype=self.dtype, name="skip")(x_BxHxWxC)
-        return nn.with_logical_constraint(skip + h, ACT_AXES)
+            skip = conv(self.channels, 1, ndim=nd, dtype=self.dtype, name="skip")(x_BxSxC)
+        return nn.with_logical_constraint(skip + h, act_axes(nd))
 
 
 class Encoder(nn.Module):
+    """[B, *spatial, C] -> z_e [B, *latent_grid, code_dim]; strides[l] after level l."""
+
     channels: int
     channel_mult: tuple[int, ...]
     num_res_blocks: int
     code_dim: int
+    strides: Strides
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        h = conv(self.channels * self.channel_mult[0], 3, dtype=self.dtype, name="conv_in")(
-            x_BxHxWxC.astype(self.dtype)
-        )
+    def __call__(self, x_BxSxC: jax.Array) -> jax.Array:
+        nd = x_BxSxC.ndim - 2
+        h = conv(
+            self.channels * self.channel_mult[0], 3, ndim=nd, dtype=self.dtype, name="conv_in"
+        )(x_BxSxC.astype(self.dtype))
         for level, mult in enumerate(self.channel_mult):
             width = self.channels * mult
             for i in range(self.num_res_blocks):
                 h = ResBlock(width, dtype=self.dtype, name=f"down{level}_block{i}")(h)
             if level < len(self.channel_mult) - 1:
-                h = conv(width, 3, strides=2, dtype=self.dtype, name=f"down{level}_downsample")(h)
-                h = nn.with_logical_constraint(h, ACT_AXES)
+                h = conv(
+                    width,
+                    3,
+                    strides=self.strides[level],
+                    ndim=nd,
+                    dtype=self.dtype,
+                    name=f"down{level}_downsample",
+                )(h)
+                h = nn.with_logical_constraint(h, act_axes(nd))
         width = h.shape[-1]
         h = ResBlock(width, dtype=self.dtype, name="mid_block")(h)
         h = nn.silu(group_norm(width, dtype=self.dtype, name="norm_out")(h))
-        return conv(self.code_dim, 1, dtype=self.dtype, name="conv_out")(h)
+        return conv(self.code_dim, 1, ndim=nd, dtype=self.dtype, name="conv_out")(h)
+
+
+def upsample_nearest(x_BxSxC: jax.Array, factors: Sequence[int]) -> jax.Array:
+    """Nearest-neighbour upsampling of the spatial axes by integer per-axis factors."""
+    for axis, f in enumerate(factors, start=1):
+        if f > 1:
+            x_BxSxC = jnp.repeat(x_BxSxC, f, axis=axis)
+    return x_BxSxC
 
 
 class Decoder(nn.Module):
+    """z_q [B, *latent_grid, D] -> [B, *spatial, out_channels]; mirrors Encoder's strides."""
+
     channels: int
     channel_mult: tuple[int, ...]
     num_res_blocks: int
     out_channels: int
+    strides: Strides
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z_BxhxwxD: jax.Array) -> jax.Array:
+    def __call__(self, z_BxSxD: jax.Array) -> jax.Array:
+        nd = z_BxSxD.ndim - 2
         width = self.channels * self.channel_mult[-1]
-        h = conv(width, 3, dtype=self.dtype, name="conv_in")(z_BxhxwxD.astype(self.dtype))
+        h = conv(width, 3, ndim=nd, dtype=self.dtype, name="conv_in")(z_BxSxD.astype(self.dtype))
         h = ResBlock(width, dtype=self.dtype, name="mid_block")(h)
         levels = len(self.channel_mult)
         for level in reversed(range(levels)):
@@ -95,17 +161,21 @@ class Decoder(nn.Module):
             for i in range(self.num_res_blocks):
                 h = ResBlock(width, dtype=self.dtype, name=f"up{level}_block{i}")(h)
             if level > 0:
-                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
-                h = conv(width, 3, dtype=self.dtype, name=f"up{level}_upsample")(h)
-                h = nn.with_logical_constraint(h, ACT_AXES)
+                h = upsample_nearest(h, self.strides[level - 1])
+                h = conv(width, 3, ndim=nd, dtype=self.dtype, name=f"up{level}_upsample")(h)
+                h = nn.with_logical_constraint(h, act_axes(nd))
         h = nn.silu(group_norm(h.shape[-1], dtype=self.dtype, name="norm_out")(h))
-        out = conv(self.out_channels, 3, dtype=self.dtype, name="conv_out")(h)
+        out = conv(self.out_channels, 3, ndim=nd, dtype=self.dtype, name="conv_out")(h)
         return out.astype(jnp.float32)
 
 
 class VQVAE(nn.Module):
-    """VQ-VAE image tokenizer. Images f32[B, H, W, C] (in [-1, 1]) <-> ids i32[B, h, w].
+    """VQ-VAE tokenizer. Inputs f32[B, *spatial, C] (in [-1, 1]) <-> ids i32[B, *latent_grid].
 
+    `spatial_dims` spatial axes (2: images and spectrograms, 3: videos [B, T, H, W, C]);
+    `strides` gives each downsampling level's stride per spatial axis, e.g. ((1, 2, 2), (2, 2, 2))
+    for video (the first level keeps the frame rate, which keeps the full-resolution 3-D convs
+    cheap) or ((2, 2), (1, 2)) for a spectrogram; () means 2 on every axis.
     Variables: "params" (encoder/decoder) and "vq_stats" (codebook EMA state). Training applies
     with mutable=["vq_stats"] and rngs={"vq": key} (used by dead-code restarts and data seeding).
     Codebook options (cosine, lookup_dim, codebook_init, lookup_chunk_size): see vq.py.
@@ -125,12 +195,20 @@ class VQVAE(nn.Module):
     lookup_dim: int = 0
     codebook_init: str = "random"
     lookup_chunk_size: int = 0
+    spatial_dims: int = 2
+    strides: tuple[tuple[int, ...], ...] = ()
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         mult = tuple(self.channel_mult)
+        self.level_strides = resolve_strides(mult, self.strides, self.spatial_dims)
         self.encoder = Encoder(
-            self.channels, mult, self.num_res_blocks, self.code_dim, dtype=self.dtype
+            self.channels,
+            mult,
+            self.num_res_blocks,
+            self.code_dim,
+            self.level_strides,
+            dtype=self.dtype,
         )
         self.quantizer = VectorQuantizer(
             num_codes=self.num_codes,
@@ -146,32 +224,47 @@ class VQVAE(nn.Module):
             dtype=self.dtype,
         )
         self.decoder = Decoder(
-            self.channels, mult, self.num_res_blocks, self.in_channels, dtype=self.dtype
+            self.channels,
+            mult,
+            self.num_res_blocks,
+            self.in_channels,
+            self.level_strides,
+            dtype=self.dtype,
         )
 
-    def encode(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        """Continuous encoder output z_e [B, h, w, code_dim]."""
-        return self.encoder(x_BxHxWxC)
+    def _check_input(self, x: jax.Array) -> None:
+        """Rank and divisibility errors in one line instead of a shape mismatch deep inside."""
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"VQ-VAE input of shape {x.shape} needs rank spatial_dims + 2 = "
+                f"{self.spatial_dims + 2} ([B, *spatial, C])"
+            )
+        latent_shape(x.shape[1:-1], self.channel_mult, self.level_strides)
+
+    def encode(self, x_BxSxC: jax.Array) -> jax.Array:
+        """Continuous encoder output z_e [B, *latent_grid, code_dim]."""
+        self._check_input(x_BxSxC)
+        return self.encoder(x_BxSxC)
 
     def quantize(self, z: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        """(straight-through quantized z, code ids [B, h, w])."""
+        """(straight-through quantized z, code ids [B, *latent_grid])."""
         z_q, aux = self.quantizer(z, train=train)
         return z_q, aux["indices"]
 
-    def decode(self, z_q_BxhxwxD: jax.Array) -> jax.Array:
-        """Image f32[B, H, W, C] from (quantized) latents."""
-        return self.decoder(z_q_BxhxwxD)
+    def decode(self, z_q_BxSxD: jax.Array) -> jax.Array:
+        """Reconstruction f32[B, *spatial, C] from (quantized) latents."""
+        return self.decoder(z_q_BxSxD)
 
-    def decode_indices(self, indices_Bxhxw: jax.Array) -> jax.Array:
-        """Image f32[B, H, W, C] from code ids."""
-        return self.decoder(self.quantizer.lookup(indices_Bxhxw))
+    def decode_indices(self, indices_BxS: jax.Array) -> jax.Array:
+        """Reconstruction f32[B, *spatial, C] from code ids [B, *latent_grid]."""
+        return self.decoder(self.quantizer.lookup(indices_BxS))
 
     def lookup(self, indices: jax.Array) -> jax.Array:
         """Code vectors [..., code_dim] for ids [...] (the continuous latents of stage 2)."""
         return self.quantizer.lookup(indices)
 
-    def __call__(self, x_BxHxWxC: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
-        """(reconstruction f32[B, H, W, C], quantizer aux: indices, commitment_loss, ...)."""
-        z_e = self.encoder(x_BxHxWxC)
+    def __call__(self, x_BxSxC: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
+        """(reconstruction f32[B, *spatial, C], quantizer aux: indices [B, *latent_grid], ...)."""
+        z_e = self.encode(x_BxSxC)
         z_q, aux = self.quantizer(z_e, train=train)
         return self.decoder(z_q), aux

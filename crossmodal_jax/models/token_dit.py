@@ -1,0 +1,90 @@
+"""Token-id Diffusion Transformer for discrete (absorbing-state / masked) diffusion.
+
+The target is a sequence of ids (text bytes, or VQ ids of an image/video flattened to [B, L]);
+some of them are the mask token. The model predicts, for every position, logits over the
+`vocab_size` ids. Everything between the input embedding and the output head is the
+DiT's: adaLN-Zero blocks, in-context condition tokens with their 0/1 key mask, the pooled
+condition + timestep vector in adaLN, the null vector for an all-zero mask (dit.py).
+
+The vocabulary includes the absorbing mask token (text: data.text.MASK_ID; VQ ids: num_codes,
+with vocab_size = num_codes + 1): one table of vocab_size rows embeds the input and the logits
+have vocab_size columns; the loss/sampler suppress the mask id's logit (diffusion/masked.py).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from crossmodal_jax.models.dit import (
+    TOKEN_AXES,
+    ConditionEmbedder,
+    FinalLayer,
+    condition_vector,
+    joint_blocks,
+    make_blocks,
+)
+from crossmodal_jax.models.layers import TimestepEmbedder, embed, partitioned
+from crossmodal_jax.sharding import EMBED
+
+
+class TokenDiT(nn.Module):
+    """DiT over token ids: `__call__(ids [B, L], t [B], cond_ids, cond_mask) -> f32[B, L, V]`.
+
+    `t` is in timestep units like DiT (continuous t in [0, 1] should be scaled by ~1000, see
+    layers.timestep_embedding). `cond_ids=None` means unconditional (the null vector, no
+    condition tokens). L may be shorter than `seq_len` (positions 0..L-1 are used).
+    At init the logits are exactly zero (zero-initialised adaLN gates and output head).
+    """
+
+    seq_len: int
+    vocab_size: int
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    cond_vocab_size: int = 256
+    cond_len: int = 64
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        d = self.hidden_size
+        self.token_embed = embed(self.vocab_size, d, dtype=self.dtype)
+        # Learned positions (std 0.02, GPT-style): a 1-D sequence has no fixed 2-D structure.
+        self.pos_embed = self.param(
+            "pos_embed", partitioned(nn.initializers.normal(0.02), (None, EMBED)), (self.seq_len, d)
+        )
+        self.cond_embed = ConditionEmbedder(
+            self.cond_vocab_size, self.cond_len, d, dtype=self.dtype
+        )
+        self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
+        self.blocks = make_blocks(
+            self.depth, d, self.num_heads, self.mlp_ratio, self.dtype, self.remat
+        )
+        self.final_layer = FinalLayer(d, self.vocab_size, dtype=self.dtype)
+
+    def embed_input(self, ids_BxL: jax.Array) -> jax.Array:
+        """Target ids (mask token included) -> tokens [B, L, D] with learned positions."""
+        length = ids_BxL.shape[1]
+        if length > self.seq_len:
+            raise ValueError(f"target length {length} exceeds seq_len {self.seq_len}")
+        tokens = self.token_embed(ids_BxL) + self.pos_embed[:length].astype(self.dtype)[None]
+        return nn.with_logical_constraint(tokens, TOKEN_AXES)
+
+    def __call__(
+        self,
+        ids_BxL: jax.Array,
+        t_B: jax.Array,
+        cond_ids_BxL: jax.Array | None = None,
+        cond_mask_BxL: jax.Array | None = None,
+        *,
+        train: bool = False,
+    ) -> jax.Array:
+        del train  # no dropout; kept so every model shares one call signature
+        c_BxD, cond_tokens, cond_mask = condition_vector(
+            self.t_embed, self.cond_embed, t_B, cond_ids_BxL, cond_mask_BxL
+        )
+        h = joint_blocks(self.blocks, self.embed_input(ids_BxL), c_BxD, cond_tokens, cond_mask)
+        return self.final_layer(h, c_BxD).astype(jnp.float32)
