@@ -33,9 +33,7 @@ def main(argv) -> None:
     rows = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         ctx = RunContext(config=config, workdir=_WORKDIR.value, mesh=mesh, rules=rules, results={})
-        state = stages.restore_stage_state(
-            ctx, "generator", stages.generator_stage(ctx), stage_index=1
-        )
+        state = stages.restore_stage_state(ctx, "generator", stages.generator_stage(ctx))
         for steps in map(int, _STEPS.value):
             for scale in map(float, _GUIDANCE.value):
                 config.generator.sample.update(guidance=scale, steps=steps, sampler="ddim")

@@ -1,4 +1,5 @@
-"""End-of-run evaluation on the test split: reconstruction PSNR, codebook health, sample accuracy.
+"""End-of-run evaluation on the test split: reconstruction PSNR and codebook health of the
+tokenizer; digit accuracy of text→image samples; BLEU/ROUGE-L/WER/exact match of X→text captions.
 
 The digit accuracy of text→image samples is judged by an SVC on raw pixels trained on the digits
 *train* split (scikit-learn; 95 %+ on the real test split), so it never sees the test images either.
@@ -6,6 +7,7 @@ The digit accuracy of text→image samples is judged by an SVC on raw pixels tra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from functools import lru_cache, partial
@@ -17,7 +19,8 @@ from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax import data
 from crossmodal_jax.data import text as text_tok
-from crossmodal_jax.metrics import image_grid, save_png
+from crossmodal_jax.evaluate_text import digit_naming_accuracy, examples_table, text_metrics
+from crossmodal_jax.metrics import MetricWriter, save_png
 from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
 from crossmodal_jax.models.vqvae import VQVAE
 
@@ -87,22 +90,15 @@ def digit_prompts(per_digit: int) -> tuple[list[str], np.ndarray]:
 
 def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, float], np.ndarray]:
     """Generate `per_digit` images for each "the digit <word>" prompt and classify them."""
-    from crossmodal_jax import stages
+    from crossmodal_jax import generator_stages
 
     config = ctx.config
-    generate = stages.image_generator(config)
+    generate = generator_stages.image_generator(config)
     prompts, labels = digit_prompts(per_digit)
     ids, mask = text_tok.encode_batch(prompts, config.data.text_max_len)
     key = jax.random.fold_in(jax.random.key(config.seed), 10**9)
-    images = np.asarray(
-        generate(
-            generator_state.ema_params,
-            generator_state.model_state,
-            ids,
-            mask,
-            key,
-        )
-    )
+    state = generator_state
+    images = np.asarray(generate(state.ema_params, state.model_state, ids, mask, key))
     pred = classify_images(images, config.data.name, config.data.data_dir or None)
     per_class = {
         f"sample_digit_accuracy/{w}": float(np.mean(pred[labels == i] == i))
@@ -111,30 +107,103 @@ def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, flo
     return {"sample_digit_accuracy": float(np.mean(pred == labels)), **per_class}, images
 
 
+def _digits_references(caption: str, label: int) -> list[str]:
+    # Every template is a right caption of a digits image: score against all of them.
+    return [t.format(word=data.NUMBER_WORDS[label]) for t in data.CAPTION_TEMPLATES]
+
+
+# Datasets whose examples have several acceptable captions; others use their own caption only.
+MULTI_REFERENCES = {"digits": _digits_references}
+
+
+def caption_test_split(ctx, generator_state) -> tuple[dict[str, float], list[dict]]:
+    """Caption the test split (or its first eval.num_examples) and score the captions."""
+    from crossmodal_jax import generator_stages, stages
+
+    config = ctx.config
+    source_key = stages.task(config).source
+    generate = generator_stages.text_generator(config)
+    key = jax.random.fold_in(jax.random.key(config.seed), 10**9)
+    limit = config.eval.num_examples or None
+    hyps, refs, labels = [], [], []
+    for i, batch in enumerate(stages.test_batches(config, config.eval.batch_size)):
+        ids = generate(
+            generator_state.ema_params,
+            generator_state.model_state,
+            batch[source_key],
+            jax.random.fold_in(key, i),
+        )
+        hyps += text_tok.decode_batch(np.asarray(ids))
+        refs += text_tok.decode_batch(batch["text"])
+        labels += list(batch["label"]) if "label" in batch else [None] * len(batch["text"])
+        if limit and len(hyps) >= limit:
+            break
+    hyps, refs, labels = hyps[:limit], refs[:limit], labels[:limit]
+    multi = MULTI_REFERENCES.get(config.data.name)
+    references = [multi(r, y) if multi else [r] for r, y in zip(refs, labels, strict=True)]
+    metrics = {f"test_{k}": v for k, v in text_metrics(hyps, references).items()}
+    if labels[0] is not None:  # the dataset knows which digit each input shows
+        metrics["test_digit_accuracy"] = digit_naming_accuracy(hyps, labels)
+    rows = [
+        {"index": i, "text": h, "reference": r}
+        for i, (h, r) in enumerate(zip(hyps, refs, strict=True))
+    ]
+    return metrics, rows
+
+
+def _write_caption_results(ctx, metrics: dict, rows: list[dict]) -> None:
+    path = os.path.join(ctx.workdir, "test_captions.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    table = examples_table(
+        [str(r["index"]) for r in rows], [r["text"] for r in rows], [r["reference"] for r in rows]
+    )
+    writer = MetricWriter(os.path.join(ctx.workdir, "eval"))
+    step = int(ctx.config.generator.train.steps)
+    writer.scalars(step, metrics)
+    writer.text(step, "test captions", table)
+    writer.close()
+    log.info("test captions (all %d in %s):\n%s", len(rows), path, table)
+
+
+def tokenizer_inputs(config) -> np.ndarray:
+    """The whole test split's tokenizer inputs (images, log-mels or videos) in model space."""
+    from crossmodal_jax import stages
+
+    key = stages.task(config).continuous
+    batches = stages.test_batches(config, config.eval.batch_size)
+    return np.concatenate([b[key] for b in batches])
+
+
 def evaluate_run(ctx) -> dict[str, float]:
-    """Metrics of every trained stage on the test split; writes the final sample grid."""
+    """Metrics of every trained stage on the test split; writes sample grids or captions."""
     from crossmodal_jax import stages
 
     config = ctx.config
     metrics: dict[str, float] = {}
     if "tokenizer" in ctx.results or "generator" in ctx.results:
-        test = data.load_arrays(config.data.name, "test", config.data.data_dir or None)
-        images = data.image_to_unit(test["image"], data.get_spec(config.data.name).image_max_value)
-        tok_vars = stages.tokenizer_variables(ctx)
         metrics.update(
             reconstruction_metrics(
-                stages.build_tokenizer(config), tok_vars, images, config.eval.batch_size
+                stages.build_tokenizer(config),
+                stages.tokenizer_variables(ctx),
+                tokenizer_inputs(config),
+                config.eval.batch_size,
             )
         )
-    if "generator" in ctx.results:
-        per_digit = config.eval.samples_per_prompt
-        acc, samples = sample_accuracy(ctx, ctx.results["generator"], per_digit)
-        metrics.update(acc)
+    if "generator" not in ctx.results:
+        return metrics
+    state = ctx.results["generator"]
+    if stages.task(config).generates_text:
+        caption_metrics, rows = caption_test_split(ctx, state)
+        metrics.update(caption_metrics)
         if jax.process_index() == 0:
-            grid = image_grid(
-                data.unit_to_uint8(samples), cols=per_digit, upscale=stages.IMAGE_UPSCALE
-            )
-            path = os.path.join(ctx.workdir, "samples.png")
-            save_png(path, grid)
-            log.info("sample grid (rows: 'the digit zero' ... 'the digit nine'): %s", path)
+            _write_caption_results(ctx, caption_metrics, rows)
+        return metrics
+    per_digit = config.eval.samples_per_prompt
+    acc, samples = sample_accuracy(ctx, state, per_digit)
+    metrics.update(acc)
+    if jax.process_index() == 0:
+        path = os.path.join(ctx.workdir, "samples.png")
+        save_png(path, stages.picture_grid("image", samples, cols=per_digit))
+        log.info("sample grid (rows: 'the digit zero' ... 'the digit nine'): %s", path)
     return metrics

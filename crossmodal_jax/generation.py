@@ -1,4 +1,5 @@
-"""Text→image generation: guided Gaussian sampling of VQ latents with the DiT, decoded by the VQ-VAE.
+"""Generation with a trained DiT: text→image (Gaussian over VQ latents, or masked over VQ ids,
+decoded by the VQ-VAE) and X→text (masked diffusion over caption bytes, conditioned on VQ ids).
 
 Used by training (sample grids), evaluation and the `sample` CLI, so all three show the same thing.
 """
@@ -9,15 +10,18 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from crossmodal_jax.diffusion import gaussian, gaussian_samplers
+from crossmodal_jax.data import text as text_tok
+from crossmodal_jax.diffusion import gaussian, gaussian_samplers, masked, masked_samplers
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.objectives import denormalize_latents
+from crossmodal_jax.objectives import MASKED_TIME_SCALE, denormalize_latents, vq_tokens
 
 
 def _ddim(schedule, model_fn, x_T, key, cfg, prediction):
@@ -77,5 +81,105 @@ def make_image_generator(
             z, _ = tokenizer.apply(tok_vars, z, method=VQVAE.quantize)
         images = tokenizer.apply(tok_vars, z, method=VQVAE.decode)
         return jnp.clip(images, -1.0, 1.0)
+
+    return generate
+
+
+# ------------------------------------------------------------------------ masked (discrete) diffusion
+
+
+def masked_logits_fn(dit: nn.Module, params: Any, cond_ids, cond_mask, scale: float) -> Callable:
+    """logits_fn(x, t) for the masked sampler, with classifier-free guidance on the logits."""
+
+    def call(x, t, ids, mask):
+        return dit.apply({"params": params}, x, t * MASKED_TIME_SCALE, ids, mask)
+
+    if scale == 1.0:
+        return lambda x, t: call(x, t, cond_ids, cond_mask)
+
+    def guided(x, t):
+        both = call(
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
+            jnp.concatenate([cond_ids, cond_ids]),
+            jnp.concatenate([cond_mask, jnp.zeros_like(cond_mask)]),
+        )
+        cond, uncond = jnp.split(both, 2)
+        return masked.cfg_logits(cond, uncond, scale)
+
+    return guided
+
+
+def _masked_sample(logits_fn, key, sample_cfg, *, batch_size, length, mask_id, forbidden_ids):
+    return masked_samplers.sample(
+        logits_fn,
+        key,
+        batch_size=batch_size,
+        length=length,
+        mask_id=mask_id,
+        num_steps=sample_cfg.steps,
+        temperature=sample_cfg.temperature,
+        schedule=sample_cfg.schedule,
+        choice_temperature=sample_cfg.choice_temperature,
+        forbidden_ids=forbidden_ids,
+    )
+
+
+def make_masked_image_generator(
+    dit: nn.Module, tokenizer: VQVAE, sample_cfg: ml_collections.ConfigDict, *, latent_grid
+) -> Callable:
+    """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1].
+
+    Samples the tokenizer's code ids (mask id = num_codes) and decodes them.
+    """
+    length = int(np.prod(latent_grid))
+
+    @partial(jax.jit, out_shardings=P())
+    def generate(params, model_state, cond_ids, cond_mask, key):
+        logits_fn = masked_logits_fn(dit, params, cond_ids, cond_mask, sample_cfg.guidance)
+        ids = _masked_sample(
+            logits_fn,
+            key,
+            sample_cfg,
+            batch_size=cond_ids.shape[0],
+            length=length,
+            mask_id=tokenizer.num_codes,
+            forbidden_ids=None,
+        )
+        ids = ids.reshape(ids.shape[0], *latent_grid)
+        images = tokenizer.apply(model_state["tokenizer"], ids, method=VQVAE.decode_indices)
+        return jnp.clip(images, -1.0, 1.0)
+
+    return generate
+
+
+def make_text_generator(
+    dit: nn.Module,
+    tokenizer: VQVAE,
+    sample_cfg: ml_collections.ConfigDict,
+    *,
+    text_len: int,
+    source_key: str,
+) -> Callable:
+    """A jitted fn(params, model_state, source, key) -> caption ids i32[B, text_len].
+
+    `source` is the continuous input (image, log-mel, video) that the frozen tokenizer turns into
+    the condition ids; decode the result with data.text.decode_batch.
+    """
+    condition = vq_tokens(tokenizer, source_key)
+
+    @partial(jax.jit, out_shardings=P())
+    def generate(params, model_state, source, key):
+        cond_ids, cond_mask = condition(model_state, {source_key: source})
+        logits_fn = masked_logits_fn(dit, params, cond_ids, cond_mask, sample_cfg.guidance)
+        return _masked_sample(
+            logits_fn,
+            key,
+            sample_cfg,
+            batch_size=source.shape[0],
+            length=text_len,
+            mask_id=text_tok.MASK_ID,
+            forbidden_ids=None,
+        )
 
     return generate

@@ -6,12 +6,14 @@ Each factory closes over its (static) modules and settings and returns
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.step import Objective
@@ -95,5 +97,62 @@ def gaussian_diffusion_objective(
 
         loss, _ = gaussian.training_loss(schedule, model_fn, z, loss_key, prediction=prediction)
         return loss, (model_state, {})
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- masked diffusion
+
+# The DiT's timestep embedding expects diffusion time in Gaussian timestep units (0..1000); masked
+# diffusion time lives in [0, 1].
+MASKED_TIME_SCALE = 1000.0
+
+TokenFn = Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # (model_state, batch) -> (ids, mask)
+
+
+def text_tokens(key: str = "text") -> TokenFn:
+    """Caption bytes of the batch and their mask (PAD = 0)."""
+    return lambda model_state, batch: (batch[key], batch[f"{key}_mask"])
+
+
+def vq_tokens(tokenizer: VQVAE, key: str) -> TokenFn:
+    """Code ids of the frozen tokenizer for batch[key], flattened to [B, tokens]; mask all ones."""
+
+    def tokens(model_state, batch):
+        z_e = tokenizer.apply(model_state["tokenizer"], batch[key], method=VQVAE.encode)
+        _, ids = tokenizer.apply(model_state["tokenizer"], z_e, method=VQVAE.quantize)
+        ids = jax.lax.stop_gradient(ids.reshape(ids.shape[0], -1)).astype(jnp.int32)
+        return ids, jnp.ones_like(ids)
+
+    return tokens
+
+
+def masked_diffusion_objective(
+    dit: nn.Module,
+    schedule: masked.MaskSchedule,
+    *,
+    mask_id: int,
+    target: TokenFn,
+    condition: TokenFn,
+    cond_drop: float,
+) -> Objective:
+    """MDLM loss of absorbing-state diffusion over target ids, conditioned on source ids.
+
+    `target` gives the ids to generate (caption bytes, or VQ ids of an image); `condition` the ids
+    the DiT attends to (VQ ids of the source modality, or caption bytes).
+    """
+
+    def loss_fn(params, model_state, batch, key):
+        drop_key, loss_key = jax.random.split(key)
+        x0, _ = target(model_state, batch)
+        cond_ids, cond_mask = condition(model_state, batch)
+        cond_mask = drop_condition(cond_mask, drop_key, cond_drop)
+
+        def logits_fn(xt, t):
+            t_units = t * MASKED_TIME_SCALE
+            return dit.apply({"params": params}, xt, t_units, cond_ids, cond_mask, train=True)
+
+        loss, metrics = masked.training_loss(schedule, logits_fn, x0, loss_key, mask_id=mask_id)
+        return loss, (model_state, metrics)
 
     return loss_fn

@@ -3,10 +3,14 @@
 text→image: python -m crossmodal_jax.sample --workdir=DIR --input=prompts.txt --output=OUT
     one prompt a line -> OUT/000000.png, OUT/000001.png, ... in line order (native resolution;
     --upscale=8 for larger nearest-neighbour copies).
+image→text / speech→text / video→text: --input=FOLDER of .png / .wav / .gif or .npy files
+    -> OUT/outputs.jsonl, one {"input": "<file name>", "text": "..."} a line, sorted by file name.
+    Other image sizes are resized, other sample rates resampled, other frame counts padded/cut.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,7 +22,9 @@ from crossmodal_jax.metrics import quiet_library_logs
 from crossmodal_jax.train import load_resolved_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by crossmodal_jax.main.")
-_INPUT = flags.DEFINE_string("input", None, "text→image: a text file, one prompt a line.")
+_INPUT = flags.DEFINE_string(
+    "input", None, "text→image: a text file, one prompt a line; X→text: a folder of inputs."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder for the outputs (created).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling noise.")
 _GUIDANCE = flags.DEFINE_float(
@@ -42,15 +48,13 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list[str]:
-    """Generate one PNG per prompt; returns the written paths."""
+@contextlib.contextmanager
+def restored_generator(workdir: str, config):
+    """The trained generator state of a workdir, used inside its mesh and axis rules."""
     import flax.linen as nn
     import jax
-    import numpy as np
 
-    from crossmodal_jax import data, sharding, stages
-    from crossmodal_jax.data import text as text_tok
-    from crossmodal_jax.metrics import save_png
+    from crossmodal_jax import sharding, stages
     from crossmodal_jax.train import RunContext
 
     if _GUIDANCE.value is not None:
@@ -62,11 +66,23 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         try:
-            gen_spec = stages.generator_stage(ctx)
-            state = stages.restore_stage_state(ctx, "generator", gen_spec, stage_index=1)
+            state = stages.restore_stage_state(ctx, "generator", stages.generator_stage(ctx))
         except FileNotFoundError as e:
             raise UserError(one_line(e)) from e
-        generate = stages.image_generator(config)
+        yield state
+
+
+def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list[str]:
+    """Generate one PNG per prompt; returns the written paths."""
+    import jax
+    import numpy as np
+
+    from crossmodal_jax import data, generator_stages
+    from crossmodal_jax.data import text as text_tok
+    from crossmodal_jax.metrics import save_png
+
+    with restored_generator(workdir, config) as state:
+        generate = generator_stages.image_generator(config)
         os.makedirs(output, exist_ok=True)
         paths, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(prompts), _BATCH.value):
@@ -89,7 +105,55 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     return paths
 
 
-TASK_RUNNERS = {"text2image": (read_prompts, text_to_image)}
+def folder_reader(suffixes: tuple[str, ...]):
+    def read(path: str) -> list[str]:
+        from crossmodal_jax.data import files
+
+        try:
+            return [str(p) for p in files.list_inputs(path, suffixes)]
+        except ValueError as e:
+            raise UserError(one_line(e)) from e
+
+    return read
+
+
+def to_text(workdir: str, config, paths: list[str], output: str) -> list[str]:
+    """Caption every input file; writes OUT/outputs.jsonl in file-name order."""
+    import json
+
+    import jax
+    import numpy as np
+
+    from crossmodal_jax import generator_stages, model_inputs
+    from crossmodal_jax.data import text as text_tok
+
+    inputs = [model_inputs.load(config, p) for p in paths]  # all checked before any compute
+    with restored_generator(workdir, config) as state:
+        generate = generator_stages.text_generator(config)
+        texts, key = [], jax.random.key(_SEED.value)
+        for start in range(0, len(inputs), _BATCH.value):
+            batch = np.stack(inputs[start : start + _BATCH.value])
+            ids = generate(
+                state.ema_params, state.model_state, batch, jax.random.fold_in(key, start)
+            )
+            texts += text_tok.decode_batch(np.asarray(ids))
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, "outputs.jsonl")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for p, t in zip(paths, texts, strict=True):
+            f.write(
+                json.dumps({"input": os.path.basename(p), "text": t}, ensure_ascii=False) + "\n"
+            )
+    os.replace(path + ".tmp", path)  # never a half-written outputs.jsonl
+    return [path]
+
+
+TASK_RUNNERS = {
+    "text2image": (read_prompts, text_to_image),
+    "image2text": (folder_reader((".png",)), to_text),
+    "speech2text": (folder_reader((".wav",)), to_text),
+    "video2text": (folder_reader((".gif", ".npy")), to_text),
+}
 
 
 def main(argv: list[str]) -> None:

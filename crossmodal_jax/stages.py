@@ -1,12 +1,16 @@
 """The stages a config can name: what model, objective, data and summaries each one trains with.
 
-`STAGE_BUILDERS` maps a stage name to a function RunContext -> StageSpec; the loop in train.py runs them.
+`STAGE_BUILDERS` maps a stage name to a function RunContext -> StageSpec; the loop in train.py runs
+them. This file holds the data plumbing shared by all stages and the tokenizer stage; the generator
+stages (one per diffusion process and target modality) are in generator_stages.py.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -14,23 +18,24 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from crossmodal_jax import data, sharding
+from crossmodal_jax import data, tasks
 from crossmodal_jax.checkpoint import StageCheckpointer
-from crossmodal_jax.data import text as text_tok
-from crossmodal_jax.diffusion import gaussian
-from crossmodal_jax.generation import make_image_generator
+from crossmodal_jax.data import features as feature_lib
 from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
-from crossmodal_jax.models.dit import DIT_PRESETS, DiT
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
-from crossmodal_jax.objectives import encode_latents, gaussian_diffusion_objective, vqvae_objective
+from crossmodal_jax.objectives import vqvae_objective
 from crossmodal_jax.step import make_optimizer
 from crossmodal_jax.train import RunContext, StageSpec, abstract_state
 
 log = logging.getLogger("crossmodal_jax")
 
-TASKS = ("text2image",)
-DIFFUSION_PROCESSES = ("gaussian",)
-IMAGE_UPSCALE = 8  # sample/reconstruction grids are nearest-upscaled so 8x8 digits are visible
+TASKS = tuple(tasks.TASKS)
+DIFFUSION_PROCESSES = ("gaussian", "masked")
+MIN_SHOWN_SIDE = 64  # summary images are nearest-upscaled until their short side is this big
+
+
+def task(config: ml_collections.ConfigDict) -> tasks.Task:
+    return tasks.get_task(config.task)
 
 
 def source(config: ml_collections.ConfigDict, split: str):
@@ -38,20 +43,62 @@ def source(config: ml_collections.ConfigDict, split: str):
     return data.get_source(config.data.name, split, config.data.data_dir or None)
 
 
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    example = source(config, "train")[0]
-    return tuple(np.asarray(example["image"]).shape)
-
-
-def features(config: ml_collections.ConfigDict) -> data.ImageTextFeatures:
-    """The record -> model-batch transform of the configured dataset."""
+def _image_features(config):
     max_value = data.get_spec(config.data.name).image_max_value
     return data.ImageTextFeatures(config.data.text_max_len, image_max_value=max_value)
 
 
+def _audio_features(config):
+    return feature_lib.AudioTextFeatures(config.data.text_max_len, **config.data.audio)
+
+
+def _video_features(config):
+    max_value = data.get_spec(config.data.name).image_max_value
+    return feature_lib.VideoTextFeatures(config.data.text_max_len, max_value=max_value)
+
+
+# Record -> model batch, by the modality of the dataset's non-text field.
+FEATURES = {"image": _image_features, "audio": _audio_features, "video": _video_features}
+
+
+def features(config: ml_collections.ConfigDict):
+    """The record -> model-batch transform of the configured dataset."""
+    return FEATURES[data.get_spec(config.data.name).modality](config)
+
+
+@lru_cache(maxsize=8)
+def _input_shape(config_json: str) -> tuple[int, ...]:
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    example = features(config).map(source(config, "train")[0])
+    return tuple(np.asarray(example[task(config).continuous]).shape)
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Shape of one example of the tokenizer's input ([H, W, C], [frames, mels, 1], [T, H, W, C])."""
+    return _input_shape(config.to_json())
+
+
+# Modalities whose features cost more than a training step can wait for (a log-mel spectrogram
+# is ~10 ms of NumPy per clip): computed once per run and kept in memory.
+PRECOMPUTED = ("audio",)
+
+
+@lru_cache(maxsize=4)
+def _materialized(data_json: str, task_name: str, split: str) -> list[dict]:
+    config = ml_collections.ConfigDict({"data": json.loads(data_json), "task": task_name})
+    what = f"{config.data.name}/{split} examples"
+    return data.materialize(source(config, split), features(config), what=what)
+
+
+def model_source(config: ml_collections.ConfigDict, split: str):
+    """(random-access source, transform to apply) for the pipelines of `split`."""
+    if data.get_spec(config.data.name).modality in PRECOMPUTED:
+        return _materialized(config.data.to_json(), config.task, split), None
+    return source(config, split), features(config)
+
+
 def train_iterator_factory(config, train_cfg):
-    train_source = source(config, "train")
-    transform = features(config)
+    train_source, transform = model_source(config, "train")
     return lambda: data.make_train_iterator(
         train_source,
         global_batch_size=train_cfg.batch_size,
@@ -61,26 +108,61 @@ def train_iterator_factory(config, train_cfg):
     )
 
 
+def test_batches(config, batch_size: int):
+    """One ordered pass over the test split, as model batches."""
+    test_source, transform = model_source(config, "test")
+    return data.make_eval_batches(test_source, batch_size=batch_size, transform=transform)
+
+
 def fixed_test_batch(config, n: int) -> dict[str, np.ndarray]:
-    """The first n test examples: the same images in every reconstruction summary."""
-    batches = data.make_eval_batches(
-        source(config, "test"), batch_size=n, transform=features(config)
-    )
-    return next(iter(batches))
+    """The first n test examples: the same inputs in every reconstruction summary."""
+    return next(iter(test_batches(config, n)))
+
+
+def to_pictures(modality: str, x: np.ndarray) -> np.ndarray:
+    """Model-space inputs in [-1, 1] -> uint8 pictures [N, H, W, C] people can look at.
+
+    Spectrograms are shown with time left to right and low frequencies at the bottom; videos as
+    their frames side by side.
+    """
+    x = data.unit_to_uint8(x)
+    if modality == "audio":  # [N, frames, mels, 1] -> [N, mels, frames, 1]
+        x = np.flip(np.swapaxes(x, 1, 2), axis=1)
+    elif modality == "video":  # [N, T, H, W, C] -> [N, H, T * W, C]
+        n, t, h, w, c = x.shape
+        x = np.transpose(x, (0, 2, 1, 3, 4)).reshape(n, h, t * w, c)
+    return x
+
+
+def picture_grid(modality: str, x: np.ndarray, cols: int) -> np.ndarray:
+    pictures = to_pictures(modality, x)
+    upscale = max(1, MIN_SHOWN_SIDE // min(pictures.shape[1:3]))
+    return image_grid(pictures, cols=cols, upscale=upscale)
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
 
 
 def build_tokenizer(config: ml_collections.ConfigDict) -> VQVAE:
-    return VQVAE(in_channels=image_shape(config)[-1], **config.tokenizer.model)
+    shape = input_shape(config)
+    m = dict(config.tokenizer.model)
+    m["strides"] = tuple(tuple(s) for s in m["strides"])
+    return VQVAE(in_channels=shape[-1], spatial_dims=len(shape) - 1, **m)
+
+
+def latent_grid(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The tokenizer's grid of codes for one example (e.g. (4, 4) for 8x8 digits)."""
+    m = config.tokenizer.model
+    strides = tuple(tuple(s) for s in m.strides)
+    return tuple(latent_shape(input_shape(config)[:-1], m.channel_mult, strides))
 
 
 def tokenizer_stage(ctx: RunContext) -> StageSpec:
     config = ctx.config
+    modality = task(config).continuous
     model = build_tokenizer(config)
-    dummy = jnp.zeros((1, *image_shape(config)), jnp.float32)
-    shown = fixed_test_batch(config, 16)["image"]
+    dummy = jnp.zeros((1, *input_shape(config)), jnp.float32)
+    shown = fixed_test_batch(config, 8 if modality == "image" else 4)[modality]
 
     def init_variables(key):
         params_key, vq_key = jax.random.split(key)
@@ -92,10 +174,9 @@ def tokenizer_stage(ctx: RunContext) -> StageSpec:
     def summarize(state, step, writer: MetricWriter):
         variables = {"params": state.params, **state.model_state}
         rec = np.asarray(reconstruct(variables, shown))
-        grid = image_grid(
-            data.unit_to_uint8(np.concatenate([shown, rec])), cols=len(shown), upscale=IMAGE_UPSCALE
-        )
-        writer.image(step, "reconstructions", grid)  # top row: inputs; bottom: reconstructions
+        # Top row: inputs; bottom row: reconstructions.
+        grid = picture_grid(modality, np.concatenate([shown, rec]), cols=len(shown))
+        writer.image(step, "reconstructions", grid)
         if writer.enabled:
             save_png(
                 os.path.join(ctx.workdir, "tokenizer", f"reconstructions_{step:06d}.png"), grid
@@ -105,7 +186,7 @@ def tokenizer_stage(ctx: RunContext) -> StageSpec:
         name="tokenizer",
         train_cfg=config.tokenizer.train,
         init_variables=init_variables,
-        objective=vqvae_objective(model),
+        objective=vqvae_objective(model, data_key=modality),
         make_iterator=train_iterator_factory(config, config.tokenizer.train),
         summarize=summarize,
     )
@@ -115,11 +196,11 @@ def tokenizer_variables(ctx: RunContext) -> dict:
     """The trained tokenizer: from this run's results, or restored from the workdir."""
     state = ctx.results.get("tokenizer")
     if state is None:
-        state = restore_stage_state(ctx, "tokenizer", tokenizer_stage(ctx), stage_index=0)
+        state = restore_stage_state(ctx, "tokenizer", tokenizer_stage(ctx))
     return {"params": state.params, "vq_stats": state.model_state["vq_stats"]}
 
 
-def restore_stage_state(ctx: RunContext, name: str, spec: StageSpec, *, stage_index: int):
+def restore_stage_state(ctx: RunContext, name: str, spec: StageSpec):
     """Restore a finished stage's final state from `<workdir>/<name>/checkpoints`."""
     tx, _ = make_optimizer(spec.train_cfg)
     _, abstract, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
@@ -138,119 +219,10 @@ def restore_stage_state(ctx: RunContext, name: str, spec: StageSpec, *, stage_in
     return restored[1]
 
 
-# ---------------------------------------------------------------------------------------- generator
-
-
-def build_dit(config: ml_collections.ConfigDict, latent_hwc: tuple[int, int, int]) -> DiT:
-    m = config.generator.model
-    size = (
-        dict(DIT_PRESETS[m.preset])
-        if m.preset
-        else dict(depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
-    )
-    return DiT(
-        input_size=latent_hwc[:2],
-        in_channels=latent_hwc[2],
-        patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio,
-        cond_vocab_size=text_tok.VOCAB_SIZE,
-        cond_len=config.data.text_max_len,
-        **size,
-    )
-
-
-def latent_hwc(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    h, w, _ = image_shape(config)
-    lh, lw = latent_shape((h, w), config.tokenizer.model.channel_mult)
-    return lh, lw, config.tokenizer.model.code_dim
-
-
-def latent_statistics(config, tokenizer: VQVAE, tok_vars, mesh, num_batches: int = 8) -> dict:
-    """Per-channel mean and one global std of the quantized latents over training batches.
-
-    Diffusion assumes unit-scale data; VQ latents have whatever scale the codebook learned.
-    """
-    it = train_iterator_factory(config, config.generator.train)()
-    encode = jax.jit(lambda v, x: encode_latents(tokenizer, v, x), out_shardings=P())
-    zs = [
-        np.asarray(encode(tok_vars, sharding.global_batch(next(it), mesh)["image"]))
-        for _ in range(num_batches)
-    ]
-    z = np.concatenate(zs).reshape(-1, zs[0].shape[-1])
-    mean = z.mean(axis=0)
-    std = float(np.sqrt(np.mean((z - mean) ** 2)))
-    rep = sharding.replicated(mesh)
-    return {
-        "mean": jax.device_put(mean.astype(np.float32), rep),
-        "std": jax.device_put(np.float32(max(std, 1e-6)), rep),
-    }
-
-
-def image_generator(config: ml_collections.ConfigDict):
-    """The jitted text→image sampler of this config (see generation.make_image_generator)."""
-    hwc = latent_hwc(config)
-    diff = config.generator.diffusion
-    return make_image_generator(
-        build_dit(config, hwc),
-        build_tokenizer(config),
-        gaussian.make_schedule(diff.schedule, diff.timesteps),
-        config.generator.sample,
-        prediction=diff.prediction,
-        latent_hwc=hwc,
-    )
-
-
 def generator_stage(ctx: RunContext) -> StageSpec:
-    config = ctx.config
-    tokenizer = build_tokenizer(config)
-    tok_vars = tokenizer_variables(ctx)
-    hwc = latent_hwc(config)
-    dit = build_dit(config, hwc)
-    diff = config.generator.diffusion
-    schedule = gaussian.make_schedule(diff.schedule, diff.timesteps)
-    frozen = {
-        "tokenizer": tok_vars,
-        "latents": latent_statistics(config, tokenizer, tok_vars, ctx.mesh),
-    }
-    L = config.data.text_max_len
-    generate = image_generator(config)
-    prompts = list(config.eval.prompts)
-    n = config.eval.samples_per_prompt
-    ids, mask = text_tok.encode_batch([p for p in prompts for _ in range(n)], L)
+    from crossmodal_jax import generator_stages  # imports this module
 
-    def init_variables(key):
-        x = jnp.zeros((1, *hwc), jnp.float32)
-        t = jnp.zeros((1,), jnp.int32)
-        return dit.init(key, x, t, jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
-
-    def summarize(state, step, writer: MetricWriter):
-        key = jax.random.fold_in(jax.random.key(config.seed), step)
-        images = generate(state.ema_params, state.model_state, ids, mask, key)
-        images = data.unit_to_uint8(np.asarray(images))
-        for i, prompt in enumerate(prompts):
-            writer.image(
-                step,
-                "samples/" + prompt.replace(" ", "_"),  # TensorBoard tags have no spaces
-                image_grid(images[i * n : (i + 1) * n], cols=n, upscale=IMAGE_UPSCALE),
-            )
-        if writer.enabled:
-            grid = image_grid(images, cols=n, upscale=IMAGE_UPSCALE)
-            save_png(os.path.join(ctx.workdir, "generator", f"samples_{step:06d}.png"), grid)
-            writer.text(
-                step, "sample grid rows", "\n".join(f"{i}: {p}" for i, p in enumerate(prompts))
-            )
-
-    return StageSpec(
-        name="generator",
-        train_cfg=config.generator.train,
-        init_variables=init_variables,
-        objective=gaussian_diffusion_objective(
-            dit, tokenizer, schedule, prediction=diff.prediction, cond_drop=diff.cond_drop
-        ),
-        make_iterator=train_iterator_factory(config, config.generator.train),
-        frozen_state=frozen,
-        summarize=summarize,
-    )
+    return generator_stages.build(ctx)
 
 
 STAGE_BUILDERS = {"tokenizer": tokenizer_stage, "generator": generator_stage}

@@ -15,8 +15,8 @@ import os
 import jax
 import ml_collections
 
-from crossmodal_jax import sharding, stages
-from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax import data, sharding, stages, tasks
+from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.dit import DIT_PRESETS
 
@@ -47,16 +47,35 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("task", config.task, stages.TASKS)
     for stage in config.stages:
         _check("stage", stage, stages.STAGE_BUILDERS)
-    _check("diffusion process", config.generator.diffusion.process, stages.DIFFUSION_PROCESSES)
-    _check("noise schedule", config.generator.diffusion.schedule, gaussian.SCHEDULES)
-    _check("prediction", config.generator.diffusion.prediction, gaussian.PREDICTIONS)
-    _check("sampler", config.generator.sample.sampler, ("ddim", "ddpm"))
+    diff, sample = config.generator.diffusion, config.generator.sample
+    _check("diffusion process", diff.process, stages.DIFFUSION_PROCESSES)
+    if diff.process == "gaussian":
+        _check("noise schedule", diff.schedule, gaussian.SCHEDULES)
+        _check("prediction", diff.prediction, gaussian.PREDICTIONS)
+        _check("sampler", sample.sampler, ("ddim", "ddpm"))
+    else:
+        _check("masking schedule", diff.schedule, masked.MASK_SCHEDULES)
+        _check("sampling schedule", sample.schedule, masked.MASK_SCHEDULES)
+        _check("sampler", sample.sampler, ("maskgit",))
+    _check("compute dtype", config.generator.model.dtype, ("float32", "bfloat16"))
     if config.generator.model.preset:
         _check("DiT preset", config.generator.model.preset, DIT_PRESETS)
     try:
         stages.source(config, "train")
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # unknown dataset, or its builder is missing a tool
         raise UserError(str(e)) from e
+    task = stages.task(config)
+    modality = data.get_spec(config.data.name).modality
+    if modality != task.continuous:
+        raise UserError(
+            f"task {task.name!r} needs a dataset of {task.continuous}s, but data.name="
+            f"{config.data.name!r} holds {modality}s"
+        )
+    if diff.process not in tasks.PROCESSES_BY_TARGET[task.target]:
+        raise UserError(
+            f"diffusion process {diff.process!r} cannot generate {task.target}; use one of "
+            f"{', '.join(tasks.PROCESSES_BY_TARGET[task.target])}"
+        )
 
 
 def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
@@ -72,15 +91,16 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
                 raise UserError(
                     f"{stage}.train.batch_size={batch} is not divisible by the {what} {n}"
                 )
+    try:
+        grid = stages.latent_grid(config)
+    except ValueError as e:
+        raise UserError(f"tokenizer.model: {e}") from e
     if "generator" in config.stages:
-        try:
-            h, w, _ = stages.latent_hwc(config)
-        except ValueError as e:
-            raise UserError(f"tokenizer.model.channel_mult: {e}") from e
         p = config.generator.model.patch_size
-        if h % p or w % p:
+        if config.generator.diffusion.process == "gaussian" and any(n % p for n in grid):
             raise UserError(
-                f"the latent grid {h}x{w} is not divisible by generator.model.patch_size={p}"
+                f"the latent grid {'x'.join(map(str, grid))} is not divisible by "
+                f"generator.model.patch_size={p}"
             )
         tok_ckpts = os.path.join(workdir, "tokenizer", "checkpoints")
         has_tokenizer = os.path.isdir(tok_ckpts) and any(d.isdigit() for d in os.listdir(tok_ckpts))

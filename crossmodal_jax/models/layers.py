@@ -142,6 +142,58 @@ def _per_axis(value: int | tuple[int, ...], ndim: int, what: str) -> tuple[int, 
     return value
 
 
+def _conv_nd(features, kernel, strides, *, dtype, kernel_init, name) -> Conv:
+    ndim = len(kernel)
+    return Conv(
+        features,
+        kernel,
+        strides=strides,
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(kernel_init, (None,) * ndim + (CONV_IN, CONV_OUT)),
+        bias_init=partitioned(ZEROS, (CONV_OUT,)),
+        name=name,
+    )
+
+
+class FactorizedConv3D(nn.Module):
+    """(2+1)-D conv over [B, T, H, W, C]: a kh x kw conv on every frame, then a kt conv over time
+    (R(2+1)D, Tran et al. 2018).
+
+    Why not a full kt x kh x kw kernel: XLA:CPU runs 3-D convolutions ~10x slower than the same
+    work as 2-D + 1-D convs (measured: 0.83 s vs 0.08 s for one gradient on [16, 8, 32, 32, 16]),
+    and the factorized block adds a nonlinearity-free but separately learned temporal filter at a
+    third of the parameters. Parameters: "spatial" (kh, kw, C_in, F) and, when kt > 1 or the time
+    stride is > 1, "temporal" (kt, F, F).
+    """
+
+    features: int
+    kernel_size: tuple[int, int, int]
+    strides: tuple[int, int, int]
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = DEFAULT_KERNEL_INIT
+
+    @nn.compact
+    def __call__(self, x_BxTxHxWxC: jax.Array) -> jax.Array:
+        kt, kh, kw = self.kernel_size
+        st, sh, sw = self.strides
+        b, t, h, w, c = x_BxTxHxWxC.shape
+        kw_args = dict(dtype=self.dtype, kernel_init=self.kernel_init)
+        y = _conv_nd(self.features, (kh, kw), (sh, sw), name="spatial", **kw_args)(
+            x_BxTxHxWxC.reshape(b * t, h, w, c)
+        )
+        _, h2, w2, f = y.shape
+        y_BxTxHxWxF = y.reshape(b, t, h2, w2, f)
+        if kt == 1 and st == 1:
+            return y_BxTxHxWxF
+        # Time becomes the conv axis: [B * H * W, T, F].
+        y = jnp.transpose(y_BxTxHxWxF, (0, 2, 3, 1, 4)).reshape(b * h2 * w2, t, f)
+        y = _conv_nd(self.features, (kt,), (st,), name="temporal", **kw_args)(y)
+        t2 = y.shape[1]
+        return jnp.transpose(y.reshape(b, h2, w2, t2, f), (0, 3, 1, 2, 4))
+
+
 def conv(
     features: int,
     kernel_size: int | tuple[int, ...] = 3,
@@ -151,23 +203,20 @@ def conv(
     dtype: jnp.dtype = jnp.float32,
     kernel_init: Initializer = DEFAULT_KERNEL_INIT,
     name: str | None = None,
-) -> nn.Conv:
+) -> nn.Module:
     """N-D conv over `ndim` spatial axes (channels last), SAME padding.
 
     `kernel_size`/`strides`: an int (the same on every axis) or one int per spatial axis.
-    Kernel axes (None,) * ndim + (CONV_IN, CONV_OUT); ndim=2 is the NHWC image conv.
+    Kernel axes (None,) * ndim + (CONV_IN, CONV_OUT); ndim=2 is the NHWC image conv. ndim=3
+    (video [T, H, W]) is factorized into (2+1)-D, see FactorizedConv3D.
     """
-    return Conv(
-        features,
-        _per_axis(kernel_size, ndim, "kernel_size"),
-        strides=_per_axis(strides, ndim, "strides"),
-        padding="SAME",
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=partitioned(kernel_init, (None,) * ndim + (CONV_IN, CONV_OUT)),
-        bias_init=partitioned(ZEROS, (CONV_OUT,)),
-        name=name,
-    )
+    kernel = _per_axis(kernel_size, ndim, "kernel_size")
+    stride = _per_axis(strides, ndim, "strides")
+    if ndim == 3:
+        return FactorizedConv3D(
+            features, kernel, stride, dtype=dtype, kernel_init=kernel_init, name=name
+        )
+    return _conv_nd(features, kernel, stride, dtype=dtype, kernel_init=kernel_init, name=name)
 
 
 def group_norm(channels: int, *, dtype: jnp.dtype = jnp.float32, name: str | None = None):

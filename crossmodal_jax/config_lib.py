@@ -1,0 +1,133 @@
+"""Building blocks of the config files in configs/: one function per config block, every field
+with its default and a comment. A config file composes them and overrides what its task needs.
+
+They live in the package (not in configs/) so that a config file works from any directory and
+from an installed wheel: config files are loaded by path, without configs/ on sys.path.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def train(**overrides) -> ml_collections.ConfigDict:
+    """Optimisation and bookkeeping of one stage; every field is overridable per stage."""
+    c = ml_collections.ConfigDict()
+    c.steps = 1000  # optimizer steps of this stage
+    c.batch_size = 64  # global batch, split over the mesh's data axes and over processes
+    c.learning_rate = 1e-3  # peak learning rate (after warmup)
+    c.warmup_steps = 100  # linear warmup from 0 to learning_rate
+    c.end_lr_fraction = 0.05  # cosine decay ends at learning_rate * end_lr_fraction
+    c.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.b1 = 0.9  # Adam beta1
+    c.b2 = 0.99  # Adam beta2
+    c.grad_clip = 1.0  # clip gradients to this global norm
+    c.ema_decay = 0.0  # EMA of the weights used for sampling/eval; 0 keeps a plain copy
+    c.log_every = 50  # steps between logged scalars (metrics.jsonl, TensorBoard, progress line)
+    c.images_every = 500  # steps between summaries (reconstructions/samples); 0 = only at the end
+    c.checkpoint_every = 500  # steps between checkpoints (the last step is always saved)
+    c.keep_checkpoints = 3  # how many recent checkpoints to keep
+    c.skip_nonfinite = False  # NaN/Inf loss or grads: False stops the run, True skips the update
+    c.update(overrides)
+    return c
+
+
+def smoke_train(stage: ml_collections.ConfigDict) -> None:
+    """A few tiny steps with every periodic action exercised: for tests."""
+    stage.train.update(
+        steps=6, batch_size=16, warmup_steps=2, log_every=2, images_every=0, checkpoint_every=3
+    )
+
+
+def mesh() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all other devices
+    # Logical axis -> mesh axes. See crossmodal_jax/sharding.py for the names and the presets.
+    c.rules = [
+        ["batch", ["data", "fsdp"]],
+        ["seq", None],
+        ["embed", "fsdp"],
+        ["mlp", "tensor"],
+        ["heads", "tensor"],
+        ["head_dim", None],
+        ["vocab", None],
+        ["conv_in", "fsdp"],
+        ["conv_out", "tensor"],
+        ["codebook", None],
+        ["code_dim", None],
+    ]
+    return c
+
+
+def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
+    """VQ-VAE of the task's continuous modality (models/vqvae.py)."""
+    c = ml_collections.ConfigDict()
+    c.channels = 32  # base conv width
+    c.channel_mult = (1, 2)  # one entry per resolution (width = channels * mult)
+    # Per downsampling level, the stride of each axis, e.g. ((1, 2, 2), (2, 2, 2)) for video
+    # [T, H, W]; () = 2 on every axis at each of the len(channel_mult) - 1 levels.
+    c.strides = ()
+    c.num_res_blocks = 1  # residual blocks per resolution
+    c.code_dim = 8  # dimension of a code vector (the DiT's latent channels)
+    c.num_codes = 256  # codebook size
+    c.decay = 0.99  # EMA decay of the codebook statistics
+    c.epsilon = 1e-5  # Laplace smoothing of EMA cluster sizes
+    c.commitment_cost = 0.25  # weight of ||z_e - sg(z_q)||^2
+    c.dead_code_threshold = 0.05  # restart codes whose EMA usage falls below this
+    c.cosine = False  # l2-normalised inputs and unit-norm codes for the lookup
+    c.lookup_dim = 0  # >0: look codes up in a learned low dim (0 = in code_dim)
+    c.codebook_init = "random"  # "random" | "batch" | "kmeans++": first batch
+    c.lookup_chunk_size = 0  # >0: argmin over codebook chunks (bounds memory)
+    c.update(overrides)
+    return c
+
+
+def generator_model(**overrides) -> ml_collections.ConfigDict:
+    """DiT of stage 2 (models/dit.py for latent grids, models/token_dit.py for token ids)."""
+    c = ml_collections.ConfigDict()
+    c.preset = ""  # "S" | "B" | "L" | "XL" (the DiT paper's sizes) overrides the 3 below
+    c.hidden_size = 64  # transformer width
+    c.depth = 4  # adaLN-Zero blocks
+    c.num_heads = 4  # attention heads
+    c.mlp_ratio = 4.0  # MLP hidden = mlp_ratio * hidden_size
+    c.patch_size = 1  # patch size over the latent grid (Gaussian diffusion only)
+    c.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
+    c.remat = False  # recompute each block's activations in the backward pass (saves memory)
+    c.update(overrides)
+    return c
+
+
+def diffusion(process: str, **overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.process = process  # "gaussian" (continuous VQ latents) | "masked" (token ids)
+    # gaussian: "linear" | "cosine" noise schedule; masked: "linear" | "cosine" masking schedule.
+    c.schedule = "cosine"
+    c.timesteps = 1000  # T of the Gaussian forward process (masked time is continuous)
+    c.prediction = "v"  # Gaussian only: "eps" | "v"
+    c.cond_drop = 0.1  # probability of dropping the condition (trains classifier-free guidance)
+    c.update(overrides)
+    return c
+
+
+def sample(process: str, **overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.sampler = "ddim" if process == "gaussian" else "maskgit"  # "ddim" | "ddpm" | "maskgit"
+    c.steps = 50  # sampler steps (DDPM always uses all T; MaskGIT unmasks over this many)
+    c.eta = 0.0  # DDIM eta: 0 = deterministic
+    c.guidance = 4.0  # classifier-free guidance scale (1 = conditional only)
+    c.snap_to_codebook = True  # Gaussian: quantize sampled latents before decoding
+    c.schedule = "cosine"  # MaskGIT: how many tokens stay masked after each step
+    c.temperature = 1.0  # MaskGIT: token sampling temperature (0 = argmax)
+    c.choice_temperature = 0.0  # MaskGIT: Gumbel noise on confidences (0 = greedy by confidence)
+    c.update(overrides)
+    return c
+
+
+def evaluation(**overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.batch_size = 128  # batch for test-split evaluation
+    c.samples_per_prompt = 8  # text→image: images per prompt in grids and the digit accuracy
+    c.prompts = ()  # text→image: prompts shown in sample grids
+    c.num_examples = 0  # X→text: test examples captioned at the end (0 = the whole split)
+    c.update(overrides)
+    return c

@@ -1,0 +1,287 @@
+"""Generator stages: a DiT trained by diffusion to produce the task's target, one builder per
+(diffusion process, target modality):
+
+- ("gaussian", "image"): Gaussian diffusion over the frozen tokenizer's normalized VQ latents;
+- ("masked", "image"):   masked diffusion over the tokenizer's code ids, conditioned on caption bytes;
+- ("masked", "text"):    masked diffusion over caption bytes, conditioned on the source's code ids.
+
+The frozen tokenizer rides along in `model_state["tokenizer"]`, so the step stays pure and the
+tokenizer is sharded and checkpointed like everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from crossmodal_jax import sharding
+from crossmodal_jax.data import text as text_tok
+from crossmodal_jax.diffusion import gaussian, masked
+from crossmodal_jax.evaluate_text import examples_table
+from crossmodal_jax.generation import (
+    make_image_generator,
+    make_masked_image_generator,
+    make_text_generator,
+)
+from crossmodal_jax.metrics import MetricWriter, save_png
+from crossmodal_jax.models.dit import DIT_PRESETS, DiT
+from crossmodal_jax.models.token_dit import TokenDiT
+from crossmodal_jax.objectives import (
+    encode_latents,
+    gaussian_diffusion_objective,
+    masked_diffusion_objective,
+    text_tokens,
+    vq_tokens,
+)
+from crossmodal_jax.stages import (
+    build_tokenizer,
+    fixed_test_batch,
+    latent_grid,
+    picture_grid,
+    task,
+    tokenizer_variables,
+    train_iterator_factory,
+)
+from crossmodal_jax.train import RunContext, StageSpec
+
+log = logging.getLogger("crossmodal_jax")
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dit_size(m: ml_collections.ConfigDict) -> dict:
+    if m.preset:
+        return dict(DIT_PRESETS[m.preset])
+    return dict(depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
+
+
+def latent_hwc(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """The image latent grid and its channels: what Gaussian diffusion generates."""
+    return (*latent_grid(config), config.tokenizer.model.code_dim)
+
+
+def build_dit(config: ml_collections.ConfigDict, hwc: tuple[int, int, int]) -> DiT:
+    m = config.generator.model
+    return DiT(
+        input_size=hwc[:2],
+        in_channels=hwc[2],
+        patch_size=m.patch_size,
+        mlp_ratio=m.mlp_ratio,
+        cond_vocab_size=text_tok.VOCAB_SIZE,
+        cond_len=config.data.text_max_len,
+        dtype=DTYPES[m.dtype],
+        remat=m.remat,
+        **_dit_size(m),
+    )
+
+
+def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
+    """The DiT over token ids: caption bytes (X→text) or VQ ids (text→image, masked)."""
+    m = config.generator.model
+    num_codes = config.tokenizer.model.num_codes
+    grid_len = int(np.prod(latent_grid(config)))
+    text_len = config.data.text_max_len
+    if task(config).generates_text:
+        sizes = dict(seq_len=text_len, vocab_size=text_tok.VOCAB_SIZE)
+        cond = dict(cond_vocab_size=num_codes, cond_len=grid_len)
+    else:  # code ids + one extra id, the absorbing mask state
+        sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
+        cond = dict(cond_vocab_size=text_tok.VOCAB_SIZE, cond_len=text_len)
+    return TokenDiT(
+        mlp_ratio=m.mlp_ratio, dtype=DTYPES[m.dtype], remat=m.remat, **sizes, **cond, **_dit_size(m)
+    )
+
+
+def latent_statistics(config, tokenizer, tok_vars, mesh, num_batches: int = 8) -> dict:
+    """Per-channel mean and one global std of the quantized latents over training batches.
+
+    Diffusion assumes unit-scale data; VQ latents have whatever scale the codebook learned.
+    """
+    it = train_iterator_factory(config, config.generator.train)()
+    encode = jax.jit(lambda v, x: encode_latents(tokenizer, v, x), out_shardings=P())
+    zs = [
+        np.asarray(encode(tok_vars, sharding.global_batch(next(it), mesh)["image"]))
+        for _ in range(num_batches)
+    ]
+    z = np.concatenate(zs).reshape(-1, zs[0].shape[-1])
+    mean = z.mean(axis=0)
+    std = float(np.sqrt(np.mean((z - mean) ** 2)))
+    rep = sharding.replicated(mesh)
+    return {
+        "mean": jax.device_put(mean.astype(np.float32), rep),
+        "std": jax.device_put(np.float32(max(std, 1e-6)), rep),
+    }
+
+
+def image_generator(config: ml_collections.ConfigDict):
+    """The jitted text→image sampler: fn(params, model_state, ids, mask, key) -> images."""
+    sample_cfg = config.generator.sample
+    if config.generator.diffusion.process == "masked":
+        return make_masked_image_generator(
+            build_token_dit(config),
+            build_tokenizer(config),
+            sample_cfg,
+            latent_grid=latent_grid(config),
+        )
+    hwc = latent_hwc(config)
+    diff = config.generator.diffusion
+    return make_image_generator(
+        build_dit(config, hwc),
+        build_tokenizer(config),
+        gaussian.make_schedule(diff.schedule, diff.timesteps),
+        sample_cfg,
+        prediction=diff.prediction,
+        latent_hwc=hwc,
+    )
+
+
+def text_generator(config: ml_collections.ConfigDict):
+    """The jitted X→text sampler: fn(params, model_state, source, key) -> caption ids."""
+    return make_text_generator(
+        build_token_dit(config),
+        build_tokenizer(config),
+        config.generator.sample,
+        text_len=config.data.text_max_len,
+        source_key=task(config).source,
+    )
+
+
+def _image_summary(ctx: RunContext):
+    """Sample grids of the configured prompts: TensorBoard per prompt, a PNG per summary step."""
+    config = ctx.config
+    generate = image_generator(config)
+    prompts = list(config.eval.prompts)
+    n = config.eval.samples_per_prompt
+    ids, mask = text_tok.encode_batch(
+        [p for p in prompts for _ in range(n)], config.data.text_max_len
+    )
+
+    def summarize(state, step, writer: MetricWriter):
+        key = jax.random.fold_in(jax.random.key(config.seed), step)
+        images = np.asarray(generate(state.ema_params, state.model_state, ids, mask, key))
+        for i, prompt in enumerate(prompts):
+            tag = "samples/" + prompt.replace(" ", "_")  # TensorBoard tags have no spaces
+            writer.image(step, tag, picture_grid("image", images[i * n : (i + 1) * n], cols=n))
+        if writer.enabled:
+            grid = picture_grid("image", images, cols=n)
+            save_png(os.path.join(ctx.workdir, "generator", f"samples_{step:06d}.png"), grid)
+            writer.text(
+                step, "sample grid rows", "\n".join(f"{i}: {p}" for i, p in enumerate(prompts))
+            )
+
+    return summarize
+
+
+def _text_summary(ctx: RunContext):
+    """Captions of a few fixed test inputs beside their references, in TensorBoard and the log."""
+    config = ctx.config
+    generate = text_generator(config)
+    shown = fixed_test_batch(config, 8)
+    source = shown[task(config).source]
+    references = text_tok.decode_batch(shown["text"])
+
+    def summarize(state, step, writer: MetricWriter):
+        key = jax.random.fold_in(jax.random.key(config.seed), step)
+        captions = text_tok.decode_batch(
+            np.asarray(generate(state.ema_params, state.model_state, source, key))
+        )
+        table = examples_table([str(i) for i in range(len(captions))], captions, references)
+        writer.text(step, "captions", table)
+        if writer.enabled:
+            log.info("generator step %d captions: %s", step, " | ".join(captions[:4]))
+
+    return summarize
+
+
+def _frozen_tokenizer(ctx: RunContext) -> dict:
+    return {"tokenizer": tokenizer_variables(ctx)}
+
+
+def gaussian_image_stage(ctx: RunContext) -> StageSpec:
+    config = ctx.config
+    tokenizer = build_tokenizer(config)
+    frozen = _frozen_tokenizer(ctx)
+    frozen["latents"] = latent_statistics(config, tokenizer, frozen["tokenizer"], ctx.mesh)
+    hwc = latent_hwc(config)
+    dit = build_dit(config, hwc)
+    diff = config.generator.diffusion
+    L = config.data.text_max_len
+
+    def init_variables(key):
+        x = jnp.zeros((1, *hwc), jnp.float32)
+        t = jnp.zeros((1,), jnp.int32)
+        return dit.init(key, x, t, jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
+
+    objective = gaussian_diffusion_objective(
+        dit,
+        tokenizer,
+        gaussian.make_schedule(diff.schedule, diff.timesteps),
+        prediction=diff.prediction,
+        cond_drop=diff.cond_drop,
+    )
+    return StageSpec(
+        name="generator",
+        train_cfg=config.generator.train,
+        init_variables=init_variables,
+        objective=objective,
+        make_iterator=train_iterator_factory(config, config.generator.train),
+        frozen_state=frozen,
+        summarize=_image_summary(ctx),
+    )
+
+
+def masked_stage(ctx: RunContext) -> StageSpec:
+    """Masked diffusion over token ids: caption bytes from source codes, or codes from captions."""
+    config = ctx.config
+    the_task = task(config)
+    tokenizer = build_tokenizer(config)
+    dit = build_token_dit(config)
+    diff = config.generator.diffusion
+    codes = vq_tokens(tokenizer, the_task.continuous)
+    if the_task.generates_text:
+        target, condition, mask_id = text_tokens(), codes, text_tok.MASK_ID
+        summarize = _text_summary(ctx)
+    else:
+        target, condition, mask_id = codes, text_tokens(), tokenizer.num_codes
+        summarize = _image_summary(ctx)
+
+    def init_variables(key):
+        ids = jnp.zeros((1, dit.seq_len), jnp.int32)
+        cond = jnp.zeros((1, dit.cond_len), jnp.int32)
+        return dit.init(key, ids, jnp.zeros((1,), jnp.float32), cond, jnp.ones_like(cond))
+
+    objective = masked_diffusion_objective(
+        dit,
+        masked.make_mask_schedule(diff.schedule),
+        mask_id=mask_id,
+        target=target,
+        condition=condition,
+        cond_drop=diff.cond_drop,
+    )
+    return StageSpec(
+        name="generator",
+        train_cfg=config.generator.train,
+        init_variables=init_variables,
+        objective=objective,
+        make_iterator=train_iterator_factory(config, config.generator.train),
+        frozen_state=_frozen_tokenizer(ctx),
+        summarize=summarize,
+    )
+
+
+GENERATORS = {
+    ("gaussian", "image"): gaussian_image_stage,
+    ("masked", "image"): masked_stage,
+    ("masked", "text"): masked_stage,
+}
+
+
+def build(ctx: RunContext) -> StageSpec:
+    key = (ctx.config.generator.diffusion.process, task(ctx.config).target)
+    return GENERATORS[key](ctx)

@@ -1,0 +1,49 @@
+"""The tasks a config can name: which modality conditions and which one is generated.
+
+Every task trains the same two stages: a VQ-VAE tokenizer for its continuous modality (image,
+log-mel spectrogram, video), then a DiT generating the target. Text is never learned by a
+tokenizer: it is UTF-8 bytes (data/text.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+TEXT = "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    source: str  # modality of the condition: "text" | "image" | "audio" | "video"
+    target: str  # modality the generator produces
+
+    @property
+    def continuous(self) -> str:
+        """The modality the stage-1 tokenizer learns (batch key of its input)."""
+        return self.target if self.source == TEXT else self.source
+
+    @property
+    def generates_text(self) -> bool:
+        return self.target == TEXT
+
+
+TASKS: dict[str, Task] = {
+    "text2image": Task("text2image", source=TEXT, target="image"),
+    "image2text": Task("image2text", source="image", target=TEXT),
+    "speech2text": Task("speech2text", source="audio", target=TEXT),
+    "video2text": Task("video2text", source="video", target=TEXT),
+}
+
+# Diffusion processes each target modality can be generated with: Gaussian diffusion needs
+# continuous latents (a tokenizer's), masked diffusion works on any token ids.
+PROCESSES_BY_TARGET: dict[str, tuple[str, ...]] = {
+    "image": ("gaussian", "masked"),
+    TEXT: ("masked",),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,135 @@
+"""Every X→text config (and masked text→image) end to end: main on its smoke variant, then the
+sample CLI on a folder of inputs of another size / sample rate / frame count than training."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import read_jsonl, run_cli
+
+TEXT_CONFIGS = {
+    "img2txt": "configs/img2txt.py:smoke",
+    "speech2txt": "configs/speech2txt.py:smoke",
+    "video2txt": "configs/video2txt.py:smoke",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module", params=sorted(TEXT_CONFIGS))
+def text_run(request, tmp_path_factory, data_dir):
+    name = request.param
+    workdir = str(tmp_path_factory.mktemp(name) / "run")
+    result = run_cli(
+        "main",
+        f"--config={TEXT_CONFIGS[name]}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return name, workdir
+
+
+def test_text_task_trains_both_stages_and_scores_captions(text_run):
+    name, workdir = text_run
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    for key in ("test_bleu", "test_rougeL", "test_wer", "test_cer", "test_exact_match"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    assert "test_psnr_db" in metrics and "test_codebook_usage" in metrics
+    assert ("test_digit_accuracy" in metrics) == (name != "speech2txt")
+    rows = read_jsonl(os.path.join(workdir, "test_captions.jsonl"))
+    assert len(rows) == (32 if name == "img2txt" else 16)
+    assert all(isinstance(r["text"], str) and r["reference"] for r in rows)
+    generator_rows = read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))
+    assert [r["step"] for r in generator_rows] == [2, 4, 6]
+    assert all("masked_accuracy" in r and np.isfinite(r["loss"]) for r in generator_rows)
+    assert os.path.isfile(os.path.join(workdir, "tokenizer", "reconstructions_000006.png"))
+    assert os.listdir(os.path.join(workdir, "eval", "tb"))
+
+
+def _write_inputs(kind: str, folder: str, data_dir: str) -> list[str]:
+    """Three inputs of the kind, deliberately not in the training format."""
+    from crossmodal_jax import data
+
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    names = []
+    if kind == "img2txt":  # 24x24 RGB instead of 8x8 gray
+        test = data.load_arrays("digits", "test", data_dir)
+        for i in range(3):
+            img = (test["image"][i, :, :, 0] * (255 // 16)).astype(np.uint8)
+            rgb = np.stack([np.kron(img, np.ones((3, 3), np.uint8))] * 3, axis=-1)
+            names.append(f"img_{2 - i}.png")
+            Image.fromarray(rgb).save(os.path.join(folder, names[-1]))
+    elif kind == "speech2txt":  # 22.05 kHz int16 instead of 16 kHz
+        from scipy.io import wavfile
+
+        for i in range(3):
+            t = np.arange(int(22050 * (0.5 + i * 0.4))) / 22050
+            wave = 0.3 * np.sin(2 * np.pi * 300 * t) * (1 + rng.standard_normal(t.shape) * 0.1)
+            names.append(f"clip_{i}.wav")
+            wavfile.write(os.path.join(folder, names[-1]), 22050, (wave * 32767).astype(np.int16))
+    else:  # 12 frames of 48x48: a .npy [T,H,W] and a .gif
+        test = data.load_arrays("moving_digits", "test", data_dir)
+        clip = np.kron(test["video"][0, :, :, :, 0], np.ones((1, 3, 2), np.uint8))[:, :48, :48]
+        clip = np.concatenate([clip, clip[:4]])
+        np.save(os.path.join(folder, "b.npy"), clip)
+        frames = [Image.fromarray(f) for f in clip]
+        frames[0].save(os.path.join(folder, "a.gif"), save_all=True, append_images=frames[1:])
+        names = ["b.npy", "a.gif"]
+    open(os.path.join(folder, "notes.txt"), "w").write("not an input")  # ignored: wrong suffix
+    return sorted(names)
+
+
+def test_sample_cli_captions_a_folder_in_file_name_order(text_run, tmp_path, data_dir):
+    name, workdir = text_run
+    names = _write_inputs(name, str(tmp_path / "in"), data_dir)
+    out = tmp_path / "out"
+    result = run_cli(
+        "sample", f"--workdir={workdir}", f"--input={tmp_path / 'in'}", f"--output={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_jsonl(out / "outputs.jsonl")
+    assert [r["input"] for r in rows] == names
+    assert all(isinstance(r["text"], str) for r in rows)
+
+
+def test_sample_cli_names_a_broken_input_file(text_run, tmp_path):
+    name, workdir = text_run
+    suffix = {"img2txt": ".png", "speech2txt": ".wav", "video2txt": ".gif"}[name]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"broken{suffix}").write_bytes(b"not really a media file")
+    out = tmp_path / "out"
+    result = run_cli("sample", f"--workdir={workdir}", f"--input={folder}", f"--output={out}")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"broken{suffix}" in result.stderr
+    assert not out.exists()
+
+
+def test_masked_text_to_image_runs_and_samples(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    result = run_cli(
+        "main",
+        "--config=configs/vqdit_img.py:smoke,masked",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert 0.0 <= metrics["sample_digit_accuracy"] <= 1.0
+    rows = read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))
+    assert all("masked_accuracy" in r for r in rows)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the digit one\nthe digit two\n")
+    out = tmp_path / "out"
+    result = run_cli("sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["000000.png", "000001.png"]
+    assert np.asarray(Image.open(out / "000000.png")).shape == (8, 8)
