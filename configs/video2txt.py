@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "moving_digits"  # embedded dataset (see crossmodal_jax/data/sources.py)
-    c.data.data_dir = ""  # cache of built datasets; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
+    c.data.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
     c.data.text_max_len = 32  # caption length in UTF-8 byte tokens (longest caption + end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 
