@@ -98,11 +98,12 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
     """Infinite, seeded, per-process-sharded training batches: a checkpointable grain iterator.
 
-    Order: one global stream (a fresh seeded permutation every epoch, epochs concatenated), dealt
-    out element by element to processes (process p takes stream items p, p+P, ...). Every process
-    reads only its own items, and the union of the local batches of step s is the same set of
-    examples whatever the process count. Batches may straddle an epoch boundary, so no example is
-    ever dropped.
+    Order: one global stream (a fresh seeded permutation every epoch, epochs concatenated), cut
+    into local batches that are dealt out to processes (process p takes local batches p, p+P,
+    ...). Every process reads only its own items, and the global batch of step s is stream items
+    [s*G, (s+1)*G) in the same row order whatever the process count, so per-row randomness
+    (diffusion times, noise) and hence the losses are identical too. Batches may straddle an epoch
+    boundary, so no example is ever dropped.
 
     ``get_state()``/``set_state()`` resume exactly; orbax saves it with
     ``grain.checkpoint.CheckpointSave(it)`` inside ``ocp.args.Composite``. ``transform=None``: the
@@ -112,10 +113,11 @@ def make_train_iterator(
     ds = grain.MapDataset.source(source).shuffle(seed=seed)
     # repeat() reseeds upstream shuffles per epoch by default: a new permutation each epoch.
     ds = ds.repeat(None)
-    ds = ds[jax.process_index() :: jax.process_count()]
     if transform is not None:
         ds = ds.map(transform)
     ds = ds.batch(batch_size, drop_remainder=True)
+    # Lazy: a process maps and reads only the batches it takes.
+    ds = ds[jax.process_index() :: jax.process_count()]
     iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
     if worker_count > 0:
         # grain workers read absl flags; outside an absl app (tests, notebooks) use the defaults.
