@@ -37,8 +37,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Stage 2: DiT over caption bytes, masked diffusion, attending to the 16 image codes.
     c.generator = ml_collections.ConfigDict()
     c.generator.model = config_lib.generator_model(hidden_size=96, depth=4, num_heads=4)
-    c.generator.diffusion = config_lib.diffusion("masked", schedule="cosine", cond_drop=0.0)
-    c.generator.sample = config_lib.sample("masked", steps=20, guidance=1.0, temperature=0.0)
+    c.generator.diffusion = config_lib.diffusion(
+        "masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0
+    )
+    c.generator.sample = config_lib.sample(
+        "masked", steps=c.data.text_max_len, schedule="linear", guidance=1.0, temperature=0.0
+    )  # one byte a step, most confident first
     c.generator.train = config_lib.train(
         steps=3000,
         batch_size=32,

@@ -93,6 +93,9 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     c.patch_size = 1  # patch size over the latent grid (Gaussian diffusion only)
     c.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.remat = False  # recompute each block's activations in the backward pass (saves memory)
+    # X→text: the source's tokens enter the DiT as "ids" (a learned table) or "vectors" (their
+    # codebook vectors, projected): vectors generalise from far fewer examples.
+    c.cond_input = "vectors"
     c.update(overrides)
     return c
 
@@ -100,8 +103,11 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
 def diffusion(process: str, **overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.process = process  # "gaussian" (continuous VQ latents) | "masked" (token ids)
-    # gaussian: "linear" | "cosine" noise schedule; masked: "linear" | "cosine" masking schedule.
+    # gaussian: "linear" | "cosine" noise schedule; masked: "linear" | "cosine" | "sine" masking.
     c.schedule = "cosine"
+    c.loss_weighting = (
+        "elbo"  # masked: "elbo" (MDLM) | "masked_mean" (MaskGIT; diffusion/masked.py)
+    )
     c.timesteps = 1000  # T of the Gaussian forward process (masked time is continuous)
     c.prediction = "v"  # Gaussian only: "eps" | "v"
     c.cond_drop = 0.1  # probability of dropping the condition (trains classifier-free guidance)
@@ -128,6 +134,6 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     c.batch_size = 128  # batch for test-split evaluation
     c.samples_per_prompt = 8  # text→image: images per prompt in grids and the digit accuracy
     c.prompts = ()  # text→image: prompts shown in sample grids
-    c.num_examples = 0  # X→text: test examples captioned at the end (0 = the whole split)
+    c.num_examples = 0  # test examples evaluated at the end (0 = the whole split)
     c.update(overrides)
     return c

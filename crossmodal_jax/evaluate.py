@@ -167,12 +167,18 @@ def _write_caption_results(ctx, metrics: dict, rows: list[dict]) -> None:
 
 
 def tokenizer_inputs(config) -> np.ndarray:
-    """The whole test split's tokenizer inputs (images, log-mels or videos) in model space."""
+    """The test split's tokenizer inputs (images, log-mels or videos) in model space: all of them,
+    or the first eval.num_examples."""
     from crossmodal_jax import stages
 
     key = stages.task(config).continuous
-    batches = stages.test_batches(config, config.eval.batch_size)
-    return np.concatenate([b[key] for b in batches])
+    limit = config.eval.num_examples or None
+    inputs = []
+    for batch in stages.test_batches(config, config.eval.batch_size):
+        inputs.append(batch[key])
+        if limit and sum(map(len, inputs)) >= limit:
+            break
+    return np.concatenate(inputs)[:limit]
 
 
 def evaluate_run(ctx) -> dict[str, float]:

@@ -21,7 +21,7 @@ from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, gaussian_samplers, masked, masked_samplers
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.objectives import MASKED_TIME_SCALE, denormalize_latents, vq_tokens
+from crossmodal_jax.objectives import MASKED_TIME_SCALE, denormalize_latents
 
 
 def _ddim(schedule, model_fn, x_T, key, cfg, prediction):
@@ -155,23 +155,23 @@ def make_masked_image_generator(
 
 def make_text_generator(
     dit: nn.Module,
-    tokenizer: VQVAE,
     sample_cfg: ml_collections.ConfigDict,
     *,
     text_len: int,
     source_key: str,
+    condition: Callable,
 ) -> Callable:
     """A jitted fn(params, model_state, source, key) -> caption ids i32[B, text_len].
 
-    `source` is the continuous input (image, log-mel, video) that the frozen tokenizer turns into
-    the condition ids; decode the result with data.text.decode_batch.
+    `source` is the continuous input (image, log-mel, video); `condition(model_state, batch)` turns
+    it into what the DiT attends to (objectives.SOURCE_CONDITIONS: the frozen tokenizer's ids or
+    code vectors). Decode the result with data.text.decode_batch.
     """
-    condition = vq_tokens(tokenizer, source_key)
 
     @partial(jax.jit, out_shardings=P())
     def generate(params, model_state, source, key):
-        cond_ids, cond_mask = condition(model_state, {source_key: source})
-        logits_fn = masked_logits_fn(dit, params, cond_ids, cond_mask, sample_cfg.guidance)
+        cond, cond_mask = condition(model_state, {source_key: source})
+        logits_fn = masked_logits_fn(dit, params, cond, cond_mask, sample_cfg.guidance)
         return _masked_sample(
             logits_fn,
             key,

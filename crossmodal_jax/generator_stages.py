@@ -33,6 +33,7 @@ from crossmodal_jax.metrics import MetricWriter, save_png
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
 from crossmodal_jax.models.token_dit import TokenDiT
 from crossmodal_jax.objectives import (
+    SOURCE_CONDITIONS,
     encode_latents,
     gaussian_diffusion_objective,
     masked_diffusion_objective,
@@ -90,6 +91,8 @@ def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
     if task(config).generates_text:
         sizes = dict(seq_len=text_len, vocab_size=text_tok.VOCAB_SIZE)
         cond = dict(cond_vocab_size=num_codes, cond_len=grid_len)
+        if m.cond_input == "vectors":
+            cond["cond_feature_dim"] = config.tokenizer.model.code_dim
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=text_tok.VOCAB_SIZE, cond_len=text_len)
@@ -143,13 +146,20 @@ def image_generator(config: ml_collections.ConfigDict):
 
 def text_generator(config: ml_collections.ConfigDict):
     """The jitted X→text sampler: fn(params, model_state, source, key) -> caption ids."""
+    source = task(config).source
     return make_text_generator(
         build_token_dit(config),
-        build_tokenizer(config),
         config.generator.sample,
         text_len=config.data.text_max_len,
-        source_key=task(config).source,
+        source_key=source,
+        condition=source_condition(config),
     )
+
+
+def source_condition(config: ml_collections.ConfigDict):
+    """What an X→text DiT attends to: the source's code ids or code vectors."""
+    make = SOURCE_CONDITIONS[config.generator.model.cond_input]
+    return make(build_tokenizer(config), task(config).source)
 
 
 def _image_summary(ctx: RunContext):
@@ -243,18 +253,23 @@ def masked_stage(ctx: RunContext) -> StageSpec:
     tokenizer = build_tokenizer(config)
     dit = build_token_dit(config)
     diff = config.generator.diffusion
-    codes = vq_tokens(tokenizer, the_task.continuous)
     if the_task.generates_text:
-        target, condition, mask_id = text_tokens(), codes, text_tok.MASK_ID
+        target, condition, mask_id = text_tokens(), source_condition(config), text_tok.MASK_ID
         summarize = _text_summary(ctx)
     else:
+        codes = vq_tokens(tokenizer, the_task.continuous)
         target, condition, mask_id = codes, text_tokens(), tokenizer.num_codes
         summarize = _image_summary(ctx)
 
     def init_variables(key):
         ids = jnp.zeros((1, dit.seq_len), jnp.int32)
-        cond = jnp.zeros((1, dit.cond_len), jnp.int32)
-        return dit.init(key, ids, jnp.zeros((1,), jnp.float32), cond, jnp.ones_like(cond))
+        f = dit.cond_feature_dim
+        if f:  # code vectors
+            cond = jnp.zeros((1, dit.cond_len, f), jnp.float32)
+        else:  # token ids
+            cond = jnp.zeros((1, dit.cond_len), jnp.int32)
+        mask = jnp.ones((1, dit.cond_len), jnp.int32)
+        return dit.init(key, ids, jnp.zeros((1,), jnp.float32), cond, mask)
 
     objective = masked_diffusion_objective(
         dit,
@@ -263,6 +278,7 @@ def masked_stage(ctx: RunContext) -> StageSpec:
         target=target,
         condition=condition,
         cond_drop=diff.cond_drop,
+        weighting=diff.loss_weighting,
     )
     return StageSpec(
         name="generator",

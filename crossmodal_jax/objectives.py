@@ -127,6 +127,22 @@ def vq_tokens(tokenizer: VQVAE, key: str) -> TokenFn:
     return tokens
 
 
+def vq_vectors(tokenizer: VQVAE, key: str) -> TokenFn:
+    """Quantized code vectors of the frozen tokenizer for batch[key]: [B, tokens, code_dim], and a
+    mask of ones. The same tokens as `vq_tokens`, given to the DiT as their codebook vectors."""
+
+    def vectors(model_state, batch):
+        z_q = encode_latents(tokenizer, model_state["tokenizer"], batch[key])
+        z_q = z_q.reshape(z_q.shape[0], -1, z_q.shape[-1])
+        return z_q, jnp.ones(z_q.shape[:2], jnp.int32)
+
+    return vectors
+
+
+# How X→text generators see the source's tokens (config generator.model.cond_input).
+SOURCE_CONDITIONS = {"ids": vq_tokens, "vectors": vq_vectors}
+
+
 def masked_diffusion_objective(
     dit: nn.Module,
     schedule: masked.MaskSchedule,
@@ -135,6 +151,7 @@ def masked_diffusion_objective(
     target: TokenFn,
     condition: TokenFn,
     cond_drop: float,
+    weighting: str = "elbo",
 ) -> Objective:
     """MDLM loss of absorbing-state diffusion over target ids, conditioned on source ids.
 
@@ -152,7 +169,9 @@ def masked_diffusion_objective(
             t_units = t * MASKED_TIME_SCALE
             return dit.apply({"params": params}, xt, t_units, cond_ids, cond_mask, train=True)
 
-        loss, metrics = masked.training_loss(schedule, logits_fn, x0, loss_key, mask_id=mask_id)
+        loss, metrics = masked.training_loss(
+            schedule, logits_fn, x0, loss_key, mask_id=mask_id, weighting=weighting
+        )
         return loss, (model_state, metrics)
 
     return loss_fn

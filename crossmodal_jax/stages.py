@@ -54,7 +54,9 @@ def _audio_features(config):
 
 def _video_features(config):
     max_value = data.get_spec(config.data.name).image_max_value
-    return feature_lib.VideoTextFeatures(config.data.text_max_len, max_value=max_value)
+    return feature_lib.VideoTextFeatures(
+        config.data.text_max_len, max_value=max_value, frame_size=config.data.frame_size
+    )
 
 
 # Record -> model batch, by the modality of the dataset's non-text field.

@@ -19,6 +19,7 @@ from crossmodal_jax import data, sharding, stages, tasks
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.dit import DIT_PRESETS
+from crossmodal_jax.objectives import SOURCE_CONDITIONS
 
 # Keys a resumed run may change: which stages run, how long, how it logs, evaluates and samples, and
 # on which mesh (checkpoints restore onto any mesh). Everything else changes what is trained.
@@ -47,19 +48,6 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("task", config.task, stages.TASKS)
     for stage in config.stages:
         _check("stage", stage, stages.STAGE_BUILDERS)
-    diff, sample = config.generator.diffusion, config.generator.sample
-    _check("diffusion process", diff.process, stages.DIFFUSION_PROCESSES)
-    if diff.process == "gaussian":
-        _check("noise schedule", diff.schedule, gaussian.SCHEDULES)
-        _check("prediction", diff.prediction, gaussian.PREDICTIONS)
-        _check("sampler", sample.sampler, ("ddim", "ddpm"))
-    else:
-        _check("masking schedule", diff.schedule, masked.MASK_SCHEDULES)
-        _check("sampling schedule", sample.schedule, masked.MASK_SCHEDULES)
-        _check("sampler", sample.sampler, ("maskgit",))
-    _check("compute dtype", config.generator.model.dtype, ("float32", "bfloat16"))
-    if config.generator.model.preset:
-        _check("DiT preset", config.generator.model.preset, DIT_PRESETS)
     try:
         stages.source(config, "train")
     except (ValueError, RuntimeError) as e:  # unknown dataset, or its builder is missing a tool
@@ -71,11 +59,26 @@ def check_names(config: ml_collections.ConfigDict) -> None:
             f"task {task.name!r} needs a dataset of {task.continuous}s, but data.name="
             f"{config.data.name!r} holds {modality}s"
         )
+    diff, sample = config.generator.diffusion, config.generator.sample
+    _check("diffusion process", diff.process, stages.DIFFUSION_PROCESSES)
     if diff.process not in tasks.PROCESSES_BY_TARGET[task.target]:
         raise UserError(
             f"diffusion process {diff.process!r} cannot generate {task.target}; use one of "
             f"{', '.join(tasks.PROCESSES_BY_TARGET[task.target])}"
         )
+    if diff.process == "gaussian":
+        _check("noise schedule", diff.schedule, gaussian.SCHEDULES)
+        _check("prediction", diff.prediction, gaussian.PREDICTIONS)
+        _check("sampler", sample.sampler, ("ddim", "ddpm"))
+    else:
+        _check("masking schedule", diff.schedule, masked.MASK_SCHEDULES)
+        _check("loss weighting", diff.loss_weighting, masked.LOSS_WEIGHTINGS)
+        _check("sampling schedule", sample.schedule, masked.MASK_SCHEDULES)
+        _check("sampler", sample.sampler, ("maskgit",))
+    _check("compute dtype", config.generator.model.dtype, ("float32", "bfloat16"))
+    _check("condition input", config.generator.model.cond_input, SOURCE_CONDITIONS)
+    if config.generator.model.preset:
+        _check("DiT preset", config.generator.model.preset, DIT_PRESETS)
 
 
 def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:

@@ -253,3 +253,37 @@ def test_sample_follows_counts_keeps_unmasked_and_reports_rate():
         np.testing.assert_array_equal((nxt == MASK).sum(1), [counts[k]] * 2)
         kept = x != MASK
         np.testing.assert_array_equal(nxt[kept], x[kept])  # never re-masked or changed
+
+
+def test_sine_schedule_is_maskgit_ratio():
+    """sine: mask rate sin(pi t/2) = MaskGIT's cos(pi r/2) with r = 1 - t; w = (pi/2) cot(pi t/2)."""
+    s = md.make_mask_schedule("sine")
+    t = np.linspace(0.01, 1.0, 50)
+    np.testing.assert_allclose(md.mask_rate(s, t), np.cos(np.pi * (1 - t) / 2), atol=1e-6)
+    np.testing.assert_allclose(
+        md.loss_weight(s, t), np.pi / 2 / np.tan(np.pi * t / 2), rtol=1e-4, atol=1e-6
+    )
+    fd = (np.asarray(s.alpha(t + 1e-4)) - np.asarray(s.alpha(t - 1e-4))) / 2e-4
+    np.testing.assert_allclose(s.dalpha_dt(jnp.asarray(t)), fd, atol=1e-4)
+
+
+def test_masked_mean_weighting_averages_ce_over_masked_positions():
+    rng = np.random.default_rng(1)
+    x0 = rng.integers(0, VOCAB, (4, 6)).astype(np.int32)
+    logits = rng.normal(size=(4, 6, VOCAB + 1)).astype(np.float32)
+    calls = []
+    loss, _ = md.training_loss(
+        "linear", _record_calls(jnp.asarray(logits), calls), jnp.asarray(x0), jax.random.key(3),
+        mask_id=MASK, weighting="masked_mean",
+    )  # fmt: skip
+    ((xt, _),) = calls
+    is_masked = xt == MASK
+    lg = logits[..., :MASK].astype(np.float64)
+    ce = -np.take_along_axis(lg - np.log(np.exp(lg).sum(-1, keepdims=True)), x0[..., None], -1)
+    per_example = (is_masked * ce[..., 0]).sum(1) / np.maximum(is_masked.sum(1), 1)
+    assert float(loss) == pytest.approx(per_example.mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss weighting"):
+        md.training_loss(
+            "linear", lambda x, t: jnp.asarray(logits), jnp.asarray(x0), jax.random.key(3),
+            mask_id=MASK, weighting="uniform",
+        )  # fmt: skip

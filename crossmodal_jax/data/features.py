@@ -115,24 +115,45 @@ class AudioTextFeatures(grain.transforms.Map):
         )
 
 
+def shrink_frames(video_TxHxWxC: np.ndarray, size: int) -> np.ndarray:
+    """Frames mean-pooled to size x size (the BOX filter files.read_video uses when shrinking)."""
+    t, h, w, c = video_TxHxWxC.shape
+    if h % size or w % size:
+        raise ValueError(f"frames of {h}x{w} cannot be pooled to {size}x{size}")
+    fh, fw = h // size, w // size
+    pooled = np.asarray(video_TxHxWxC, np.float32).reshape(t, size, fh, size, fw, c)
+    return pooled.mean(axis=(2, 4))
+
+
 class VideoTextFeatures(grain.transforms.Map):
     """Record ``{"video": uint8 [T,H,W,C], "label", "caption", ...}`` ->
-    ``{"video": f32 [T,H,W,C] in [-1, 1], "text", "text_mask", "label"}``."""
+    ``{"video": f32 [T,H,W,C] in [-1, 1], "text", "text_mask", "label"}``.
 
-    def __init__(self, text_max_len: int, max_value: int = 255):
+    ``frame_size`` > 0 mean-pools frames to that size first: a cheaper tokenizer input when the
+    clip's content is coarse (moving_digits' 16x16 digit is an 8x8 one upscaled 2x).
+    """
+
+    def __init__(self, text_max_len: int, max_value: int = 255, frame_size: int = 0):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         self.text_max_len = int(text_max_len)
         self.max_value = int(max_value)
+        self.frame_size = int(frame_size)
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         ids_L, mask_L = text_lib.encode(_caption_str(element["caption"]), self.text_max_len)
+        video = element["video"]
+        if self.frame_size:
+            video = shrink_frames(video, self.frame_size)
         return {
-            "video": image_to_unit(element["video"], self.max_value),
+            "video": image_to_unit(video, self.max_value),
             "text": ids_L,
             "text_mask": mask_L,
             "label": np.asarray(element["label"], dtype=np.int32),
         }
 
     def __repr__(self) -> str:
-        return f"VideoTextFeatures(text_max_len={self.text_max_len}, max_value={self.max_value})"
+        return (
+            f"VideoTextFeatures(text_max_len={self.text_max_len}, max_value={self.max_value}, "
+            f"frame_size={self.frame_size})"
+        )

@@ -115,16 +115,23 @@ class FinalLayer(nn.Module):
 
 
 class ConditionEmbedder(nn.Module):
-    """Condition ids [B, L] + mask -> (condition tokens [B, L, D], pooled vector [B, D])."""
+    """Condition [B, L] ids (or [B, L, F] vectors) + mask -> (tokens [B, L, D], pooled [B, D]).
+
+    `feature_dim` > 0: the condition is continuous vectors (a tokenizer's quantized code vectors),
+    LayerNorm-ed and projected by a Dense layer instead of looked up in a learned table. Codes
+    that are close in the codebook then start close here too, which an id table has to learn
+    from data (a few thousand examples are too few for 256 unrelated ids).
+    """
 
     vocab_size: int
     max_len: int
     hidden_size: int
+    feature_dim: int = 0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-        length = ids_BxL.shape[1]
+    def __call__(self, cond_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+        length = cond_BxL.shape[1]
         if length > self.max_len:
             raise ValueError(f"condition length {length} exceeds cond_len {self.max_len}")
         d = self.hidden_size
@@ -133,7 +140,11 @@ class ConditionEmbedder(nn.Module):
         type_D = self.param("type_embed", partitioned(std, (EMBED,)), (d,))
         null_D = self.param("null_embed", partitioned(std, (EMBED,)), (d,))
 
-        tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(ids_BxL)
+        if self.feature_dim:
+            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="feature_norm")(cond_BxL)
+            tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(x)
+        else:
+            tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)
         tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
         tokens = nn.with_logical_constraint(tokens, TOKEN_AXES)
 
@@ -177,11 +188,12 @@ def condition_vector(
     t_vec = t_embed(jnp.asarray(t_B, jnp.float32).reshape(-1))
     b = t_vec.shape[0]
     if cond_ids_BxL is None:
-        ids, mask = jnp.zeros((b, 1), jnp.int32), jnp.zeros((b, 1), jnp.float32)
-        _, vec = cond_embed(ids, mask)
+        f = cond_embed.feature_dim
+        ids = jnp.zeros((b, 1, f), jnp.float32) if f else jnp.zeros((b, 1), jnp.int32)
+        _, vec = cond_embed(ids, jnp.zeros((b, 1), jnp.float32))
         return t_vec + vec, None, None
     if cond_mask_BxL is None:
-        cond_mask_BxL = jnp.ones(cond_ids_BxL.shape, jnp.float32)
+        cond_mask_BxL = jnp.ones(cond_ids_BxL.shape[:2], jnp.float32)
     tokens, vec = cond_embed(cond_ids_BxL, cond_mask_BxL)
     return t_vec + vec, tokens, cond_mask_BxL
 

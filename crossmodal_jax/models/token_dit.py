@@ -46,6 +46,7 @@ class TokenDiT(nn.Module):
     mlp_ratio: float = 4.0
     cond_vocab_size: int = 256
     cond_len: int = 64
+    cond_feature_dim: int = 0  # > 0: conditions are f32[B, L, F] vectors (see ConditionEmbedder)
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -57,7 +58,7 @@ class TokenDiT(nn.Module):
             "pos_embed", partitioned(nn.initializers.normal(0.02), (None, EMBED)), (self.seq_len, d)
         )
         self.cond_embed = ConditionEmbedder(
-            self.cond_vocab_size, self.cond_len, d, dtype=self.dtype
+            self.cond_vocab_size, self.cond_len, d, self.cond_feature_dim, dtype=self.dtype
         )
         self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
         self.blocks = make_blocks(

@@ -1,0 +1,110 @@
+"""X→text pieces without training: caption metrics, vector conditions, task/config validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from crossmodal_jax import sharding, tasks, validation
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.evaluate_text import digit_naming_accuracy, named_digits, text_metrics
+from crossmodal_jax.models.token_dit import TokenDiT
+
+
+def test_text_metrics_match_their_definitions():
+    perfect = text_metrics(["the digit five moves up"], [["the digit five moves up"]])
+    assert perfect["bleu"] == pytest.approx(100.0)
+    assert perfect["wer"] == 0.0 and perfect["cer"] == 0.0 and perfect["exact_match"] == 1.0
+    assert perfect["rougeL"] == pytest.approx(1.0)
+    # One substituted word of four: WER 1/4; exact match 0; spacing and case are normalised.
+    m = text_metrics(["Seven  one two three"], [["seven one two four"]])
+    assert m["wer"] == pytest.approx(0.25) and m["exact_match"] == 0.0
+    # Several references: the best one counts.
+    m = text_metrics(["a handwritten five"], [["the digit five", "a handwritten five"]])
+    assert m["exact_match"] == 1.0 and m["wer"] == 0.0
+    with pytest.raises(ValueError, match="one reference list per hypothesis"):
+        text_metrics(["a"], [])
+
+
+def test_digit_naming_needs_exactly_the_right_digit():
+    assert named_digits("the digit seven moves left") == [7]
+    hyps = ["the digit seven", "the digit seven or one", "a handwritten sevn", "three"]
+    assert digit_naming_accuracy(hyps, [7, 7, 7, 3]) == pytest.approx(0.5)
+
+
+def _token_dit(feature_dim):
+    return TokenDiT(
+        seq_len=5,
+        vocab_size=9,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        cond_vocab_size=7,
+        cond_len=4,
+        cond_feature_dim=feature_dim,
+    )
+
+
+def test_vector_conditions_are_projected_and_masked_like_ids():
+    model = _token_dit(3)
+    ids = jnp.zeros((2, 5), jnp.int32)
+    t = jnp.ones((2,))
+    cond = jax.random.normal(jax.random.key(0), (2, 4, 3))
+    mask = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+    params = nn.meta.unbox(model.init(jax.random.key(1), ids, t, cond, mask))
+    assert "feature_proj" in params["params"]["cond_embed"]
+    assert "token_embed" not in params["params"]["cond_embed"]
+    # Make the (zero-initialised) output head non-trivial so the outputs show the condition.
+    params = jax.tree.map(lambda p: p + 0.1, params)
+    out = model.apply(params, ids, t, cond, mask)
+    assert out.shape == (2, 5, 9)
+    hidden_changed = cond.at[0, 3].set(5.0)  # a masked position of example 0
+    np.testing.assert_allclose(model.apply(params, ids, t, hidden_changed, mask), out, atol=1e-6)
+    visible_changed = cond.at[0, 0].set(5.0)
+    assert not np.allclose(model.apply(params, ids, t, visible_changed, mask)[0], out[0])
+    # No condition at all uses the null vector, whatever the feature width.
+    assert model.apply(params, ids, t).shape == (2, 5, 9)
+
+
+def test_every_task_names_a_tokenizer_modality_and_a_process():
+    for task in tasks.TASKS.values():
+        assert task.continuous in ("image", "audio", "video")
+        assert tasks.PROCESSES_BY_TARGET[task.target]
+    with pytest.raises(ValueError, match="unknown task 'image2sound'"):
+        tasks.get_task("image2sound")
+
+
+def _config(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfg", f"configs/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("smoke")
+
+
+@pytest.mark.parametrize(
+    "config_name, key, value, message",
+    [
+        ("img2txt", "generator.diffusion.process", "gaussian", "cannot generate text"),
+        ("img2txt", "data.name", "moving_digits", "needs a dataset of images"),
+        ("video2txt", "generator.diffusion.schedule", "cubic", "unknown masking schedule"),
+        ("img2txt", "generator.model.cond_input", "pixels", "unknown condition input"),
+        ("video2txt", "tokenizer.model.strides", ((2, 2, 2),), "tokenizer.model"),
+    ],
+)
+def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):
+    config = _config(config_name)
+    config.data.data_dir = str(tmp_path / "data")
+    section, _, field = key.rpartition(".")
+    node = config
+    for part in section.split("."):
+        node = node[part]
+    with node.ignore_type():
+        node[field] = value
+    with pytest.raises(UserError, match=message) as err:
+        validation.check_names(config)
+        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+        validation.check_combinations(config, mesh, str(tmp_path / "run"))
+    assert "\n" not in str(err.value)
