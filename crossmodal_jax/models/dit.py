@@ -118,9 +118,11 @@ class ConditionEmbedder(nn.Module):
     """Condition [B, L] ids (or [B, L, F] vectors) + mask -> (tokens [B, L, D], pooled [B, D]).
 
     `feature_dim` > 0: the condition is continuous vectors (a tokenizer's quantized code vectors),
-    LayerNorm-ed and projected by a Dense layer instead of looked up in a learned table. Codes
-    that are close in the codebook then start close here too, which an id table has to learn
-    from data (a few thousand examples are too few for 256 unrelated ids).
+    projected by a Dense layer instead of looked up in a learned table: codes that are close in
+    the codebook start close here too, which an id table has to learn from data (a few thousand
+    examples are too few for 256 unrelated ids). Their pooled vector is a Dense map of all the
+    (masked) positions' features rather than their mean, so the adaLN modulation sees where each
+    code is, not only which codes occur.
     """
 
     vocab_size: int
@@ -140,19 +142,22 @@ class ConditionEmbedder(nn.Module):
         type_D = self.param("type_embed", partitioned(std, (EMBED,)), (d,))
         null_D = self.param("null_embed", partitioned(std, (EMBED,)), (d,))
 
+        mask = mask_BxL.astype(jnp.float32)
+        count_B = jnp.sum(mask, axis=1)
         if self.feature_dim:
-            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="feature_norm")(cond_BxL)
-            tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(x)
+            tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
+            flat_BxF = (cond_BxL * mask[..., None]).reshape(cond_BxL.shape[0], -1)
+            flat_BxF = jnp.pad(flat_BxF, ((0, 0), (0, (self.max_len - length) * self.feature_dim)))
+            pooled_BxD = dense(d, (None, MLP), dtype=self.dtype, name="pool_proj")(flat_BxF)
         else:
             tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)
         tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
         tokens = nn.with_logical_constraint(tokens, TOKEN_AXES)
 
-        mask = mask_BxL.astype(jnp.float32)
-        count_B = jnp.sum(mask, axis=1)
-        pooled_BxD = jnp.einsum("bld,bl->bd", tokens.astype(jnp.float32), mask)
-        pooled_BxD = pooled_BxD / jnp.maximum(count_B, 1.0)[:, None]
-        pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(pooled_BxD)
+        if not self.feature_dim:
+            pooled_BxD = jnp.einsum("bld,bl->bd", tokens.astype(jnp.float32), mask)
+            pooled_BxD = pooled_BxD / jnp.maximum(count_B, 1.0)[:, None]
+            pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(pooled_BxD)
         vec_BxD = jnp.where((count_B > 0)[:, None], pooled_BxD, null_D.astype(self.dtype))
         return tokens, vec_BxD
 
