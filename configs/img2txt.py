@@ -35,33 +35,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     # Stage 2: DiT over caption bytes, masked diffusion, attending to the 16 image codes.
-    c.generator = ml_collections.ConfigDict()
-    c.generator.model = config_lib.generator_model(hidden_size=96, depth=4, num_heads=4)
-    c.generator.diffusion = config_lib.diffusion(
-        "masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0
-    )
-    c.generator.sample = config_lib.sample(
-        "masked", steps=c.data.text_max_len, schedule="linear", guidance=1.0, temperature=0.0
-    )  # one byte a step, most confident first
-    c.generator.train = config_lib.train(
-        steps=3000,
-        batch_size=32,
-        learning_rate=1e-3,
-        warmup_steps=200,
-        ema_decay=0.999,
-        images_every=1000,
-        weight_decay=0.01,
+    c.generator = config_lib.text_generator(
+        c.data.text_max_len, steps=3000, ema_decay=0.999, warmup_steps=200, images_every=1000
     )
 
     c.eval = config_lib.evaluation(batch_size=128, num_examples=0)
 
     if arg == "smoke":
-        c.tokenizer.model.update(channels=16, num_codes=32)
-        c.generator.model.update(hidden_size=32, depth=1, num_heads=2)
-        c.generator.sample.steps = 4
-        c.eval.update(num_examples=32, batch_size=32)
-        config_lib.smoke_train(c.tokenizer)
-        config_lib.smoke_train(c.generator)
+        config_lib.text_task_smoke(c, num_examples=32)
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; available: smoke")
     return c

@@ -47,38 +47,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_codes=256,
     )
     c.tokenizer.train = config_lib.train(
-        steps=1000, batch_size=16, learning_rate=2e-3, warmup_steps=100, images_every=500
+        steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
 
     # Stage 2: DiT over transcript bytes, masked diffusion, attending to the 80 audio codes.
-    c.generator = ml_collections.ConfigDict()
-    c.generator.model = config_lib.generator_model(hidden_size=96, depth=4, num_heads=4)
-    c.generator.diffusion = config_lib.diffusion(
-        "masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0
-    )
-    c.generator.sample = config_lib.sample(
-        "masked", steps=c.data.text_max_len, schedule="linear", guidance=1.0, temperature=0.0
-    )  # one byte a step, most confident first
-    c.generator.train = config_lib.train(
-        steps=3000,
-        batch_size=32,
-        learning_rate=1e-3,
-        warmup_steps=200,
-        ema_decay=0.999,
-        images_every=1000,
-        weight_decay=0.01,
-    )
+    c.generator = config_lib.text_generator(c.data.text_max_len, steps=1500, ema_decay=0.998)
 
     c.eval = config_lib.evaluation(batch_size=128, num_examples=0)
 
     if arg == "smoke":
         c.data.name = "spoken_digits_smoke"  # same recipe, 64 + 32 utterances: builds in seconds
-        c.tokenizer.model.update(channels=8, num_codes=32)
-        c.generator.model.update(hidden_size=32, depth=1, num_heads=2)
-        c.generator.sample.steps = 4
-        c.eval.update(num_examples=16, batch_size=16)
-        config_lib.smoke_train(c.tokenizer)
-        config_lib.smoke_train(c.generator)
+        config_lib.text_task_smoke(c)
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; available: smoke")
     return c

@@ -137,3 +137,37 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     c.num_examples = 0  # test examples evaluated at the end (0 = the whole split)
     c.update(overrides)
     return c
+
+
+def text_generator(text_max_len: int, **train_overrides) -> ml_collections.ConfigDict:
+    """Stage 2 of the X→text configs: a DiT writing caption bytes by masked diffusion."""
+    c = ml_collections.ConfigDict()
+    c.model = generator_model(hidden_size=96, depth=4, num_heads=4)
+    # MaskGIT-style training (sine masking ratio, plain mean CE): heavily-masked states, where the
+    # caption must come from the source, get their share of the gradient.
+    c.diffusion = diffusion("masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0)
+    # One byte a step, most confident first: a digit word's letters are committed one at a time.
+    c.sample = sample(
+        "masked", steps=text_max_len, schedule="linear", guidance=1.0, temperature=0.0
+    )
+    c.train = train(
+        **{
+            "batch_size": 32,
+            "learning_rate": 1e-3,
+            "warmup_steps": 100,
+            "weight_decay": 0.01,
+            "images_every": 500,
+            **train_overrides,
+        }
+    )
+    return c
+
+
+def text_task_smoke(c: ml_collections.ConfigDict, num_examples: int = 16) -> None:
+    """The `:smoke` variant of an X→text config: tiny models, a few steps, a few test examples."""
+    c.tokenizer.model.update(channels=8, num_codes=32)
+    c.generator.model.update(hidden_size=32, depth=1, num_heads=2)
+    c.generator.sample.steps = 4
+    c.eval.update(num_examples=num_examples, batch_size=num_examples)
+    smoke_train(c.tokenizer)
+    smoke_train(c.generator)
