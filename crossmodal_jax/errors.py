@@ -14,6 +14,10 @@ class UserError(ValueError):
     """A problem with the user's input: config, files or data."""
 
 
+class CheckpointError(UserError):
+    """A weights file or state dict that cannot be converted (models/torch_convert.py)."""
+
+
 def one_line(e: BaseException | str) -> str:
     """The first non-empty line of an exception's message (absl/ml_collections add context lines)."""
     text = str(e).strip() or type(e).__name__

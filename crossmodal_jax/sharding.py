@@ -145,3 +145,28 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
         k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
         for k, v in local_batch.items()
     }
+
+
+def replicated_parameters(shardings_tree: Any, shapes_tree: Any, min_size: int) -> list[str]:
+    """Paths ("a/b/kernel") of leaves with more than `min_size` elements that every device holds whole.
+
+    A leaf counts as replicated when its sharding splits no dimension over a mesh axis of size > 1
+    (`NamedSharding.is_fully_replicated`), e.g. a kernel sharded only over "tensor" on a mesh with
+    tensor=1. With fsdp > 1 such a leaf costs its full size on every device, which is what FSDP
+    is meant to avoid; small leaves (biases, norms) are not worth a collective and are ignored.
+    `shapes_tree` holds arrays or ShapeDtypeStructs with the same structure as `shardings_tree`.
+    """
+    flat_shardings = jax.tree_util.tree_flatten_with_path(
+        shardings_tree, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding)
+    )[0]
+    flat_shapes = jax.tree.leaves(strip_boxes(shapes_tree))
+    if len(flat_shardings) != len(flat_shapes):
+        raise ValueError(
+            f"{len(flat_shardings)} shardings for {len(flat_shapes)} leaves: trees do not match"
+        )
+    found = []
+    for (path, sharding_), leaf in zip(flat_shardings, flat_shapes, strict=True):
+        if int(np.prod(leaf.shape)) > min_size and sharding_.is_fully_replicated:
+            keys = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+            found.append("/".join(str(k) for k in keys))
+    return found

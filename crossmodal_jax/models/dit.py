@@ -48,9 +48,9 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
 TOKEN_AXES = (BATCH, SEQ, EMBED)
 
 
-def _layer_norm(dtype: jnp.dtype, name: str) -> nn.LayerNorm:
+def _layer_norm(dtype: jnp.dtype, name: str, eps: float = 1e-6) -> nn.LayerNorm:
     # No affine parameters: adaLN supplies the per-example scale and shift.
-    return nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, name=name)
+    return nn.LayerNorm(epsilon=eps, use_bias=False, use_scale=False, dtype=dtype, name=name)
 
 
 class DiTBlock(nn.Module):
@@ -60,6 +60,9 @@ class DiTBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
+    # eps of the pre-MLP LayerNorm: diffusers' DiT uses its config's norm_eps (1e-5 by default)
+    # there, facebookresearch/DiT 1e-6 like every other norm.
+    mlp_norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(
@@ -74,7 +77,8 @@ class DiTBlock(nn.Module):
         h = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(h, key_mask_BxL)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD + gate_msa[:, None, :] * h, TOKEN_AXES)
 
-        h = modulate(_layer_norm(self.dtype, "norm2")(x_BxLxD), shift_mlp, scale_mlp)
+        norm2 = _layer_norm(self.dtype, "norm2", self.mlp_norm_eps)
+        h = modulate(norm2(x_BxLxD), shift_mlp, scale_mlp)
         h = Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
         return nn.with_logical_constraint(x_BxLxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
 
@@ -162,6 +166,26 @@ class ConditionEmbedder(nn.Module):
         return tokens, vec_BxD
 
 
+class LabelEmbedder(nn.Module):
+    """Class labels [B] -> [B, D] from a table with num_classes + 1 rows (DiT's LabelEmbedder).
+
+    The last row is the classifier-free-guidance null label; labels equal to num_classes, and
+    examples whose mask is all zero, use it.
+    """
+
+    num_classes: int
+    hidden_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, labels_B: jax.Array, keep_B: jax.Array | None = None) -> jax.Array:
+        labels_B = jnp.asarray(labels_B, jnp.int32).reshape(-1)
+        if keep_B is not None:
+            labels_B = jnp.where(keep_B, labels_B, self.num_classes)
+        table = embed(self.num_classes + 1, self.hidden_size, dtype=self.dtype, name="table")
+        return table(labels_B)
+
+
 RematDiTBlock = nn.remat(DiTBlock)
 
 
@@ -172,10 +196,14 @@ def make_blocks(
     mlp_ratio: float,
     dtype: jnp.dtype,
     remat: bool = False,
+    mlp_norm_eps: float = 1e-6,
 ) -> list[nn.Module]:
     """`depth` DiT blocks for a setup(); rematerialised ones keep the same parameter names."""
     block_cls = RematDiTBlock if remat else DiTBlock
-    return [block_cls(hidden_size, num_heads, mlp_ratio, dtype=dtype) for _ in range(depth)]
+    return [
+        block_cls(hidden_size, num_heads, mlp_ratio, dtype=dtype, mlp_norm_eps=mlp_norm_eps)
+        for _ in range(depth)
+    ]
 
 
 def condition_vector(
@@ -234,6 +262,13 @@ class DiT(nn.Module):
     `__call__(x, t, cond_ids, cond_mask)` returns the eps/v prediction f32[B, h, w, C]. `t` is
     in timestep units (see layers.timestep_embedding). `cond_ids=None` means no condition
     (every example uses the null vector).
+
+    Class-label mode (`num_classes > 0`, the original DiT): `cond_ids` are labels i32[B] (or
+    [B, 1]), c = t_embedding + label embedding, no condition tokens; None, a label equal to
+    num_classes or an all-zero mask row selects the null label. `out_channels` (0: in_channels)
+    lets learn-sigma checkpoints output [eps | variance] with 2C channels. `t_freq_shift`,
+    `pos_embed_col_first` and `mlp_norm_eps` reproduce PyTorch DiT variants exactly (see
+    torch_convert.py); their defaults are this project's own layout.
     """
 
     input_size: tuple[int, int]
@@ -247,6 +282,11 @@ class DiT(nn.Module):
     cond_len: int = 64
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    num_classes: int = 0
+    out_channels: int = 0
+    t_freq_shift: float = 0.0
+    pos_embed_col_first: bool = False
+    mlp_norm_eps: float = 1e-6
 
     def setup(self):
         h, w = self.input_size
@@ -258,15 +298,27 @@ class DiT(nn.Module):
         self.cond_embed = ConditionEmbedder(
             self.cond_vocab_size, self.cond_len, self.hidden_size, dtype=self.dtype
         )
-        self.t_embed = TimestepEmbedder(self.hidden_size, dtype=self.dtype)
-        self.blocks = make_blocks(
-            self.depth, self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.remat
+        self.t_embed = TimestepEmbedder(
+            self.hidden_size, dtype=self.dtype, freq_shift=self.t_freq_shift
         )
-        self.final_layer = FinalLayer(self.hidden_size, p * p * self.in_channels, dtype=self.dtype)
+        if self.num_classes:
+            self.label_embed = LabelEmbedder(self.num_classes, self.hidden_size, dtype=self.dtype)
+        self.blocks = make_blocks(
+            self.depth,
+            self.hidden_size,
+            self.num_heads,
+            self.mlp_ratio,
+            self.dtype,
+            self.remat,
+            self.mlp_norm_eps,
+        )
+        out_c = self.out_channels or self.in_channels
+        self.final_layer = FinalLayer(self.hidden_size, p * p * out_c, dtype=self.dtype)
 
     def embed_input(self, x_BxHxWxC: jax.Array) -> jax.Array:
         """Target -> tokens [B, T, D] with the fixed 2-D sin-cos position embedding."""
-        pos_TxD = jnp.asarray(sincos_2d(self.hidden_size, *self.grid), self.dtype)
+        pos = sincos_2d(self.hidden_size, *self.grid, col_first=self.pos_embed_col_first)
+        pos_TxD = jnp.asarray(pos, self.dtype)
         tokens = self.patch_embed(x_BxHxWxC) + pos_TxD[None]
         return nn.with_logical_constraint(tokens, TOKEN_AXES)
 
@@ -279,6 +331,15 @@ class DiT(nn.Module):
         self, t_B: jax.Array, cond_ids_BxL: jax.Array | None, cond_mask_BxL: jax.Array | None
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """(adaLN vector c [B, D], condition tokens [B, L, D] or None, key mask or None)."""
+        if self.num_classes:
+            t_vec = self.t_embed(jnp.asarray(t_B, jnp.float32).reshape(-1))
+            b = t_vec.shape[0]
+            if cond_ids_BxL is None:
+                labels, keep = jnp.full((b,), self.num_classes, jnp.int32), None
+            else:
+                labels = cond_ids_BxL.reshape(b, -1)[:, 0]
+                keep = None if cond_mask_BxL is None else cond_mask_BxL.reshape(b, -1).max(1) > 0
+            return t_vec + self.label_embed(labels, keep), None, None
         return condition_vector(self.t_embed, self.cond_embed, t_B, cond_ids_BxL, cond_mask_BxL)
 
     def __call__(

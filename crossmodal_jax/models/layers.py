@@ -244,14 +244,19 @@ def modulate(x_BxLxD: jax.Array, shift_BxD: jax.Array, scale_BxD: jax.Array) -> 
     return x_BxLxD * (1 + scale_BxD[:, None, :]) + shift_BxD[:, None, :]
 
 
-def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+def timestep_embedding(
+    t_B: jax.Array, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0
+) -> jax.Array:
     """Sinusoidal embedding of (possibly fractional) timesteps, ADM/DiT layout [cos | sin].
 
     `t` is in timestep units (DiT uses 0..999): continuous-time callers should scale t in [0, 1]
-    by ~1000 so that the low frequencies resolve it.
+    by ~1000 so that the low frequencies resolve it. Frequencies are
+    max_period ** (-i / (dim/2 - freq_shift)): facebookresearch/DiT uses freq_shift 0, diffusers'
+    DiT (Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1)) uses 1.
     """
     half = dim // 2
-    freqs_H = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    arange_H = jnp.arange(half, dtype=jnp.float32)
+    freqs_H = jnp.exp(-math.log(max_period) * arange_H / (half - freq_shift))
     args_BxH = jnp.asarray(t_B, jnp.float32)[:, None] * freqs_H[None, :]
     emb_BxD = jnp.concatenate([jnp.cos(args_BxH), jnp.sin(args_BxH)], axis=-1)
     if dim % 2:
@@ -266,15 +271,17 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+def sincos_2d(dim: int, grid_h: int, grid_w: int, col_first: bool = False) -> np.ndarray:
     """Fixed 2-D position embedding [grid_h * grid_w, dim], row-major like `patchify` tokens.
 
-    First half of the features encodes the row, second half the column.
+    First half of the features encodes the row, second half the column; `col_first=True` swaps
+    them, the MAE/DiT layout (their meshgrid puts w first) used by PyTorch DiT checkpoints.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs dim % 4 == 0, got {dim}")
     rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
-    emb = np.concatenate([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], axis=1)
+    halves = [sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)]
+    emb = np.concatenate(halves[::-1] if col_first else halves, axis=1)
     return emb.astype(np.float32)
 
 
@@ -352,13 +359,17 @@ class TimestepEmbedder(nn.Module):
     hidden_size: int
     frequency_dim: int = 256
     dtype: jnp.dtype = jnp.float32
+    freq_shift: float = 0.0  # 1.0 for diffusers' DiT, see timestep_embedding
 
     @nn.compact
     def __call__(self, t_B: jax.Array) -> jax.Array:
-        freq_BxF = timestep_embedding(t_B, self.frequency_dim).astype(self.dtype)
+        freq_BxF = timestep_embedding(t_B, self.frequency_dim, freq_shift=self.freq_shift)
+        freq_BxF = freq_BxF.astype(self.dtype)
         kernel_init = nn.initializers.normal(0.02)
+        # The frequency axis carries EMBED (-> fsdp) so that FSDP shards this kernel even on a
+        # mesh with tensor=1; with (None, MLP) every device held all frequency_dim x D weights.
         h_BxD = dense(
-            self.hidden_size, (None, MLP), dtype=self.dtype, kernel_init=kernel_init, name="fc1"
+            self.hidden_size, (EMBED, MLP), dtype=self.dtype, kernel_init=kernel_init, name="fc1"
         )(freq_BxF)
         return dense(
             self.hidden_size, (MLP, EMBED), dtype=self.dtype, kernel_init=kernel_init, name="fc2"
