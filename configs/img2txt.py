@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.text_max_len = 40  # caption length in UTF-8 byte tokens (longest caption + end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 
+    config_lib.folder_data(c.data, "image")  # keys of data.name="folder" (user data)
+
     c.mesh = config_lib.mesh()
 
     # Stage 1: VQ-VAE over 8x8 images -> 4x4 grid of codes (the generator's condition).

@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.audio.fmin = 20.0  # lowest mel band edge (Hz)
     c.data.audio.fmax = 8000.0  # highest mel band edge (Hz)
 
+    config_lib.folder_data(c.data, "audio")  # keys of data.name="folder" (user data)
+
     c.mesh = config_lib.mesh()
 
     # Stage 1: VQ-VAE over [160 frames, 32 mels, 1] -> a 20 x 4 grid of codes.

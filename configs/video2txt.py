@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.frame_size = 16
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 
+    config_lib.folder_data(c.data, "video")  # keys of data.name="folder" (user data)
+
     c.mesh = config_lib.mesh()
 
     # Stage 1: VQ-VAE over [8, 16, 16, 1] clips -> a 4x4x4 grid of codes (time x height x width).

@@ -59,6 +59,20 @@ def mesh() -> ml_collections.ConfigDict:
     return c
 
 
+def folder_data(data: ml_collections.ConfigDict, modality: str, **overrides) -> None:
+    """Adds the keys of `data.name = "folder"` (format: crossmodal_jax/data/folders.py) to a
+    config's data block; the defaults convert files to the shapes of the embedded dataset."""
+    data.path = ""  # data.name="folder": DIR holding train/ and test/, each with captions.jsonl
+    data.modality = modality  # the folder's files: "image" | "audio" | "video"
+    data.skip_bad_records = False  # bad file/caption line: False stops the run; True skips it
+    if modality in ("image", "video"):
+        data.image_size = 8 if modality == "image" else 32  # images/frames resized to this square
+        data.channels = 1  # 1 = grayscale, 3 = RGB
+    if modality == "video":
+        data.frames = 8  # clips centre-cut, or padded with their last frame, to this many frames
+    data.update(overrides)
+
+
 def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
     """VQ-VAE of the task's continuous modality (models/vqvae.py)."""
     c = ml_collections.ConfigDict()

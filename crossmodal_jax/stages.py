@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from crossmodal_jax import data, tasks
 from crossmodal_jax.checkpoint import StageCheckpointer
 from crossmodal_jax.data import features as feature_lib
+from crossmodal_jax.data import folders, sources
 from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
 from crossmodal_jax.objectives import vqvae_objective
@@ -40,11 +41,13 @@ def task(config: ml_collections.ConfigDict) -> tasks.Task:
 
 def source(config: ml_collections.ConfigDict, split: str):
     """The configured dataset's split as a grain random-access source."""
+    if config.data.name == folders.NAME:  # validated once per process, then cached
+        return folders.get_source(config.data, split)
     return data.get_source(config.data.name, split, config.data.data_dir or None)
 
 
 def _image_features(config):
-    max_value = data.get_spec(config.data.name).image_max_value
+    max_value = sources.image_max_value_of(config.data)
     return data.ImageTextFeatures(config.data.text_max_len, image_max_value=max_value)
 
 
@@ -53,7 +56,7 @@ def _audio_features(config):
 
 
 def _video_features(config):
-    max_value = data.get_spec(config.data.name).image_max_value
+    max_value = sources.image_max_value_of(config.data)
     return feature_lib.VideoTextFeatures(
         config.data.text_max_len, max_value=max_value, frame_size=config.data.frame_size
     )
@@ -65,13 +68,20 @@ FEATURES = {"image": _image_features, "audio": _audio_features, "video": _video_
 
 def features(config: ml_collections.ConfigDict):
     """The record -> model-batch transform of the configured dataset."""
-    return FEATURES[data.get_spec(config.data.name).modality](config)
+    transform = FEATURES[sources.modality_of(config.data)](config)
+    if config.data.name == folders.NAME:  # no labels: no "label" in batches
+        return folders.WithoutLabel(transform)
+    return transform
 
 
 @lru_cache(maxsize=8)
 def _input_shape(config_json: str) -> tuple[int, ...]:
     config = ml_collections.ConfigDict(json.loads(config_json))
-    example = features(config).map(source(config, "train")[0])
+    if config.data.name == folders.NAME:  # from the config: sampling needs no training folder
+        record = folders.example_record(folders.FolderFormat.from_config(config.data))
+    else:
+        record = source(config, "train")[0]
+    example = features(config).map(record)
     return tuple(np.asarray(example[task(config).continuous]).shape)
 
 
@@ -94,7 +104,7 @@ def _materialized(data_json: str, task_name: str, split: str) -> list[dict]:
 
 def model_source(config: ml_collections.ConfigDict, split: str):
     """(random-access source, transform to apply) for the pipelines of `split`."""
-    if data.get_spec(config.data.name).modality in PRECOMPUTED:
+    if sources.modality_of(config.data) in PRECOMPUTED:
         return _materialized(config.data.to_json(), config.task, split), None
     return source(config, split), features(config)
 

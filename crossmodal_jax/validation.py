@@ -15,7 +15,8 @@ import os
 import jax
 import ml_collections
 
-from crossmodal_jax import data, sharding, stages, tasks
+from crossmodal_jax import sharding, stages, tasks
+from crossmodal_jax.data import folders, sources
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.dit import DIT_PRESETS
@@ -48,17 +49,32 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("task", config.task, stages.TASKS)
     for stage in config.stages:
         _check("stage", stage, stages.STAGE_BUILDERS)
-    try:
-        stages.source(config, "train")
-    except (ValueError, RuntimeError) as e:  # unknown dataset, or its builder is missing a tool
-        raise UserError(str(e)) from e
     task = stages.task(config)
-    modality = data.get_spec(config.data.name).modality
+    try:
+        modality = sources.modality_of(config.data)
+    except ValueError as e:  # unknown dataset
+        raise UserError(str(e)) from e
     if modality != task.continuous:
         raise UserError(
             f"task {task.name!r} needs a dataset of {task.continuous}s, but data.name="
             f"{config.data.name!r} holds {modality}s"
         )
+    if config.data.name == folders.NAME and not task.generates_text:
+        # evaluate.py judges text→image samples with a classifier of the embedded digits.
+        raise UserError(f"data.name='folder' serves X→text tasks only, not {task.name!r}")
+    if config.data.name == folders.NAME and modality == "video" and config.data.frame_size:
+        if config.data.image_size % config.data.frame_size:
+            raise UserError(
+                f"data.image_size={config.data.image_size} is not a multiple of "
+                f"data.frame_size={config.data.frame_size}"
+            )
+    try:
+        # Both splits: a bad test file must stop the run now, not after training. Folders are
+        # validated file by file here, before anything is compiled or written.
+        for split in ("train", "test"):
+            stages.source(config, split)
+    except (ValueError, RuntimeError) as e:  # a bad dataset, or its builder is missing a tool
+        raise UserError(str(e)) from e
     diff, sample = config.generator.diffusion, config.generator.sample
     _check("diffusion process", diff.process, stages.DIFFUSION_PROCESSES)
     if diff.process not in tasks.PROCESSES_BY_TARGET[task.target]:
@@ -84,8 +100,14 @@ def check_names(config: ml_collections.ConfigDict) -> None:
 def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
     """Settings that are each valid but cannot work together."""
     replicas, processes = sharding.data_parallel_size(mesh), jax.process_count()
+    train_size = len(stages.source(config, "train"))  # cached by check_names
     for stage in config.stages:
         batch = config[stage].train.batch_size
+        if batch > train_size:  # a small folder dataset; the pipeline would refuse it mid-run
+            raise UserError(
+                f"{stage}.train.batch_size={batch} is larger than the training set "
+                f"({train_size} examples of data.name={config.data.name!r})"
+            )
         for n, what in (
             (replicas, "data-parallel size (mesh data x fsdp)"),
             (processes, "process count"),
@@ -137,12 +159,24 @@ def config_diff(old: dict, new: dict) -> list[str]:
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuse to resume a workdir that was trained with a different config."""
+    """Refuse to resume a workdir that was trained with a different config, or whose checkpoints
+    cannot be checked against this config (config.json deleted or unreadable)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
+        trained = checkpointed_stages(workdir)
+        if trained:
+            raise UserError(
+                f"workdir {workdir} holds {', '.join(trained)} checkpoints but no config.json to "
+                "check this config against; restore config.json or use a new --workdir"
+            )
         return
-    with open(path) as f:
-        old = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"workdir {workdir}: config.json is unreadable ({e}); use a new --workdir"
+        ) from e
     changed = config_diff(old, json.loads(config.to_json_best_effort()))
     if changed:
         shown = "; ".join(changed[:3]) + (
@@ -151,6 +185,18 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise UserError(
             f"workdir {workdir} holds a run with a different config ({shown}); use a new --workdir"
         )
+
+
+def checkpointed_stages(workdir: str) -> list[str]:
+    """Stages of a workdir with at least one checkpoint step (`<stage>/checkpoints/<step>`)."""
+    if not os.path.isdir(workdir):
+        return []
+    found = []
+    for stage in sorted(os.listdir(workdir)):
+        ckpts = os.path.join(workdir, stage, "checkpoints")
+        if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+            found.append(stage)
+    return found
 
 
 def validate(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
