@@ -18,6 +18,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from crossmodal_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,6 +29,11 @@ def abstract_like(tree: Any) -> Any:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         tree,
     )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 class StageCheckpointer:
@@ -69,11 +76,15 @@ class StageCheckpointer:
     def restore(self, abstract_state: Any, data_iter: Any | None = None) -> tuple[int, Any] | None:
         """Restore the newest readable step into `abstract_state` (and `data_iter` in place).
 
-        orbax's `latest_step()` does not skip a broken step, so try steps newest first. An unreadable
-        step is moved to `<stage>/broken_checkpoints/` (kept for inspection, out of the manager's
-        way so the run can save that step again); good checkpoints are never touched.
+        orbax's `latest_step()` does not skip a broken step, so try steps newest first. Once an
+        older step restores, the unreadable newer ones are moved to `<stage>/broken_checkpoints/`
+        (kept for inspection, out of the manager's way so the run can save those steps again).
+        When no step restores, nothing is moved and the run stops: every step failing at once is
+        more likely a mismatch (another code version, a lost file system) than corruption, and
+        starting over from step 0 would waste the run. No checkpoint is ever deleted.
         Returns (step, state), or None when there is nothing to restore.
         """
+        broken: list[tuple[int, Exception]] = []
         for step in reversed(self.all_steps()):
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iter is not None:
@@ -81,9 +92,18 @@ class StageCheckpointer:
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001 - any unreadable step falls back to an older one
-                self._set_aside(step, e)
+                broken.append((step, e))
                 continue
+            for bad_step, error in broken:
+                self._set_aside(bad_step, error)
             return step, restored["state"]
+        if broken:
+            step, error = broken[0]
+            raise UserError(
+                f"no checkpoint in {self.directory} can be restored (newest: step {step}, "
+                f"{_first_line(error)}); nothing was moved. Fix or move that directory to start "
+                "the stage over"
+            )
         return None
 
     def _set_aside(self, step: int, error: Exception) -> None:
@@ -93,9 +113,7 @@ class StageCheckpointer:
         log.warning(
             "checkpoint %s is unreadable (%s); moved to %s, restoring an older step",
             path,
-            str(error).strip().splitlines()[0][:200]
-            if str(error).strip()
-            else type(error).__name__,
+            _first_line(error),
             target,
         )
         if jax.process_index() == 0 and os.path.exists(path):

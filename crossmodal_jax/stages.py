@@ -22,6 +22,7 @@ from crossmodal_jax import data, tasks
 from crossmodal_jax.checkpoint import StageCheckpointer
 from crossmodal_jax.data import features as feature_lib
 from crossmodal_jax.data import folders, sources
+from crossmodal_jax.errors import UserError
 from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
 from crossmodal_jax.objectives import vqvae_objective
@@ -209,6 +210,12 @@ def tokenizer_variables(ctx: RunContext) -> dict:
     state = ctx.results.get("tokenizer")
     if state is None:
         state = restore_stage_state(ctx, "tokenizer", tokenizer_stage(ctx))
+        steps = ctx.config.tokenizer.train.steps
+        if int(state.step) < steps:  # e.g. its final checkpoint was broken and set aside
+            raise UserError(
+                f"the tokenizer in {os.path.join(ctx.workdir, 'tokenizer')} is trained to step "
+                f"{int(state.step)} of {steps}; add 'tokenizer' to config.stages to finish it"
+            )
     return {"params": state.params, "vq_stats": state.model_state["vq_stats"]}
 
 

@@ -1,7 +1,12 @@
-"""Reliability in-process: NaN/Inf handling, broken checkpoints, config checks."""
+"""Reliability in-process: NaN/Inf handling, broken checkpoints, config checks, preemption flags,
+and a scan of the package for anything that could unpickle user input."""
 
+import ast
 import json
+import logging
 import os
+import pathlib
+import signal
 
 import flax.linen as nn
 import jax
@@ -14,7 +19,7 @@ from configs import vqdit_img
 from crossmodal_jax import data, sharding, validation
 from crossmodal_jax.checkpoint import StageCheckpointer
 from crossmodal_jax.errors import UserError
-from crossmodal_jax.guards import NonFiniteLoss
+from crossmodal_jax.guards import NonFiniteLoss, PreemptionGuard
 from crossmodal_jax.step import init_state, train_step
 from crossmodal_jax.train import RunContext, StageSpec, fit
 
@@ -110,7 +115,7 @@ def _corrupt(step_dir):
                 f.write(b"garbage")
 
 
-def test_broken_newest_checkpoint_falls_back_and_is_set_aside(tmp_path):
+def test_broken_newest_checkpoint_falls_back_and_is_set_aside(tmp_path, caplog):
     directory = str(tmp_path / "stage" / "checkpoints")
     ckpt = StageCheckpointer(directory, keep=3, save_every=1)
     ckpt.save(1, {"w": jnp.ones(4)}, force=True)
@@ -119,8 +124,11 @@ def test_broken_newest_checkpoint_falls_back_and_is_set_aside(tmp_path):
     _corrupt(os.path.join(directory, "2"))
     ckpt = StageCheckpointer(directory, keep=3, save_every=1)
     abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
-    step, state = ckpt.restore(abstract)
+    with caplog.at_level(logging.WARNING, logger="crossmodal_jax"):
+        step, state = ckpt.restore(abstract)
     assert step == 1 and float(state["w"][0]) == 1.0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"checkpoint {os.path.join(directory, '2')} is unreadable")
     assert os.listdir(tmp_path / "stage" / "broken_checkpoints")[0].startswith("2-")
     assert ckpt.all_steps() == [1]
     assert ckpt.save(2, {"w": 3 * jnp.ones(4)}, force=True)  # the step can be written again
@@ -128,16 +136,39 @@ def test_broken_newest_checkpoint_falls_back_and_is_set_aside(tmp_path):
     assert os.path.isdir(os.path.join(directory, "1"))  # the good one is never deleted
 
 
-def test_empty_step_directory_is_skipped(tmp_path):
+def test_empty_step_directory_is_skipped(tmp_path, caplog):
     directory = str(tmp_path / "stage" / "checkpoints")
     ckpt = StageCheckpointer(directory, keep=3, save_every=1)
     ckpt.save(1, {"w": jnp.ones(2)}, force=True)
     ckpt.close()
     os.makedirs(os.path.join(directory, "5"))
     ckpt = StageCheckpointer(directory, keep=3, save_every=1)
-    step, _ = ckpt.restore({"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+    assert ckpt.latest_step() == 5  # orbax lists the empty step as the newest (DESIGN 5)
+    with caplog.at_level(logging.WARNING, logger="crossmodal_jax"):
+        step, _ = ckpt.restore({"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
     ckpt.close()
     assert step == 1
+    assert any(os.path.join(directory, "5") in r.getMessage() for r in caplog.records)
+    assert os.listdir(tmp_path / "stage" / "broken_checkpoints")[0].startswith("5-")
+
+
+def test_no_restorable_step_stops_and_moves_nothing(tmp_path):
+    """Every step failing (another code version's state, a lost file system) is not corruption:
+    the run stops in one line instead of setting aside good checkpoints and starting over."""
+    directory = str(tmp_path / "stage" / "checkpoints")
+    ckpt = StageCheckpointer(directory, keep=3, save_every=1)
+    for step in (1, 2):
+        ckpt.save(step, {"w": jnp.ones(4)}, force=True)
+    ckpt.close()
+    ckpt = StageCheckpointer(directory, keep=3, save_every=1)
+    with pytest.raises(UserError) as info:
+        ckpt.restore({"w": jax.ShapeDtypeStruct((5,), jnp.float32)})  # another shape
+    ckpt.close()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"no checkpoint in {directory} can be restored (newest: step 2")
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    assert not os.path.exists(tmp_path / "stage" / "broken_checkpoints")
 
 
 def test_impossible_combinations_are_named(tmp_path):
@@ -152,6 +183,12 @@ def test_impossible_combinations_are_named(tmp_path):
     ):
         validation.check_combinations(config, mesh, str(tmp_path / "run"))
     config.generator.train.batch_size = 16
+    config.generator.model.patch_size = 3  # the smoke tokenizer's latent grid is 4x4
+    with pytest.raises(
+        UserError, match=r"the latent grid 4x4 is not divisible by generator.model.patch_size=3"
+    ):
+        validation.check_combinations(config, mesh, str(tmp_path / "run"))
+    config.generator.model.patch_size = 2
     config.stages = ("generator",)
     with pytest.raises(UserError, match="needs a trained tokenizer"):
         validation.check_combinations(config, mesh, str(tmp_path / "run"))
@@ -167,3 +204,82 @@ def test_config_diff_ignores_safe_keys_only():
     assert validation.config_diff(old, json.loads(new.to_json_best_effort())) == [
         "tokenizer.model.num_codes: 256 -> 64"
     ]
+
+
+# --- preemption flag ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_preemption_guard_turns_the_signal_into_a_stop_request(sig):
+    before = signal.getsignal(sig)
+    with PreemptionGuard() as guard:
+        assert not guard.should_stop()
+        os.kill(os.getpid(), sig)  # handled here: no exit, no KeyboardInterrupt
+        assert guard.should_stop()
+    assert signal.getsignal(sig) is before  # the previous handler is back
+
+
+def test_preemption_is_agreed_by_every_process(monkeypatch):
+    """With several processes the flags are all-gathered every step: one signalled process stops
+    them all at the same step (the loop saves and exits on the step should_stop() turns True)."""
+    from jax.experimental import multihost_utils
+
+    gathered = []
+
+    def allgather(x, other):
+        gathered.append(int(x))
+        return np.array([int(x), other], np.int32)
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    guard = PreemptionGuard()
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: allgather(x, 0))
+    assert not guard.should_stop()
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: allgather(x, 1))
+    assert guard.should_stop()  # only the other process was signalled
+    guard._handle(signal.SIGTERM, None)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: allgather(x, 0))
+    assert guard.should_stop()  # only this one
+    assert gathered == [0, 0, 1]  # each process contributes its own flag
+
+
+# --- untrusted input ------------------------------------------------------------------------------
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "crossmodal_jax"
+UNPICKLING_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
+
+
+def _keyword(call: ast.Call, name: str):
+    for kw in call.keywords:
+        if kw.arg == name and isinstance(kw.value, ast.Constant):
+            return kw.value.value
+    return "<absent>"
+
+
+def test_nothing_in_the_package_can_unpickle_user_input():
+    """np.load only with allow_pickle=False, torch.load only with weights_only=True, no pickle-
+    family module, no yaml.load, no pandas.read_pickle anywhere in crossmodal_jax/."""
+    problems, loads = [], 0
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            where = f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in UNPICKLING_MODULES for n in names):
+                    problems.append(f"{where}: imports {names}")
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            owner = owner.id if isinstance(owner, ast.Name) else ast.unparse(owner)
+            call = f"{owner}.{node.func.attr}"
+            if call in ("np.load", "numpy.load", "jnp.load"):
+                loads += 1
+                if _keyword(node, "allow_pickle") is not False:
+                    problems.append(f"{where}: {call} without allow_pickle=False")
+            elif call == "torch.load":
+                loads += 1
+                if _keyword(node, "weights_only") is not True:
+                    problems.append(f"{where}: torch.load without weights_only=True")
+            elif call in ("yaml.load", "yaml.unsafe_load", "pd.read_pickle", "pandas.read_pickle"):
+                problems.append(f"{where}: {call}")
+    assert problems == [], "\n".join(problems)
+    assert loads >= 2  # the scan sees data/files.py's np.load and torch_convert.py's torch.load
