@@ -157,6 +157,9 @@ def text_generator(text_max_len: int, **train_overrides) -> ml_collections.Confi
     """Stage 2 of the X→text configs: a DiT writing caption bytes by masked diffusion."""
     c = ml_collections.ConfigDict()
     c.model = generator_model(hidden_size=96, depth=4, num_heads=4)
+    # Training-time augmentation (augment.py): per source axis (image [H, W], spectrogram
+    # [frames, mels], clip [T, H, W]), the largest random translation; () or 0s = none.
+    c.source_shift = ()
     # MaskGIT-style training (sine masking ratio, plain mean CE): heavily-masked states, where the
     # caption must come from the source, get their share of the gradient.
     c.diffusion = diffusion("masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0)

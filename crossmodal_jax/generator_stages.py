@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax import sharding
+from crossmodal_jax.augment import source_shift
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.evaluate_text import examples_table
@@ -253,9 +254,11 @@ def masked_stage(ctx: RunContext) -> StageSpec:
     tokenizer = build_tokenizer(config)
     dit = build_token_dit(config)
     diff = config.generator.diffusion
+    augment = None
     if the_task.generates_text:
         target, condition, mask_id = text_tokens(), source_condition(config), text_tok.MASK_ID
         summarize = _text_summary(ctx)
+        augment = source_shift(the_task.source, config.generator.source_shift)
     else:
         codes = vq_tokens(tokenizer, the_task.continuous)
         target, condition, mask_id = codes, text_tokens(), tokenizer.num_codes
@@ -279,6 +282,7 @@ def masked_stage(ctx: RunContext) -> StageSpec:
         condition=condition,
         cond_drop=diff.cond_drop,
         weighting=diff.loss_weighting,
+        augment=augment,
     )
     return StageSpec(
         name="generator",

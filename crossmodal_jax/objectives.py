@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from crossmodal_jax.augment import Augment
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
@@ -152,14 +153,19 @@ def masked_diffusion_objective(
     condition: TokenFn,
     cond_drop: float,
     weighting: str = "elbo",
+    augment: Augment | None = None,
 ) -> Objective:
     """MDLM loss of absorbing-state diffusion over target ids, conditioned on source ids.
 
     `target` gives the ids to generate (caption bytes, or VQ ids of an image); `condition` the ids
-    the DiT attends to (VQ ids of the source modality, or caption bytes).
+    the DiT attends to (VQ ids of the source modality, or caption bytes). `augment` (see
+    augment.py) transforms the batch's source before it is tokenized, with its own key.
     """
 
     def loss_fn(params, model_state, batch, key):
+        if augment is not None:
+            key, aug_key = jax.random.split(key)
+            batch = augment(batch, aug_key)
         drop_key, loss_key = jax.random.split(key)
         x0, _ = target(model_state, batch)
         cond_ids, cond_mask = condition(model_state, batch)

@@ -127,6 +127,15 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
                 f"the latent grid {'x'.join(map(str, grid))} is not divisible by "
                 f"generator.model.patch_size={p}"
             )
+        shift = tuple(config.generator.get("source_shift", ()))
+        source_axes = len(grid)  # the tokenizer's grid has one axis per source axis
+        if any(shift) and len(shift) != source_axes:
+            raise UserError(
+                f"generator.source_shift={shift} needs {source_axes} entries, one per axis of "
+                f"the {stages.task(config).source} source"
+            )
+        if any(s < 0 for s in shift):
+            raise UserError(f"generator.source_shift={shift} must not be negative")
         tok_ckpts = os.path.join(workdir, "tokenizer", "checkpoints")
         has_tokenizer = os.path.isdir(tok_ckpts) and any(d.isdigit() for d in os.listdir(tok_ckpts))
         if "tokenizer" not in config.stages and not has_tokenizer:

@@ -152,7 +152,7 @@ class ConditionEmbedder(nn.Module):
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
             flat_BxF = (cond_BxL * mask[..., None]).reshape(cond_BxL.shape[0], -1)
             flat_BxF = jnp.pad(flat_BxF, ((0, 0), (0, (self.max_len - length) * self.feature_dim)))
-            pooled_BxD = dense(d, (None, MLP), dtype=self.dtype, name="pool_proj")(flat_BxF)
+            pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(flat_BxF)
         else:
             tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)
         tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]

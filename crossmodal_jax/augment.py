@@ -1,0 +1,64 @@
+"""Source augmentation inside the jitted step: random integer translations of images, clips and
+spectrograms.
+
+An X→text generator learns to read its source from a few thousand examples (1500 digits images),
+so it memorises exact pixel layouts; a caption does not change when a digit sits a pixel higher,
+or when an utterance starts a few frames later. Translating each training source by a random
+offset teaches that invariance. It runs in the train step, keyed by the step's key, so it is
+deterministic per step (resume stays exact), costs no host work, and works under any sharding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Batch = dict[str, jax.Array]
+
+
+def random_shift(
+    x_BxSxC: jax.Array, key: jax.Array, max_shift: Sequence[int], fill: float
+) -> jax.Array:
+    """Translate each example of x [B, *spatial, C] by its own integer offset per spatial axis.
+
+    Offsets are uniform in [-max_shift[i], max_shift[i]]; uncovered positions take `fill` (the
+    background: -1 for our [-1, 1] pixels and log-mels). Axes with max_shift 0 are left alone.
+    """
+    spatial = x_BxSxC.shape[1:-1]
+    if len(max_shift) != len(spatial):
+        raise ValueError(
+            f"max_shift has {len(max_shift)} entries but the source has {len(spatial)} "
+            f"spatial axes (shape {tuple(x_BxSxC.shape)})"
+        )
+    shifts = tuple(int(s) for s in max_shift)
+    if not any(shifts):
+        return x_BxSxC
+    pad = [(0, 0), *((s, s) for s in shifts), (0, 0)]
+    padded = jnp.pad(x_BxSxC, pad, constant_values=fill)
+    # Start of the window in the padded array: s + offset, uniform in [0, 2s].
+    starts_BxN = jax.random.randint(
+        key, (x_BxSxC.shape[0], len(shifts)), 0, jnp.asarray([2 * s + 1 for s in shifts])
+    )
+    size = (*spatial, x_BxSxC.shape[-1])
+
+    def window(x_SxC, start_N):
+        return jax.lax.dynamic_slice(x_SxC, (*start_N, 0), size)
+
+    return jax.vmap(window)(padded, starts_BxN)
+
+
+def source_shift(source_key: str, max_shift: Sequence[int], fill: float = -1.0):
+    """A batch augmentation fn(batch, key) -> batch translating `batch[source_key]`, or None when
+    every max_shift is 0 (no augmentation: the step's random stream stays as without it)."""
+    if not any(max_shift):
+        return None
+
+    def augment(batch: Batch, key: jax.Array) -> Batch:
+        return {**batch, source_key: random_shift(batch[source_key], key, max_shift, fill)}
+
+    return augment
+
+
+Augment = Callable[[Batch, jax.Array], Batch]

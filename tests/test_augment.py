@@ -1,0 +1,59 @@
+"""augment.py: random translations of sources inside the step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crossmodal_jax.augment import random_shift, source_shift
+
+
+def _shifted(x_SxC: np.ndarray, offset, fill: float) -> np.ndarray:
+    """x moved by `offset` (out[i] = x[i - offset]), uncovered positions = fill."""
+    out = np.full_like(x_SxC, fill)
+    src = tuple(
+        slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, x_SxC.shape[:-1], strict=True)
+    )
+    dst = tuple(
+        slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, x_SxC.shape[:-1], strict=True)
+    )
+    out[dst] = x_SxC[src]
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape, max_shift", [((16, 5, 6, 2), (1, 2)), ((8, 3, 4, 4, 1), (0, 1, 1))]
+)
+def test_every_example_is_its_input_translated_within_the_bounds(shape, max_shift):
+    x = np.asarray(jax.random.normal(jax.random.key(0), shape))
+    y = np.asarray(random_shift(jnp.asarray(x), jax.random.key(1), max_shift, fill=-1.0))
+    offsets = [
+        np.arange(-s, s + 1) for s in max_shift
+    ]  # every candidate offset per axis; exactly one must reproduce y[b]
+    grid = np.stack(np.meshgrid(*offsets, indexing="ij"), -1).reshape(-1, len(max_shift))
+    seen = set()
+    for b in range(shape[0]):
+        matches = [tuple(o) for o in grid if np.array_equal(y[b], _shifted(x[b], o, -1.0))]
+        assert len(matches) == 1, (b, matches)
+        seen.add(matches[0])
+    assert len(seen) > 1  # offsets differ between examples
+
+
+def test_zero_shift_is_the_identity_and_no_augmentation():
+    x = jnp.ones((2, 4, 4, 1))
+    assert random_shift(x, jax.random.key(0), (0, 0), fill=-1.0) is x
+    assert source_shift("image", ()) is None and source_shift("image", (0, 0)) is None
+
+
+def test_same_key_same_shift_and_only_the_source_changes():
+    batch = {"image": jax.random.normal(jax.random.key(0), (4, 6, 6, 1)), "text": jnp.arange(4)}
+    augment = source_shift("image", (2, 2))
+    a, b = augment(batch, jax.random.key(3)), augment(batch, jax.random.key(3))
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["text"], batch["text"])
+    assert not np.array_equal(augment(batch, jax.random.key(4))["image"], a["image"])
+
+
+def test_wrong_number_of_axes_is_named():
+    with pytest.raises(ValueError, match="max_shift has 3 entries but the source has 2"):
+        random_shift(jnp.zeros((1, 4, 4, 1)), jax.random.key(0), (1, 1, 1), fill=0.0)
