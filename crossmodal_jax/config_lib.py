@@ -110,6 +110,9 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # X→text: the source's tokens enter the DiT as "ids" (a learned table) or "vectors" (their
     # codebook vectors, projected): vectors generalise from far fewer examples.
     c.cond_input = "vectors"
+    # With "vectors": codes grouped per token, one size per source grid axis (like patch_size for
+    # the target): (1, 4) makes a spectrogram's 4 mel codes of a time step one token. () = 1s.
+    c.cond_patch = ()
     c.update(overrides)
     return c
 

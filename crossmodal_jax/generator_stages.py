@@ -40,6 +40,7 @@ from crossmodal_jax.objectives import (
     masked_diffusion_objective,
     text_tokens,
     vq_tokens,
+    vq_vectors,
 )
 from crossmodal_jax.stages import (
     build_tokenizer,
@@ -93,7 +94,9 @@ def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
         sizes = dict(seq_len=text_len, vocab_size=text_tok.VOCAB_SIZE)
         cond = dict(cond_vocab_size=num_codes, cond_len=grid_len)
         if m.cond_input == "vectors":
-            cond["cond_feature_dim"] = config.tokenizer.model.code_dim
+            group = int(np.prod(m.cond_patch)) if m.cond_patch else 1
+            cond["cond_len"] = grid_len // group
+            cond["cond_feature_dim"] = config.tokenizer.model.code_dim * group
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=text_tok.VOCAB_SIZE, cond_len=text_len)
@@ -159,8 +162,10 @@ def text_generator(config: ml_collections.ConfigDict):
 
 def source_condition(config: ml_collections.ConfigDict):
     """What an X→text DiT attends to: the source's code ids or code vectors."""
-    make = SOURCE_CONDITIONS[config.generator.model.cond_input]
-    return make(build_tokenizer(config), task(config).source)
+    m = config.generator.model
+    if m.cond_input == "vectors":
+        return vq_vectors(build_tokenizer(config), task(config).source, tuple(m.cond_patch))
+    return SOURCE_CONDITIONS[m.cond_input](build_tokenizer(config), task(config).source)
 
 
 def _image_summary(ctx: RunContext):

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from crossmodal_jax.augment import Augment
 from crossmodal_jax.diffusion import gaussian, masked
@@ -128,13 +129,30 @@ def vq_tokens(tokenizer: VQVAE, key: str) -> TokenFn:
     return tokens
 
 
-def vq_vectors(tokenizer: VQVAE, key: str) -> TokenFn:
-    """Quantized code vectors of the frozen tokenizer for batch[key]: [B, tokens, code_dim], and a
-    mask of ones. The same tokens as `vq_tokens`, given to the DiT as their codebook vectors."""
+def group_codes(z_BxGxD: jax.Array, patch: tuple[int, ...]) -> jax.Array:
+    """Code grid [B, *grid, D] -> tokens [B, prod(grid / patch), prod(patch) * D]: each token holds
+    the codes of one patch (row-major over patches, then within a patch), like DiT patchify."""
+    grid, d = z_BxGxD.shape[1:-1], z_BxGxD.shape[-1]
+    patch = patch or (1,) * len(grid)
+    split = [z_BxGxD.shape[0]]
+    for g, p in zip(grid, patch, strict=True):
+        split += [g // p, p]
+    n = len(grid)
+    z = z_BxGxD.reshape(*split, d)
+    z = z.transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
+    return z.reshape(z.shape[0], -1, int(np.prod(patch)) * d)
+
+
+def vq_vectors(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
+    """Quantized code vectors of the frozen tokenizer for batch[key], grouped into tokens of
+    `patch` codes each (`group_codes`; () = one code a token): [B, tokens, features], and a mask
+    of ones. The same codes as `vq_tokens`, given to the DiT as their codebook vectors. Grouping
+    shortens the DiT's sequence by prod(patch) (the spectrogram's 4 mel codes of a time step
+    become one token) at no loss of what the DiT sees."""
 
     def vectors(model_state, batch):
         z_q = encode_latents(tokenizer, model_state["tokenizer"], batch[key])
-        z_q = z_q.reshape(z_q.shape[0], -1, z_q.shape[-1])
+        z_q = group_codes(z_q, tuple(patch))
         return z_q, jnp.ones(z_q.shape[:2], jnp.int32)
 
     return vectors

@@ -136,6 +136,17 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
             )
         if any(s < 0 for s in shift):
             raise UserError(f"generator.source_shift={shift} must not be negative")
+        patch = tuple(config.generator.model.get("cond_patch", ()))
+        fits = len(patch) == len(grid) and all(
+            p >= 1 and n % p == 0 for n, p in zip(grid, patch, strict=True)
+        )
+        if patch and not fits:
+            raise UserError(
+                f"generator.model.cond_patch={patch} must have one divisor per axis of the "
+                f"source's code grid {'x'.join(map(str, grid))}"
+            )
+        if patch and config.generator.model.cond_input != "vectors":
+            raise UserError("generator.model.cond_patch needs generator.model.cond_input='vectors'")
         tok_ckpts = os.path.join(workdir, "tokenizer", "checkpoints")
         has_tokenizer = os.path.isdir(tok_ckpts) and any(d.isdigit() for d in os.listdir(tok_ckpts))
         if "tokenizer" not in config.stages and not has_tokenizer:

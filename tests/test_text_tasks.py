@@ -92,6 +92,13 @@ def _config(name):
         ("video2txt", "generator.diffusion.schedule", "cubic", "unknown masking schedule"),
         ("img2txt", "generator.model.cond_input", "pixels", "unknown condition input"),
         ("video2txt", "tokenizer.model.strides", ((2, 2, 2),), "tokenizer.model"),
+        (
+            "img2txt",
+            "generator.model.cond_patch",
+            (3, 1),
+            "cond_patch=.3, 1. must have one divisor",
+        ),
+        ("img2txt", "generator.source_shift", (1, 1, 1), "source_shift=.1, 1, 1. needs 2 entries"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):
@@ -108,3 +115,24 @@ def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, v
         mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         validation.check_combinations(config, mesh, str(tmp_path / "run"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "grid, patch, pattern",
+    [
+        ((20, 4), (1, 4), "b (h p1) (w p2) d -> b (h w) (p1 p2 d)"),
+        ((4, 4), (2, 2), "b (h p1) (w p2) d -> b (h w) (p1 p2 d)"),
+        ((2, 8, 8), (2, 1, 1), "b (t p0) (h p1) (w p2) d -> b (t h w) (p0 p1 p2 d)"),
+    ],
+)
+def test_group_codes_is_an_n_d_patchify(grid, patch, pattern):
+    import einops
+
+    from crossmodal_jax.objectives import group_codes
+
+    z = np.random.default_rng(0).normal(size=(2, *grid, 3)).astype(np.float32)
+    names = ("p1", "p2") if len(grid) == 2 else ("p0", "p1", "p2")
+    sizes = dict(zip(names, patch, strict=True))
+    expected = einops.rearrange(z, pattern, **sizes)
+    np.testing.assert_array_equal(np.asarray(group_codes(jnp.asarray(z), patch)), expected)
+    assert group_codes(jnp.asarray(z), ()).shape == (2, int(np.prod(grid)), 3)
