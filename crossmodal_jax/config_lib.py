@@ -166,6 +166,9 @@ def text_generator(text_max_len: int, **train_overrides) -> ml_collections.Confi
     # MaskGIT-style training (sine masking ratio, plain mean CE): heavily-masked states, where the
     # caption must come from the source, get their share of the gradient.
     c.diffusion = diffusion("masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0)
+    # Fraction of captions masked word by word instead of byte by byte: a word hidden whole must
+    # be read from the source, not spelled from its visible letters (masked.forward_mask).
+    c.diffusion.word_mask_prob = 0.0
     # One byte a step, most confident first: a digit word's letters are committed one at a time.
     c.sample = sample(
         "masked", steps=text_max_len, schedule="linear", guidance=1.0, temperature=0.0

@@ -288,6 +288,7 @@ def masked_stage(ctx: RunContext) -> StageSpec:
         cond_drop=diff.cond_drop,
         weighting=diff.loss_weighting,
         augment=augment,
+        word_mask_prob=diff.get("word_mask_prob", 0.0) if the_task.generates_text else 0.0,
     )
     return StageSpec(
         name="generator",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.augment import Augment
+from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
@@ -112,6 +113,13 @@ MASKED_TIME_SCALE = 1000.0
 TokenFn = Callable[[Any, dict], tuple[jax.Array, jax.Array]]  # (model_state, batch) -> (ids, mask)
 
 
+def word_ids(ids_BxL: jax.Array) -> jax.Array:
+    """The word each caption byte belongs to: the number of spaces before it. A space ends its
+    word; EOS and PAD form the last unit (the caption's length is decided as one unit)."""
+    is_space = (ids_BxL == ord(" ") + text_tok.BYTE_OFFSET).astype(jnp.int32)
+    return jnp.cumsum(is_space, axis=1) - is_space
+
+
 def text_tokens(key: str = "text") -> TokenFn:
     """Caption bytes of the batch and their mask (PAD = 0)."""
     return lambda model_state, batch: (batch[key], batch[f"{key}_mask"])
@@ -172,12 +180,15 @@ def masked_diffusion_objective(
     cond_drop: float,
     weighting: str = "elbo",
     augment: Augment | None = None,
+    word_mask_prob: float = 0.0,
 ) -> Objective:
     """MDLM loss of absorbing-state diffusion over target ids, conditioned on source ids.
 
     `target` gives the ids to generate (caption bytes, or VQ ids of an image); `condition` the ids
     the DiT attends to (VQ ids of the source modality, or caption bytes). `augment` (see
     augment.py) transforms the batch's source before it is tokenized, with its own key.
+    `word_mask_prob` > 0 (text targets): that fraction of captions is masked word by word
+    (masked.forward_mask units = `word_ids`).
     """
 
     def loss_fn(params, model_state, batch, key):
@@ -193,8 +204,16 @@ def masked_diffusion_objective(
             t_units = t * MASKED_TIME_SCALE
             return dit.apply({"params": params}, xt, t_units, cond_ids, cond_mask, train=True)
 
+        units = word_ids(x0) if word_mask_prob > 0 else None
         loss, metrics = masked.training_loss(
-            schedule, logits_fn, x0, loss_key, mask_id=mask_id, weighting=weighting
+            schedule,
+            logits_fn,
+            x0,
+            loss_key,
+            mask_id=mask_id,
+            weighting=weighting,
+            unit_ids_BxL=units,
+            unit_prob=word_mask_prob,
         )
         return loss, (model_state, metrics)
 

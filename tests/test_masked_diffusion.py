@@ -287,3 +287,42 @@ def test_masked_mean_weighting_averages_ce_over_masked_positions():
             "linear", lambda x, t: jnp.asarray(logits), jnp.asarray(x0), jax.random.key(3),
             mask_id=MASK, weighting="uniform",
         )  # fmt: skip
+
+
+def test_word_ids_count_the_spaces_before_each_byte():
+    from crossmodal_jax.data import text as text_tok
+    from crossmodal_jax.objectives import word_ids
+
+    ids, _ = text_tok.encode_batch(["the digit one"], 16)
+    expected = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]  # "the ", "digit ", "one"+EOS+PAD
+    np.testing.assert_array_equal(np.asarray(word_ids(jnp.asarray(ids)))[0], expected)
+
+
+def test_unit_masking_hides_whole_units_at_the_scheduled_rate():
+    batch, length = 4096, 12
+    units = jnp.tile(jnp.asarray([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3]), (batch, 1))
+    t = jnp.full((batch,), 0.4)
+    x0 = jnp.zeros((batch, length), jnp.int32)
+    key = jax.random.key(0)
+    _, by_unit = md.forward_mask("linear", x0, t, key, mask_id=9, unit_ids_BxL=units, unit_prob=1.0)
+    by_unit = np.asarray(by_unit)
+    for u in range(4):
+        cols = by_unit[:, np.asarray(units[0]) == u]
+        assert (cols.all(axis=1) | ~cols.any(axis=1)).all()  # a unit is masked whole or not at all
+    rate = float(md.mask_rate("linear", t)[0])
+    assert abs(by_unit.mean() - rate) < 0.02  # the per-token marginal keeps the schedule
+    _, half = md.forward_mask("linear", x0, t, key, mask_id=9, unit_ids_BxL=units, unit_prob=0.5)
+    half = np.asarray(half)
+    whole_units = np.stack(
+        [
+            half[:, cols].all(1) | ~half[:, cols].any(1)
+            for cols in (np.asarray(units[0]) == u for u in range(4))
+        ]
+    ).all(0)
+    # Half the examples are masked by unit (always whole); by token, all 4 units come out whole
+    # with probability 0.006 at this rate and these unit sizes.
+    assert 0.45 < whole_units.mean() < 0.56
+    # No units, or unit_prob 0: exactly the independent draw of before.
+    plain = md.forward_mask("linear", x0, t, key, mask_id=9)[1]
+    zero = md.forward_mask("linear", x0, t, key, mask_id=9, unit_ids_BxL=units)[1]
+    np.testing.assert_array_equal(plain, zero)

@@ -153,14 +153,36 @@ def loss_weight(schedule: MaskSchedule | str, t: Array) -> Array:
 
 
 def forward_mask(
-    schedule: MaskSchedule | str, x0_BxL: Array, t_B: Array, key: Array, *, mask_id: int
+    schedule: MaskSchedule | str,
+    x0_BxL: Array,
+    t_B: Array,
+    key: Array,
+    *,
+    mask_id: int,
+    unit_ids_BxL: Array | None = None,
+    unit_prob: float = 0.0,
 ) -> tuple[Array, Array]:
-    """Draws xt ~ q(xt | x0): each token independently becomes `mask_id` w.p. mask_rate(t_b).
+    """Draws xt ~ q(xt | x0): each token becomes `mask_id` w.p. mask_rate(t_b).
 
-    Returns (xt_BxL with x0's dtype, is_masked_BxL bool).
+    Tokens are masked independently, except that with `unit_ids_BxL` (e.g. the word each byte
+    belongs to) a fraction `unit_prob` of the examples is masked unit by unit: all tokens of a
+    unit share one uniform draw. Every token is still masked w.p. mask_rate(t_b), so the
+    per-token loss weights stay valid; what changes is that whole words are hidden together,
+    the states in which a word must be read from the condition rather than spelled from its
+    other letters. Returns (xt_BxL with x0's dtype, is_masked_BxL bool).
     """
     rate_Bx1 = mask_rate(schedule, t_B)[:, None]
-    is_masked_BxL = flat_random(jax.random.uniform, key, x0_BxL.shape) < rate_Bx1
+    if unit_ids_BxL is None or unit_prob <= 0.0:
+        u_BxL = flat_random(jax.random.uniform, key, x0_BxL.shape)
+    else:
+        key_tok, key_unit, key_pick = jax.random.split(key, 3)
+        per_unit_BxL = flat_random(jax.random.uniform, key_unit, x0_BxL.shape)  # unit ids < L
+        u_unit_BxL = jnp.take_along_axis(per_unit_BxL, unit_ids_BxL.astype(jnp.int32), axis=1)
+        by_unit_B = flat_random(jax.random.uniform, key_pick, t_B.shape) < unit_prob
+        u_BxL = jnp.where(
+            by_unit_B[:, None], u_unit_BxL, flat_random(jax.random.uniform, key_tok, x0_BxL.shape)
+        )
+    is_masked_BxL = u_BxL < rate_Bx1
     xt_BxL = jnp.where(is_masked_BxL, jnp.asarray(mask_id, x0_BxL.dtype), x0_BxL)
     return xt_BxL, is_masked_BxL
 
@@ -202,6 +224,8 @@ def training_loss(
     t_min: float = 1e-3,
     low_discrepancy: bool = True,
     weighting: str = "elbo",
+    unit_ids_BxL: Array | None = None,
+    unit_prob: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
     """MDLM loss: mean_b w(t_b) * (1/L) sum_l [xt_bl = mask] * CE(logits_bl, x0_bl).
 
@@ -212,7 +236,8 @@ def training_loss(
     mask_rate(t)). The `mask_id` logit is suppressed before the softmax (SUBS: the clean data never
     contains the mask token, so the model should put no mass on it). t >= t_min keeps w(t) finite
     (at most 1/t_min for linear, ~2/t_min for cosine). Normalising by L rather than by the masked
-    count keeps the estimator unbiased for the ELBO per token.
+    count keeps the estimator unbiased for the ELBO per token. `unit_ids_BxL`/`unit_prob`: whole
+    units (words) masked together in some examples (see forward_mask).
 
     Returns (loss, metrics) with scalar metrics "masked_ce" and "masked_accuracy" (unweighted, over
     masked positions) and "mask_fraction". Randomness: key -> (key_t, key_mask) by jax.random.split.
@@ -221,7 +246,9 @@ def training_loss(
     key_t, key_mask = jax.random.split(key)
     batch, length = x0_BxL.shape
     t_B = sample_times(key_t, batch, t_min=t_min, low_discrepancy=low_discrepancy)
-    xt_BxL, is_masked_BxL = forward_mask(s, x0_BxL, t_B, key_mask, mask_id=mask_id)
+    xt_BxL, is_masked_BxL = forward_mask(
+        s, x0_BxL, t_B, key_mask, mask_id=mask_id, unit_ids_BxL=unit_ids_BxL, unit_prob=unit_prob
+    )
     logits_BxLxV = suppress_ids(logits_fn(xt_BxL, mask_rate(s, t_B)), (mask_id,))
     logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
     ce_BxL = -jnp.take_along_axis(logp_BxLxV, x0_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
