@@ -52,8 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
 
-    # Stage 2: DiT over transcript bytes, masked diffusion, attending to the 80 audio codes.
-    c.generator = config_lib.text_generator(c.data.text_max_len, steps=1500, ema_decay=0.998)
+    # Stage 2: DiT over transcript bytes, masked diffusion, attending to the 80 audio codes grouped
+    # into 20 tokens, one per time step (cond_patch), each clip moved by up to 8 frames (128 ms).
+    c.generator = config_lib.text_generator(c.data.text_max_len, steps=3000, ema_decay=0.998)
+    c.generator.model.cond_patch = (1, 4)
+    c.generator.source_shift = (8, 0)
 
     c.eval = config_lib.evaluation(batch_size=128, num_examples=0)
 
