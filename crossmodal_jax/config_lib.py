@@ -113,6 +113,9 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # With "vectors": codes grouped per token, one size per source grid axis (like patch_size for
     # the target): (1, 4) makes a spectrogram's 4 mel codes of a time step one token. () = 1s.
     c.cond_patch = ()
+    # With "vectors": width of a hidden GELU layer in the map pooling all condition vectors into
+    # the adaLN vector (0 = a linear map).
+    c.cond_pool_hidden = 0
     c.update(overrides)
     return c
 

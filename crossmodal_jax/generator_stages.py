@@ -97,6 +97,7 @@ def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
             group = int(np.prod(m.cond_patch)) if m.cond_patch else 1
             cond["cond_len"] = grid_len // group
             cond["cond_feature_dim"] = config.tokenizer.model.code_dim * group
+            cond["cond_pool_hidden"] = m.get("cond_pool_hidden", 0)
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=text_tok.VOCAB_SIZE, cond_len=text_len)

@@ -33,8 +33,9 @@ def test_digit_naming_needs_exactly_the_right_digit():
     assert digit_naming_accuracy(hyps, [7, 7, 7, 3]) == pytest.approx(0.5)
 
 
-def _token_dit(feature_dim):
+def _token_dit(feature_dim, pool_hidden=0):
     return TokenDiT(
+        cond_pool_hidden=pool_hidden,
         seq_len=5,
         vocab_size=9,
         hidden_size=16,
@@ -46,8 +47,9 @@ def _token_dit(feature_dim):
     )
 
 
-def test_vector_conditions_are_projected_and_masked_like_ids():
-    model = _token_dit(3)
+@pytest.mark.parametrize("pool_hidden", [0, 6])
+def test_vector_conditions_are_projected_and_masked_like_ids(pool_hidden):
+    model = _token_dit(3, pool_hidden)
     ids = jnp.zeros((2, 5), jnp.int32)
     t = jnp.ones((2,))
     cond = jax.random.normal(jax.random.key(0), (2, 4, 3))
@@ -55,6 +57,9 @@ def test_vector_conditions_are_projected_and_masked_like_ids():
     params = nn.meta.unbox(model.init(jax.random.key(1), ids, t, cond, mask))
     assert "feature_proj" in params["params"]["cond_embed"]
     assert "token_embed" not in params["params"]["cond_embed"]
+    hidden = params["params"]["cond_embed"].get("pool_hidden")
+    assert (hidden is None) == (pool_hidden == 0)  # an MLP over all 4 x 3 features, or linear
+    assert hidden is None or hidden["kernel"].shape == (12, pool_hidden)
     # Make the (zero-initialised) output head non-trivial so the outputs show the condition.
     params = jax.tree.map(lambda p: p + 0.1, params)
     out = model.apply(params, ids, t, cond, mask)

@@ -134,6 +134,9 @@ class ConditionEmbedder(nn.Module):
     hidden_size: int
     feature_dim: int = 0
     dtype: jnp.dtype = jnp.float32
+    # With feature_dim: > 0 puts a hidden GELU layer of this width in the pooled map (a small MLP
+    # over all positions' features instead of a linear map); 0 keeps it linear.
+    pool_hidden: int = 0
 
     @nn.compact
     def __call__(self, cond_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -152,6 +155,11 @@ class ConditionEmbedder(nn.Module):
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
             flat_BxF = (cond_BxL * mask[..., None]).reshape(cond_BxL.shape[0], -1)
             flat_BxF = jnp.pad(flat_BxF, ((0, 0), (0, (self.max_len - length) * self.feature_dim)))
+            if self.pool_hidden:
+                flat_BxF = dense(
+                    self.pool_hidden, (EMBED, MLP), dtype=self.dtype, name="pool_hidden"
+                )(flat_BxF)
+                flat_BxF = nn.gelu(flat_BxF, approximate=True)
             pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(flat_BxF)
         else:
             tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)

@@ -47,6 +47,7 @@ class TokenDiT(nn.Module):
     cond_vocab_size: int = 256
     cond_len: int = 64
     cond_feature_dim: int = 0  # > 0: conditions are f32[B, L, F] vectors (see ConditionEmbedder)
+    cond_pool_hidden: int = 0  # > 0: MLP instead of linear pooling of vector conditions
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -58,7 +59,12 @@ class TokenDiT(nn.Module):
             "pos_embed", partitioned(nn.initializers.normal(0.02), (None, EMBED)), (self.seq_len, d)
         )
         self.cond_embed = ConditionEmbedder(
-            self.cond_vocab_size, self.cond_len, d, self.cond_feature_dim, dtype=self.dtype
+            self.cond_vocab_size,
+            self.cond_len,
+            d,
+            self.cond_feature_dim,
+            dtype=self.dtype,
+            pool_hidden=self.cond_pool_hidden,
         )
         self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
         self.blocks = make_blocks(
