@@ -34,8 +34,11 @@ demo: $(VENV)/.installed
 	$(PY) -m crossmodal_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 	@echo "Artifacts in $(WORKDIR): samples.png, metrics.json, tokenizer/ and generator/ (TensorBoard: $(VENV)/bin/tensorboard --logdir $(WORKDIR) if installed)"
 
+# Two pytest workers (pytest-xdist), whole files per worker: the suite is mostly XLA compilation,
+# which runs on one core, so two workers keep both CI cores busy.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed install-system-deps
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check crossmodal_jax configs tests benchmarks
