@@ -40,7 +40,6 @@ from crossmodal_jax.objectives import (
     masked_diffusion_objective,
     text_tokens,
     vq_tokens,
-    vq_vectors,
 )
 from crossmodal_jax.stages import (
     build_tokenizer,
@@ -164,9 +163,8 @@ def text_generator(config: ml_collections.ConfigDict):
 def source_condition(config: ml_collections.ConfigDict):
     """What an X→text DiT attends to: the source's code ids or code vectors."""
     m = config.generator.model
-    if m.cond_input == "vectors":
-        return vq_vectors(build_tokenizer(config), task(config).source, tuple(m.cond_patch))
-    return SOURCE_CONDITIONS[m.cond_input](build_tokenizer(config), task(config).source)
+    make = SOURCE_CONDITIONS[m.cond_input]
+    return make(build_tokenizer(config), task(config).source, tuple(m.get("cond_patch", ())))
 
 
 def _image_summary(ctx: RunContext):

@@ -125,8 +125,11 @@ def text_tokens(key: str = "text") -> TokenFn:
     return lambda model_state, batch: (batch[key], batch[f"{key}_mask"])
 
 
-def vq_tokens(tokenizer: VQVAE, key: str) -> TokenFn:
-    """Code ids of the frozen tokenizer for batch[key], flattened to [B, tokens]; mask all ones."""
+def vq_tokens(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
+    """Code ids of the frozen tokenizer for batch[key], flattened to [B, tokens]; mask all ones.
+    Ids cannot be grouped: `patch` must be empty (same signature as `vq_vectors`)."""
+    if any(p != 1 for p in patch):
+        raise ValueError(f"code ids cannot be grouped (patch={patch}); use vectors")
 
     def tokens(model_state, batch):
         z_e = tokenizer.apply(model_state["tokenizer"], batch[key], method=VQVAE.encode)

@@ -148,8 +148,7 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
         if patch and config.generator.model.cond_input != "vectors":
             raise UserError("generator.model.cond_patch needs generator.model.cond_input='vectors'")
         tok_ckpts = os.path.join(workdir, "tokenizer", "checkpoints")
-        has_tokenizer = os.path.isdir(tok_ckpts) and any(d.isdigit() for d in os.listdir(tok_ckpts))
-        if "tokenizer" not in config.stages and not has_tokenizer:
+        if "tokenizer" not in config.stages and "tokenizer" not in checkpointed_stages(workdir):
             raise UserError(
                 f"the generator stage needs a trained tokenizer: {tok_ckpts} has no "
                 "checkpoint; add 'tokenizer' to config.stages"
