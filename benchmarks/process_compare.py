@@ -32,8 +32,7 @@ from absl import app, flags
 from sample_quality import CLASSIFIERS, fit_classifiers, judge
 from sklearn.datasets import load_digits
 
-from crossmodal_jax import data, evaluate, generator_stages
-from crossmodal_jax.data import text as text_tok
+from crossmodal_jax import data, evaluate, generator_stages, stages
 from crossmodal_jax.errors import UserError, fail
 from crossmodal_jax.metrics import quiet_library_logs
 from crossmodal_jax.sample import restored_generator
@@ -54,6 +53,7 @@ class Run:
         self.workdir, self.config, self.state = workdir, config, state
         self.generate = generator_stages.image_generator(config)
         batch = FLAGS.batch_size
+        text_tok = stages.text_tokenizer(config)
         # The sample CLI's chunks and keys, so the images are the ones users get from it.
         self.chunks = [
             (*text_tok.encode_batch(prompts[s : s + batch], config.data.text_max_len), s)

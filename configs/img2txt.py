@@ -10,7 +10,8 @@ Smoke variant for tests (seconds): --config=configs/img2txt.py:smoke
 
 import ml_collections
 
-from crossmodal_jax import config_lib
+from crossmodal_jax import config_lib, data
+from crossmodal_jax.data import text
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,7 +23,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "digits"  # embedded dataset (see crossmodal_jax/data/sources.py)
     c.data.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
-    c.data.text_max_len = 40  # caption length in UTF-8 byte tokens (longest caption + end token)
+    # Caption tokenizer: one token per word of this vocabulary ("" = UTF-8 bytes, any text). The
+    # captions here use a few words only; bytes would also make the DiT place every letter, and
+    # misspelled words were most of its errors (README "Where the X→text defaults stand").
+    c.data.text_words = text.caption_words(
+        t.format(word=w) for t in data.CAPTION_TEMPLATES for w in data.NUMBER_WORDS
+    )
+    c.data.text_max_len = 8  # caption length in tokens (longest caption, 7 words, + end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 
     config_lib.folder_data(c.data, "image")  # keys of data.name="folder" (user data)

@@ -12,7 +12,8 @@ Smoke variant for tests (seconds): --config=configs/speech2txt.py:smoke
 
 import ml_collections
 
-from crossmodal_jax import config_lib
+from crossmodal_jax import config_lib, data
+from crossmodal_jax.data import text
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,7 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "spoken_digits"  # embedded dataset (see crossmodal_jax/data/sources.py)
     c.data.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
-    c.data.text_max_len = 24  # transcript length in UTF-8 bytes ("seven seven seven seven" + end)
+    # Caption tokenizer: one token per word of this vocabulary ("" = UTF-8 bytes, any text). The
+    # captions here use a few words only; bytes would also make the DiT place every letter, and
+    # misspelled words were most of its errors (README "Where the X→text defaults stand").
+    c.data.text_words = text.caption_words(data.NUMBER_WORDS)
+    c.data.text_max_len = 5  # transcript length in tokens (4 words + end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
     # Log-mel features (data/features.py): silence trimmed, loudness normalised, then padded/cut.
     c.data.audio = ml_collections.ConfigDict()
@@ -56,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # into 20 tokens, one per time step (cond_patch), each clip moved by up to 8 frames (128 ms).
     c.generator = config_lib.text_generator(c.data.text_max_len, steps=3000, ema_decay=0.998)
     c.generator.model.cond_patch = (1, 4)
-    c.generator.source_shift = (8, 0)
+    c.generator.precompute_codes = True
+    c.generator.code_shift = (1, 0)
 
     c.eval = config_lib.evaluation(batch_size=128, num_examples=0)
 

@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = (
         ""  # cache of built datasets; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
     )
+    c.data.text_words = ""  # caption tokenizer: "" = UTF-8 bytes (prompts may be any text)
     c.data.text_max_len = 32  # caption length in UTF-8 byte tokens (incl. end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 

@@ -19,12 +19,13 @@ Batch = dict[str, jax.Array]
 
 
 def random_shift(
-    x_BxSxC: jax.Array, key: jax.Array, max_shift: Sequence[int], fill: float
+    x_BxSxC: jax.Array, key: jax.Array, max_shift: Sequence[int], fill: float | None
 ) -> jax.Array:
     """Translate each example of x [B, *spatial, C] by its own integer offset per spatial axis.
 
     Offsets are uniform in [-max_shift[i], max_shift[i]]; uncovered positions take `fill` (the
-    background: -1 for our [-1, 1] pixels and log-mels). Axes with max_shift 0 are left alone.
+    background: -1 for our [-1, 1] pixels and log-mels), or repeat the edge when `fill` is None
+    (code ids: the border's code is the background's). Axes with max_shift 0 are left alone.
     """
     spatial = x_BxSxC.shape[1:-1]
     if len(max_shift) != len(spatial):
@@ -36,7 +37,10 @@ def random_shift(
     if not any(shifts):
         return x_BxSxC
     pad = [(0, 0), *((s, s) for s in shifts), (0, 0)]
-    padded = jnp.pad(x_BxSxC, pad, constant_values=fill)
+    if fill is None:
+        padded = jnp.pad(x_BxSxC, pad, mode="edge")
+    else:
+        padded = jnp.pad(x_BxSxC, pad, constant_values=fill)
     # Start of the window in the padded array: s + offset, uniform in [0, 2s].
     starts_BxN = jax.random.randint(
         key, (x_BxSxC.shape[0], len(shifts)), 0, jnp.asarray([2 * s + 1 for s in shifts])
@@ -57,6 +61,19 @@ def source_shift(source_key: str, max_shift: Sequence[int], fill: float = -1.0):
 
     def augment(batch: Batch, key: jax.Array) -> Batch:
         return {**batch, source_key: random_shift(batch[source_key], key, max_shift, fill)}
+
+    return augment
+
+
+def code_shift(codes_key: str, max_shift: Sequence[int]):
+    """Like `source_shift`, for a grid of precomputed code ids `batch[codes_key]` [B, *grid]:
+    offsets in codes, uncovered positions repeat the edge code. None when every max_shift is 0."""
+    if not any(max_shift):
+        return None
+
+    def augment(batch: Batch, key: jax.Array) -> Batch:
+        ids = batch[codes_key][..., None]
+        return {**batch, codes_key: random_shift(ids, key, max_shift, None)[..., 0]}
 
     return augment
 

@@ -166,6 +166,11 @@ def text_generator(text_max_len: int, **train_overrides) -> ml_collections.Confi
     # Training-time augmentation (augment.py): per source axis (image [H, W], spectrogram
     # [frames, mels], clip [T, H, W]), the largest random translation; () or 0s = none.
     c.source_shift = ()
+    # Run the frozen tokenizer over the training sources once, before training, instead of in
+    # every step (the encoder costs more than the text DiT). Then source_shift cannot apply (the
+    # sources are gone); code_shift translates the grid of code ids instead, per axis, in codes.
+    c.precompute_codes = False
+    c.code_shift = ()
     # MaskGIT-style training (sine masking ratio, plain mean CE): heavily-masked states, where the
     # caption must come from the source, get their share of the gradient.
     c.diffusion = diffusion("masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0)

@@ -18,7 +18,6 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax import data
-from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.evaluate_text import digit_naming_accuracy, examples_table, text_metrics
 from crossmodal_jax.metrics import MetricWriter, save_png
 from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
@@ -90,12 +89,12 @@ def digit_prompts(per_digit: int) -> tuple[list[str], np.ndarray]:
 
 def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, float], np.ndarray]:
     """Generate `per_digit` images for each "the digit <word>" prompt and classify them."""
-    from crossmodal_jax import generator_stages
+    from crossmodal_jax import generator_stages, stages
 
     config = ctx.config
     generate = generator_stages.image_generator(config)
     prompts, labels = digit_prompts(per_digit)
-    ids, mask = text_tok.encode_batch(prompts, config.data.text_max_len)
+    ids, mask = stages.text_tokenizer(config).encode_batch(prompts, config.data.text_max_len)
     key = jax.random.fold_in(jax.random.key(config.seed), 10**9)
     state = generator_state
     images = np.asarray(generate(state.ema_params, state.model_state, ids, mask, key))
@@ -123,6 +122,7 @@ def caption_test_split(ctx, generator_state) -> tuple[dict[str, float], list[dic
     config = ctx.config
     source_key = stages.task(config).source
     generate = generator_stages.text_generator(config)
+    text_tok = stages.text_tokenizer(config)
     key = jax.random.fold_in(jax.random.key(config.seed), 10**9)
     limit = config.eval.num_examples or None
     hyps, refs, labels = [], [], []

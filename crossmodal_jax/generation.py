@@ -160,12 +160,14 @@ def make_text_generator(
     text_len: int,
     source_key: str,
     condition: Callable,
+    forbidden_ids: tuple[int, ...] = (),
 ) -> Callable:
     """A jitted fn(params, model_state, source, key) -> caption ids i32[B, text_len].
 
     `source` is the continuous input (image, log-mel, video); `condition(model_state, batch)` turns
     it into what the DiT attends to (objectives.SOURCE_CONDITIONS: the frozen tokenizer's ids or
-    code vectors). Decode the result with data.text.decode_batch.
+    code vectors). `forbidden_ids` are never emitted (a word vocabulary's unknown word). Decode
+    the result with the config's text tokenizer (stages.text_tokenizer).
     """
 
     @partial(jax.jit, out_shardings=P())
@@ -179,7 +181,7 @@ def make_text_generator(
             batch_size=source.shape[0],
             length=text_len,
             mask_id=text_tok.MASK_ID,
-            forbidden_ids=None,
+            forbidden_ids=forbidden_ids,
         )
 
     return generate

@@ -125,16 +125,31 @@ def text_tokens(key: str = "text") -> TokenFn:
     return lambda model_state, batch: (batch[key], batch[f"{key}_mask"])
 
 
+# Batch key of the source's code ids [B, *grid] when the generator stage computed them once
+# before training (generator.precompute_codes): then the step does not run the tokenizer.
+SOURCE_CODES = "source_codes"
+
+
+def source_code_ids(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
+    """The frozen tokenizer's code ids of x: i32[B, *grid]."""
+    z_e = tokenizer.apply(tokenizer_vars, x, method=VQVAE.encode)
+    _, ids = tokenizer.apply(tokenizer_vars, z_e, method=VQVAE.quantize)
+    return jax.lax.stop_gradient(ids).astype(jnp.int32)
+
+
 def vq_tokens(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
-    """Code ids of the frozen tokenizer for batch[key], flattened to [B, tokens]; mask all ones.
-    Ids cannot be grouped: `patch` must be empty (same signature as `vq_vectors`)."""
+    """Code ids of the frozen tokenizer for batch[key] (or the batch's precomputed SOURCE_CODES),
+    flattened to [B, tokens]; mask all ones. Ids cannot be grouped: `patch` must be empty (same
+    signature as `vq_vectors`)."""
     if any(p != 1 for p in patch):
         raise ValueError(f"code ids cannot be grouped (patch={patch}); use vectors")
 
     def tokens(model_state, batch):
-        z_e = tokenizer.apply(model_state["tokenizer"], batch[key], method=VQVAE.encode)
-        _, ids = tokenizer.apply(model_state["tokenizer"], z_e, method=VQVAE.quantize)
-        ids = jax.lax.stop_gradient(ids.reshape(ids.shape[0], -1)).astype(jnp.int32)
+        if SOURCE_CODES in batch:
+            ids = batch[SOURCE_CODES]
+        else:
+            ids = source_code_ids(tokenizer, model_state["tokenizer"], batch[key])
+        ids = ids.reshape(ids.shape[0], -1)
         return ids, jnp.ones_like(ids)
 
     return tokens
@@ -155,14 +170,21 @@ def group_codes(z_BxGxD: jax.Array, patch: tuple[int, ...]) -> jax.Array:
 
 
 def vq_vectors(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
-    """Quantized code vectors of the frozen tokenizer for batch[key], grouped into tokens of
+    """Quantized code vectors of the frozen tokenizer for batch[key] (or for the batch's
+    precomputed SOURCE_CODES), grouped into tokens of
     `patch` codes each (`group_codes`; () = one code a token): [B, tokens, features], and a mask
     of ones. The same codes as `vq_tokens`, given to the DiT as their codebook vectors. Grouping
     shortens the DiT's sequence by prod(patch) (the spectrogram's 4 mel codes of a time step
     become one token) at no loss of what the DiT sees."""
 
     def vectors(model_state, batch):
-        z_q = encode_latents(tokenizer, model_state["tokenizer"], batch[key])
+        if SOURCE_CODES in batch:  # the codebook vectors of precomputed ids: the same z_q
+            z_q = tokenizer.apply(
+                model_state["tokenizer"], batch[SOURCE_CODES], method=VQVAE.lookup
+            )
+            z_q = jax.lax.stop_gradient(z_q)
+        else:
+            z_q = encode_latents(tokenizer, model_state["tokenizer"], batch[key])
         z_q = group_codes(z_q, tuple(patch))
         return z_q, jnp.ones(z_q.shape[:2], jnp.int32)
 

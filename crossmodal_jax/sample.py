@@ -77,10 +77,10 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     import jax
     import numpy as np
 
-    from crossmodal_jax import data, generator_stages
-    from crossmodal_jax.data import text as text_tok
+    from crossmodal_jax import data, generator_stages, stages
     from crossmodal_jax.metrics import save_png
 
+    text_tok = stages.text_tokenizer(config)
     with restored_generator(workdir, config) as state:
         generate = generator_stages.image_generator(config)
         os.makedirs(output, exist_ok=True)
@@ -124,9 +124,9 @@ def to_text(workdir: str, config, paths: list[str], output: str) -> list[str]:
     import jax
     import numpy as np
 
-    from crossmodal_jax import generator_stages, model_inputs
-    from crossmodal_jax.data import text as text_tok
+    from crossmodal_jax import generator_stages, model_inputs, stages
 
+    text_tok = stages.text_tokenizer(config)
     inputs = [model_inputs.load(config, p) for p in paths]  # all checked before any compute
     with restored_generator(workdir, config) as state:
         generate = generator_stages.text_generator(config)

@@ -22,6 +22,7 @@ from crossmodal_jax import data, tasks
 from crossmodal_jax.checkpoint import StageCheckpointer
 from crossmodal_jax.data import features as feature_lib
 from crossmodal_jax.data import folders, sources
+from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
@@ -47,19 +48,36 @@ def source(config: ml_collections.ConfigDict, split: str):
     return data.get_source(config.data.name, split, config.data.data_dir or None)
 
 
+def text_words(config) -> tuple[str, ...]:
+    """The word vocabulary of the caption tokenizer; () = UTF-8 bytes."""
+    return tuple(config.data.text_words.split())
+
+
+def text_tokenizer(config) -> text_lib.TextTokenizer:
+    """The caption tokenizer the config names (data.text_words)."""
+    return text_lib.TextTokenizer(text_words(config))
+
+
 def _image_features(config):
     max_value = sources.image_max_value_of(config.data)
-    return data.ImageTextFeatures(config.data.text_max_len, image_max_value=max_value)
+    return data.ImageTextFeatures(
+        config.data.text_max_len, image_max_value=max_value, words=text_words(config)
+    )
 
 
 def _audio_features(config):
-    return feature_lib.AudioTextFeatures(config.data.text_max_len, **config.data.audio)
+    return feature_lib.AudioTextFeatures(
+        config.data.text_max_len, **config.data.audio, words=text_words(config)
+    )
 
 
 def _video_features(config):
     max_value = sources.image_max_value_of(config.data)
     return feature_lib.VideoTextFeatures(
-        config.data.text_max_len, max_value=max_value, frame_size=config.data.frame_size
+        config.data.text_max_len,
+        max_value=max_value,
+        frame_size=config.data.frame_size,
+        words=text_words(config),
     )
 
 

@@ -99,6 +99,10 @@ def check_names(config: ml_collections.ConfigDict) -> None:
 
 def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
     """Settings that are each valid but cannot work together."""
+    try:
+        words = stages.text_tokenizer(config).words
+    except ValueError as e:
+        raise UserError(f"data.text_words: {e}") from e
     replicas, processes = sharding.data_parallel_size(mesh), jax.process_count()
     train_size = len(stages.source(config, "train"))  # cached by check_names
     for stage in config.stages:
@@ -127,6 +131,11 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
                 f"the latent grid {'x'.join(map(str, grid))} is not divisible by "
                 f"generator.model.patch_size={p}"
             )
+        if words and config.generator.diffusion.get("word_mask_prob", 0.0):
+            raise UserError(
+                "generator.diffusion.word_mask_prob masks byte captions word by word; with "
+                "data.text_words each token is already a word: set it to 0"
+            )
         shift = tuple(config.generator.get("source_shift", ()))
         source_axes = len(grid)  # the tokenizer's grid has one axis per source axis
         if any(shift) and len(shift) != source_axes:
@@ -136,6 +145,20 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
             )
         if any(s < 0 for s in shift):
             raise UserError(f"generator.source_shift={shift} must not be negative")
+        precompute = config.generator.get("precompute_codes", False)
+        if precompute and any(shift):
+            raise UserError(
+                "generator.source_shift translates sources the step no longer sees with "
+                "generator.precompute_codes; use generator.code_shift (in codes) instead"
+            )
+        codes = tuple(config.generator.get("code_shift", ()))
+        if any(codes) and not precompute:
+            raise UserError("generator.code_shift needs generator.precompute_codes=True")
+        if any(codes) and (len(codes) != len(grid) or any(s < 0 for s in codes)):
+            raise UserError(
+                f"generator.code_shift={codes} needs {len(grid)} non-negative entries, one per "
+                f"axis of the code grid {'x'.join(map(str, grid))}"
+            )
         patch = tuple(config.generator.model.get("cond_patch", ()))
         fits = len(patch) == len(grid) and all(
             p >= 1 and n % p == 0 for n, p in zip(grid, patch, strict=True)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crossmodal_jax.augment import random_shift, source_shift
+from crossmodal_jax.augment import code_shift, random_shift, source_shift
 
 
 def _shifted(x_SxC: np.ndarray, offset, fill: float) -> np.ndarray:
@@ -57,3 +57,29 @@ def test_same_key_same_shift_and_only_the_source_changes():
 def test_wrong_number_of_axes_is_named():
     with pytest.raises(ValueError, match="max_shift has 3 entries but the source has 2"):
         random_shift(jnp.zeros((1, 4, 4, 1)), jax.random.key(0), (1, 1, 1), fill=0.0)
+
+
+def _edge_shifted(x_S: np.ndarray, offset) -> np.ndarray:
+    """x moved by `offset` (out[i] = x[clip(i - offset)]): uncovered positions repeat the edge."""
+    index = np.meshgrid(
+        *(np.clip(np.arange(n) - o, 0, n - 1) for o, n in zip(offset, x_S.shape, strict=True)),
+        indexing="ij",
+    )
+    return x_S[tuple(index)]
+
+
+def test_code_shift_translates_code_ids_and_repeats_the_edge_code():
+    ids = np.asarray(jax.random.randint(jax.random.key(0), (16, 5, 4), 0, 256), np.int32)
+    batch = {"source_codes": jnp.asarray(ids), "text": jnp.arange(16)}
+    out = code_shift("source_codes", (2, 1))(batch, jax.random.key(1))
+    got = np.asarray(out["source_codes"])
+    assert got.dtype == np.int32 and got.shape == ids.shape
+    np.testing.assert_array_equal(out["text"], batch["text"])
+    offsets = [(a, b) for a in range(-2, 3) for b in range(-1, 2)]
+    seen = set()
+    for i in range(16):
+        matches = [o for o in offsets if np.array_equal(got[i], _edge_shifted(ids[i], o))]
+        assert matches, i  # some offset within the bounds reproduces it
+        seen.add(matches[0])
+    assert len(seen) > 1
+    assert code_shift("source_codes", (0, 0)) is None

@@ -1,4 +1,4 @@
-"""Data package: embedded digits cache, byte tokenizer, grain pipelines, iterator checkpointing."""
+"""Data package: embedded digits cache, byte and word tokenizers, grain pipelines, iterator checkpointing."""
 
 import dataclasses
 import pickle
@@ -164,6 +164,50 @@ def test_tokenizer_decode_skips_specials_and_batches():
     assert batch_ids.shape == batch_mask.shape == (2, 8)
     assert text.decode_batch(batch_ids) == ["one", "seven"]
     assert batch_mask.sum(axis=1).tolist() == [4, 6]
+
+
+WORDS = text.TextTokenizer(
+    text.caption_words(["the digit one", "the digit seven moves up"]).split()
+)
+
+
+def test_caption_words_is_the_sorted_distinct_words():
+    assert WORDS.words == ("digit", "moves", "one", "seven", "the", "up")
+    assert WORDS.vocab_size == text.WORD_OFFSET + 6 and text.TextTokenizer().vocab_size == 259
+
+
+def test_word_tokenizer_round_trip_unknown_words_and_truncation():
+    ids, mask = WORDS.encode("the digit seven moves up", 8)
+    ids_of = {w: i + text.WORD_OFFSET for i, w in enumerate(WORDS.words)}
+    assert ids.tolist() == [ids_of[w] for w in "the digit seven moves up".split()] + [
+        text.EOS_ID,
+        text.PAD_ID,
+        text.PAD_ID,
+    ]
+    assert mask.tolist() == [1] * 6 + [0] * 2
+    assert WORDS.decode(ids) == "the digit seven moves up"
+    ids, _ = WORDS.encode("the  digit\tnine", 8)  # any whitespace separates; "nine" is unknown
+    assert ids[:4].tolist() == [ids_of["the"], ids_of["digit"], text.UNK_ID, text.EOS_ID]
+    assert WORDS.decode(ids) == "the digit" and WORDS.unknown_words("the nine") == ["nine"]
+    ids, mask = WORDS.encode("the digit one moves up", 3)  # truncated: EOS still fits
+    assert ids.tolist() == [ids_of["the"], ids_of["digit"], text.EOS_ID] and mask.sum() == 3
+    assert WORDS.length("the digit one") == 3 and text.TextTokenizer().length("é") == 2
+
+
+def test_word_tokenizer_decode_skips_specials_batches_and_pickles():
+    one = text.WORD_OFFSET + WORDS.words.index("one")
+    row = [text.MASK_ID, one, text.PAD_ID, text.UNK_ID, one, text.EOS_ID, one]
+    assert WORDS.decode(np.array(row)) == "one one"
+    ids, mask = WORDS.encode_batch(["the one", "up"], 4)
+    assert ids.shape == mask.shape == (2, 4) and WORDS.decode_batch(ids) == ["the one", "up"]
+    assert WORDS.unused_ids == (text.UNK_ID,) and text.TextTokenizer().unused_ids == ()
+    assert pickle.loads(pickle.dumps(WORDS)).encode("the one", 4)[0].tolist() == ids[0].tolist()
+    # Bytes through the same interface: exactly the module-level byte functions.
+    byte_ids, _ = text.TextTokenizer().encode("one", 8)
+    assert byte_ids.tolist() == text.encode("one", 8)[0].tolist()
+    for bad in (["one", "one"], ["two words"], [""]):
+        with pytest.raises(ValueError, match="text vocabulary"):
+            text.TextTokenizer(bad)
 
 
 # --- pipelines ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 file or caption line is one line naming it (or skipped and counted), and a bad folder or a
 config.json-less workdir stops main before anything is written."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -175,6 +176,19 @@ def test_each_bad_image_folder_is_one_line_naming_the_file(tmp_path, kind):
     assert str(tmp_path / "train") in message
 
 
+def test_captions_must_fit_a_word_vocabulary(tmp_path):
+    _image_folder(tmp_path)
+    _captions(tmp_path / "train", _rows(tmp_path))  # "image 0", "image 1", ...
+    words = dataclasses.replace(IMAGE, words=("image", *map(str, range(8))), text_max_len=3)
+    assert len(folders.load_split(tmp_path, "train", words)) == 8  # 2 words + end token fit
+    _captions(tmp_path / "train", [*_rows(tmp_path)[:3], {"file": "003.png", "text": "a cat"}])
+    message = _one_line_error(tmp_path, fmt=words)
+    assert "line 4 (003.png): caption word 'a' is not in data.text_words" in message, message
+    short = dataclasses.replace(words, words=(*words.words, "a", "cat"), text_max_len=2)
+    message = _one_line_error(tmp_path, fmt=short)
+    assert "caption is 2 words; data.text_max_len=2 holds 1" in message, message
+
+
 def _wav_folder(tmp_path, write):
     split = tmp_path / "train"
     split.mkdir(parents=True)
@@ -260,6 +274,7 @@ def get_config(arg=None):
     c = _mod.get_config(arg)
     if "path" not in c.data:  # until configs/img2txt.py calls config_lib.folder_data itself
         config_lib.folder_data(c.data, "image")
+    c.data.text_words, c.data.text_max_len = "", 40  # free-form captions: UTF-8 bytes
     return c
 """
 

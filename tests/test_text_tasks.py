@@ -10,6 +10,8 @@ from crossmodal_jax import sharding, tasks, validation
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.evaluate_text import digit_naming_accuracy, named_digits, text_metrics
 from crossmodal_jax.models.token_dit import TokenDiT
+from crossmodal_jax.models.vqvae import VQVAE
+from crossmodal_jax.objectives import SOURCE_CODES, source_code_ids, vq_tokens, vq_vectors
 
 
 def test_text_metrics_match_their_definitions():
@@ -72,6 +74,24 @@ def test_vector_conditions_are_projected_and_masked_like_ids(pool_hidden):
     assert model.apply(params, ids, t).shape == (2, 5, 9)
 
 
+@pytest.mark.parametrize("make", [vq_vectors, vq_tokens])
+def test_precomputed_code_ids_give_the_condition_of_encoding_in_the_step(make):
+    tokenizer = VQVAE(channels=4, channel_mult=(1, 2), code_dim=3, num_codes=16)
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1), minval=-1.0, maxval=1.0)
+    variables = tokenizer.init(
+        {"params": jax.random.key(1), "vq": jax.random.key(2)}, x, train=False
+    )
+    model_state = {"tokenizer": nn.meta.unbox(variables)}
+    patch = (2, 2) if make is vq_vectors else ()
+    condition = make(tokenizer, "image", patch)
+    in_step, mask = condition(model_state, {"image": x})
+    ids = source_code_ids(tokenizer, model_state["tokenizer"], x)
+    assert ids.shape == (3, 4, 4) and ids.dtype == jnp.int32
+    cached, cached_mask = condition(model_state, {SOURCE_CODES: ids})  # no source in the batch
+    np.testing.assert_allclose(cached, in_step, atol=1e-6)
+    np.testing.assert_array_equal(cached_mask, mask)
+
+
 def test_every_task_names_a_tokenizer_modality_and_a_process():
     for task in tasks.TASKS.values():
         assert task.continuous in ("image", "audio", "video")
@@ -104,6 +124,11 @@ def _config(name):
             "cond_patch=.3, 1. must have one divisor",
         ),
         ("img2txt", "generator.source_shift", (1, 1, 1), "source_shift=.1, 1, 1. needs 2 entries"),
+        ("img2txt", "data.text_words", "one two one", "data.text_words: text vocabulary has rep"),
+        ("speech2txt", "generator.diffusion.word_mask_prob", 0.5, "each token is already a word"),
+        ("img2txt", "generator.code_shift", (1, 1), "code_shift needs generator.precompute_codes"),
+        ("speech2txt", "generator.source_shift", (8, 0), "use generator.code_shift .in codes."),
+        ("speech2txt", "generator.code_shift", (1, 0, 0), "needs 2 non-negative entries"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):

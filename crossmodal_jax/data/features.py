@@ -69,12 +69,14 @@ class AudioTextFeatures(grain.transforms.Map):
         n_mels: int = 32,
         fmin: float = 20.0,
         fmax: float = 8000.0,
+        words: tuple[str, ...] = (),
     ):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         if num_samples < hop:
             raise ValueError(f"num_samples ({num_samples}) must be >= hop ({hop})")
         self.text_max_len = int(text_max_len)
+        self.tokenizer = text_lib.TextTokenizer(words)  # () = UTF-8 bytes
         self.num_samples = int(num_samples)
         self.n_fft = int(n_fft)
         self.hop = int(hop)
@@ -91,7 +93,7 @@ class AudioTextFeatures(grain.transforms.Map):
         pcm = np.asarray(element["audio"])
         # Records hold int16 PCM; accept float waveforms too (already in [-1, 1]).
         wave = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
-        ids_L, mask_L = text_lib.encode(_caption_str(element["caption"]), self.text_max_len)
+        ids_L, mask_L = self.tokenizer.encode(_caption_str(element["caption"]), self.text_max_len)
         return {
             "audio": audio_features(
                 wave,
@@ -111,7 +113,7 @@ class AudioTextFeatures(grain.transforms.Map):
         return (
             f"AudioTextFeatures(text_max_len={self.text_max_len}, num_samples={self.num_samples}, "
             f"n_fft={self.n_fft}, hop={self.hop}, n_mels={self.n_mels}, fmin={self.fmin}, "
-            f"fmax={self.fmax})"
+            f"fmax={self.fmax}, tokenizer={self.tokenizer})"
         )
 
 
@@ -133,15 +135,22 @@ class VideoTextFeatures(grain.transforms.Map):
     clip's content is coarse (moving_digits' 16x16 digit is an 8x8 one upscaled 2x).
     """
 
-    def __init__(self, text_max_len: int, max_value: int = 255, frame_size: int = 0):
+    def __init__(
+        self,
+        text_max_len: int,
+        max_value: int = 255,
+        frame_size: int = 0,
+        words: tuple[str, ...] = (),
+    ):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         self.text_max_len = int(text_max_len)
+        self.tokenizer = text_lib.TextTokenizer(words)  # () = UTF-8 bytes
         self.max_value = int(max_value)
         self.frame_size = int(frame_size)
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-        ids_L, mask_L = text_lib.encode(_caption_str(element["caption"]), self.text_max_len)
+        ids_L, mask_L = self.tokenizer.encode(_caption_str(element["caption"]), self.text_max_len)
         video = element["video"]
         if self.frame_size:
             video = shrink_frames(video, self.frame_size)
@@ -155,5 +164,5 @@ class VideoTextFeatures(grain.transforms.Map):
     def __repr__(self) -> str:
         return (
             f"VideoTextFeatures(text_max_len={self.text_max_len}, max_value={self.max_value}, "
-            f"frame_size={self.frame_size})"
+            f"frame_size={self.frame_size}, tokenizer={self.tokenizer})"
         )

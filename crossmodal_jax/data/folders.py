@@ -7,9 +7,10 @@ Selected with ``data.name = "folder"``, ``data.path = DIR`` and ``data.modality`
     DIR/test/...                 the same; the test split is evaluated, never trained on
 
 ``file`` is a plain file name inside the split folder; ``text`` a non-empty string that fits in
-``data.text_max_len - 1`` UTF-8 bytes. Blank lines are ignored. Every file of the modality's
-suffixes in the split folder must be listed, once (an unlisted file is almost always a forgotten
-caption). Files are converted, as the sample CLI converts its inputs (``files.py``): images and
+``data.text_max_len - 1`` tokens (UTF-8 bytes, or words of ``data.text_words`` when it lists
+any). Blank lines are ignored. Every file of the modality's suffixes in the split folder must be
+listed, once (an unlisted file is almost always a forgotten caption). Files are converted, as the
+sample CLI converts its inputs (``files.py``): images and
 video frames to ``data.image_size`` squared with ``data.channels``, clips to ``data.frames``, audio
 to 16 kHz mono; a WAV below ``MIN_SAMPLE_RATE`` or longer than ``data.audio.num_samples`` once its
 silence is trimmed is refused (its transcript would not match what the model hears).
@@ -40,6 +41,7 @@ import grain
 import numpy as np
 
 from crossmodal_jax.data import audio, files
+from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.data.spoken_digits import to_int16
 from crossmodal_jax.errors import UserError
 
@@ -64,7 +66,8 @@ class FolderFormat:
     image_size: int = 8  # images and video frames: resized to image_size x image_size
     channels: int = 1  # 1 grayscale, 3 RGB
     frames: int = 8  # videos: centre-cut or padded to this many frames
-    text_max_len: int = 0  # captions must fit in text_max_len - 1 bytes (0: any length)
+    text_max_len: int = 0  # captions must fit in text_max_len - 1 tokens (0: any length)
+    words: tuple[str, ...] = ()  # the caption tokenizer's word vocabulary (() = UTF-8 bytes)
     max_samples: int = 0  # audio: longest clip at 16 kHz after trimming silence (0: any)
 
     @classmethod
@@ -77,7 +80,11 @@ class FolderFormat:
         modality = data_cfg.modality
         if modality not in SUFFIXES:
             raise UserError(f"unknown data.modality {modality!r}; available: {', '.join(SUFFIXES)}")
-        kwargs: dict[str, Any] = {"modality": modality, "text_max_len": data_cfg.text_max_len}
+        kwargs: dict[str, Any] = {
+            "modality": modality,
+            "text_max_len": data_cfg.text_max_len,
+            "words": tuple(data_cfg.text_words.split()),
+        }
         if modality in ("image", "video"):
             kwargs.update(image_size=data_cfg.image_size, channels=data_cfg.channels)
             if data_cfg.image_size < 1:
@@ -185,10 +192,21 @@ def _parse_line(
         n_bytes = len(text.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate written as a \ud800 escape
         return name, f"{at}: caption is not valid UTF-8 (lone surrogate escape)", "not UTF-8"
-    if fmt.text_max_len and n_bytes > fmt.text_max_len - 1:
+    tokenizer = text_lib.TextTokenizer(fmt.words)
+    unknown = tokenizer.unknown_words(text)
+    if unknown:
         return (
             name,
-            f"{at}: caption is {n_bytes} UTF-8 bytes; data.text_max_len={fmt.text_max_len} "
+            f"{at}: caption word {unknown[0]!r} is not in data.text_words (list it there, or set "
+            f'data.text_words="" for UTF-8 bytes)',
+            "unknown word",
+        )
+    n_tokens = tokenizer.length(text) if fmt.words else n_bytes
+    if fmt.text_max_len and n_tokens > fmt.text_max_len - 1:
+        unit = "words" if fmt.words else "UTF-8 bytes"
+        return (
+            name,
+            f"{at}: caption is {n_tokens} {unit}; data.text_max_len={fmt.text_max_len} "
             f"holds {fmt.text_max_len - 1}",
             "caption too long",
         )

@@ -41,21 +41,23 @@ def unit_to_uint8(x: Any) -> np.ndarray:
 class ImageTextFeatures(grain.transforms.Map):
     """Record ``{"image", "label", "caption"}`` -> ``{"image", "text", "text_mask", "label"}``.
 
-    ``image`` float32 [H,W,C] in [-1, 1]; ``text``/``text_mask`` int32 [text_max_len] from the byte
-    tokenizer; ``label`` int32. Module-level and holding only ints, so grain workers unpickle it.
+    ``image`` float32 [H,W,C] in [-1, 1]; ``text``/``text_mask`` int32 [text_max_len] from the
+    text tokenizer (bytes, or words); ``label`` int32. Module-level and holding only ints and
+    strings, so grain workers unpickle it.
     """
 
-    def __init__(self, text_max_len: int, image_max_value: int = 16):
+    def __init__(self, text_max_len: int, image_max_value: int = 16, words: tuple[str, ...] = ()):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         self.text_max_len = int(text_max_len)
         self.image_max_value = int(image_max_value)
+        self.tokenizer = text_lib.TextTokenizer(words)  # () = UTF-8 bytes
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         caption = element["caption"]
         if isinstance(caption, bytes):
             caption = caption.decode("utf-8")
-        ids_L, mask_L = text_lib.encode(caption, self.text_max_len)
+        ids_L, mask_L = self.tokenizer.encode(caption, self.text_max_len)
         return {
             "image": image_to_unit(element["image"], self.image_max_value),
             "text": ids_L,
@@ -66,7 +68,7 @@ class ImageTextFeatures(grain.transforms.Map):
     def __repr__(self) -> str:
         return (
             f"ImageTextFeatures(text_max_len={self.text_max_len}, "
-            f"image_max_value={self.image_max_value})"
+            f"image_max_value={self.image_max_value}, tokenizer={self.tokenizer})"
         )
 
 

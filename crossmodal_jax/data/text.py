@@ -1,4 +1,5 @@
-"""UTF-8 byte tokenizer: fixed vocabulary, no training, works for any language.
+"""Text tokenizers: UTF-8 bytes (default: fixed vocabulary, no training, works for any language)
+and, for captions over a small closed vocabulary, one token per word (TextTokenizer).
 
 Ids 0..2 are special tokens; byte ``b`` maps to id ``b + BYTE_OFFSET``. ``MASK_ID`` is the
 absorbing state of masked (discrete) diffusion: in the vocabulary, never produced by ``encode``.
@@ -64,3 +65,90 @@ def decode(ids: Sequence[int] | np.ndarray) -> str:
 def decode_batch(ids_NxL: np.ndarray) -> list[str]:
     """Decodes each row of ``ids_NxL``."""
     return [decode(row) for row in np.asarray(ids_NxL)]
+
+
+# --- Word-level vocabulary --------------------------------------------------------------------
+# A caption drawn from a small closed vocabulary ("the digit seven moves up", "three seven one")
+# is 5-7 words but 24-40 bytes. Byte-level masked diffusion must then also place every letter:
+# later words shift with the lengths of earlier ones, and a sampler that commits one byte at a
+# time can spell a word that does not exist ("seve zone"). One token per word removes both.
+# Ids 0..2 are shared with the byte layout (so MASK_ID is the absorbing state for either); 3 is
+# the unknown word; word i of the vocabulary is id i + WORD_OFFSET.
+UNK_ID = 3
+WORD_OFFSET = 4
+
+
+def caption_words(captions: Iterable[str]) -> str:
+    """The sorted, space-separated distinct words of ``captions``: a ``data.text_words`` value."""
+    return " ".join(sorted({w for c in captions for w in c.split()}))
+
+
+class TextTokenizer:
+    """Text <-> ids: UTF-8 bytes when ``words`` is empty, else one id per vocabulary word.
+
+    Picklable (holds only a tuple of str), so grain workers can use it in their transforms.
+    """
+
+    def __init__(self, words: Sequence[str] = ()):
+        self.words = tuple(words)
+        if len(set(self.words)) != len(self.words):
+            raise ValueError("text vocabulary has repeated words")
+        if any(not w or any(ch.isspace() for ch in w) for w in self.words):
+            raise ValueError("text vocabulary words must be non-empty and contain no whitespace")
+        self._ids = {w: i + WORD_OFFSET for i, w in enumerate(self.words)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words) + WORD_OFFSET if self.words else VOCAB_SIZE
+
+    @property
+    def unused_ids(self) -> tuple[int, ...]:
+        """Ids a sampler must never emit besides MASK_ID (the unknown word)."""
+        return (UNK_ID,) if self.words else ()
+
+    def length(self, text: str) -> int:
+        """Tokens of ``text`` before EOS (what must fit in ``max_len - 1``)."""
+        return len(text.split()) if self.words else len(text.encode("utf-8"))
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` outside the vocabulary (always [] for bytes)."""
+        return [w for w in text.split() if w not in self._ids] if self.words else []
+
+    def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Like the module-level ``encode``: ``(ids, mask)`` int32 [max_len], EOS after the text."""
+        if not self.words:
+            return encode(text, max_len)
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1 so that EOS fits, got {max_len}")
+        tokens = [self._ids.get(w, UNK_ID) for w in text.split()][: max_len - 1]
+        ids_L = np.full((max_len,), PAD_ID, dtype=np.int32)
+        ids_L[: len(tokens)] = tokens
+        ids_L[len(tokens)] = EOS_ID
+        mask_L = np.zeros((max_len,), dtype=np.int32)
+        mask_L[: len(tokens) + 1] = 1
+        return ids_L, mask_L
+
+    def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self.encode(t, max_len) for t in texts]
+        if not pairs:
+            empty_NxL = np.zeros((0, max_len), dtype=np.int32)
+            return empty_NxL, empty_NxL.copy()
+        return np.stack([i for i, _ in pairs]), np.stack([m for _, m in pairs])
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Stops at the first EOS; PAD, MASK and unknown ids are skipped, so it never raises."""
+        if not self.words:
+            return decode(ids)
+        out = []
+        for token in np.asarray(ids).reshape(-1).tolist():
+            if token == EOS_ID:
+                break
+            if WORD_OFFSET <= token < self.vocab_size:
+                out.append(self.words[token - WORD_OFFSET])
+        return " ".join(out)
+
+    def decode_batch(self, ids_NxL: np.ndarray) -> list[str]:
+        return [self.decode(row) for row in np.asarray(ids_NxL)]
+
+    def __repr__(self) -> str:
+        return f"TextTokenizer(words={len(self.words)})" if self.words else "TextTokenizer(bytes)"
