@@ -1,5 +1,5 @@
 """Image→text on the embedded `digits`: a VQ-VAE tokenizer of the images, then a DiT that writes the
-caption by masked (absorbing-state) diffusion over its UTF-8 bytes, conditioned on the image's codes.
+caption by masked (absorbing-state) diffusion over its words, conditioned on the image's codes.
 
 Run (≈N minutes on 2 CPU cores; see README "Measured results"):
   python -m crossmodal_jax.main --config=configs/img2txt.py --workdir=runs/img2txt
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=500
     )
 
-    # Stage 2: DiT over caption bytes, masked diffusion, attending to the 16 image codes.
+    # Stage 2: DiT over caption words, masked diffusion, attending to the 16 image codes.
     c.generator = config_lib.text_generator(
         c.data.text_max_len, steps=3000, ema_decay=0.999, warmup_steps=200, images_every=1000
     )

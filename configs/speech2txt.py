@@ -1,6 +1,6 @@
 """Speech→text on the embedded `spoken_digits`: a VQ-VAE tokenizes log-mel spectrograms (treated as
 one-channel images, time x mel), then a DiT writes the transcript by masked diffusion over its
-UTF-8 bytes, conditioned on the spectrogram's codes.
+words, conditioned on the spectrogram's codes.
 
 Needs espeak-ng to build the dataset once (`make install-system-deps`, or apt-get install espeak-ng).
 Run (≈N minutes on 2 CPU cores; see README "Measured results"):
@@ -57,8 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
 
-    # Stage 2: DiT over transcript bytes, masked diffusion, attending to the 80 audio codes grouped
-    # into 20 tokens, one per time step (cond_patch), each clip moved by up to 8 frames (128 ms).
+    # Stage 2: DiT over transcript words, masked diffusion, attending to the 80 audio codes grouped
+    # into 20 tokens, one per time step (cond_patch). The codes are computed once before training
+    # (precompute_codes); each clip's code grid is moved by up to 1 time step (8 frames, 128 ms).
     c.generator = config_lib.text_generator(c.data.text_max_len, steps=3000, ema_decay=0.998)
     c.generator.model.cond_patch = (1, 4)
     c.generator.precompute_codes = True

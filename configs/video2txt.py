@@ -1,6 +1,6 @@
 """Video→text on the embedded `moving_digits`: a VQ-VAE with spatial and temporal downsampling
 tokenizes the 8-frame clips, then a DiT writes `the digit <word> moves <direction>` by masked
-diffusion over the caption bytes, conditioned on the clip's codes.
+diffusion over the caption's words, conditioned on the clip's codes.
 
 Run (≈N minutes on 2 CPU cores; see README "Measured results"):
   python -m crossmodal_jax.main --config=configs/video2txt.py --workdir=runs/video2txt

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 Batch = dict[str, jax.Array]
+Augment = Callable[[Batch, jax.Array], Batch]
 
 
 def random_shift(
@@ -65,6 +66,69 @@ def source_shift(source_key: str, max_shift: Sequence[int], fill: float = -1.0):
     return augment
 
 
+def affine_warp(
+    x_BxSxC: jax.Array, angle_B: jax.Array, scale_B: jax.Array, fill: float
+) -> jax.Array:
+    """Rotate example b of x [B, ..., H, W, C] by angle_B[b] radians (counter-clockwise as
+    displayed, rows downwards) and scale it by scale_B[b] about the centre of its last two spatial
+    axes (bilinear; every frame of a clip alike); uncovered positions take `fill`."""
+    h, w = x_BxSxC.shape[-3], x_BxSxC.shape[-2]
+    dy, dx = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2, indexing="ij")
+
+    def warp(x_SxC, angle, scale):
+        # Output pixel p reads the input at centre + R(-angle) (p - centre) / scale.
+        cos, sin = jnp.cos(angle), jnp.sin(angle)
+        rows = (cos * dy + sin * dx) / scale + (h - 1) / 2
+        cols = (-sin * dy + cos * dx) / scale + (w - 1) / 2
+        planes = jnp.moveaxis(x_SxC, -1, 0).reshape(-1, h, w)  # [C * frames, H, W]
+        sample = lambda p: jax.scipy.ndimage.map_coordinates(  # noqa: E731
+            p, [rows, cols], order=1, mode="constant", cval=fill
+        )
+        out = jax.vmap(sample)(planes).reshape(x_SxC.shape[-1], *x_SxC.shape[:-1])
+        return jnp.moveaxis(out, 0, -1)
+
+    return jax.vmap(warp)(x_BxSxC, angle_B, scale_B).astype(x_BxSxC.dtype)
+
+
+def random_affine(
+    x_BxSxC: jax.Array, key: jax.Array, max_degrees: float, max_scale: float, fill: float
+) -> jax.Array:
+    """`affine_warp` with each example's angle uniform in [-max_degrees, max_degrees] degrees and
+    scale uniform in 1 + [-max_scale, max_scale]."""
+    angle_key, scale_key = jax.random.split(key)
+    b = x_BxSxC.shape[0]
+    degrees_B = jax.random.uniform(angle_key, (b,), minval=-1.0, maxval=1.0) * max_degrees
+    scale_B = 1.0 + jax.random.uniform(scale_key, (b,), minval=-1.0, maxval=1.0) * max_scale
+    return affine_warp(x_BxSxC, jnp.deg2rad(degrees_B), scale_B, fill)
+
+
+def source_affine(source_key: str, max_degrees: float, max_scale: float, fill: float = -1.0):
+    """A batch augmentation fn(batch, key) -> batch rotating and scaling `batch[source_key]`
+    (`random_affine`), or None when both bounds are 0."""
+    if not (max_degrees or max_scale):
+        return None
+
+    def augment(batch: Batch, key: jax.Array) -> Batch:
+        x = random_affine(batch[source_key], key, max_degrees, max_scale, fill)
+        return {**batch, source_key: x}
+
+    return augment
+
+
+def compose(*augments: Augment | None) -> Augment | None:
+    """One augmentation applying the given ones (None = none) in order, each with its own key."""
+    active = [a for a in augments if a is not None]
+    if len(active) <= 1:
+        return active[0] if active else None
+
+    def augment(batch: Batch, key: jax.Array) -> Batch:
+        for a, k in zip(active, jax.random.split(key, len(active)), strict=True):
+            batch = a(batch, k)
+        return batch
+
+    return augment
+
+
 def code_shift(codes_key: str, max_shift: Sequence[int]):
     """Like `source_shift`, for a grid of precomputed code ids `batch[codes_key]` [B, *grid]:
     offsets in codes, uncovered positions repeat the edge code. None when every max_shift is 0."""
@@ -76,6 +140,3 @@ def code_shift(codes_key: str, max_shift: Sequence[int]):
         return {**batch, codes_key: random_shift(ids, key, max_shift, None)[..., 0]}
 
     return augment
-
-
-Augment = Callable[[Batch, jax.Array], Batch]

@@ -116,6 +116,8 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # With "vectors": width of a hidden GELU layer in the map pooling all condition vectors into
     # the adaLN vector (0 = a linear map).
     c.cond_pool_hidden = 0
+    # X→text, vector conditions: dropout rate on the source's code-vector features in training.
+    c.cond_dropout = 0.0
     c.update(overrides)
     return c
 
@@ -166,6 +168,9 @@ def text_generator(text_max_len: int, **train_overrides) -> ml_collections.Confi
     # Training-time augmentation (augment.py): per source axis (image [H, W], spectrogram
     # [frames, mels], clip [T, H, W]), the largest random translation; () or 0s = none.
     c.source_shift = ()
+    # Random rotation and scaling of image and clip sources in training: (largest angle in
+    # degrees, largest relative scale change), e.g. (10.0, 0.1); (0.0, 0.0) = none.
+    c.source_affine = (0.0, 0.0)
     # Run the frozen tokenizer over the training sources once, before training, instead of in
     # every step (the encoder costs more than the text DiT). Then source_shift cannot apply (the
     # sources are gone); code_shift translates the grid of code ids instead, per axis, in codes.

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax import data, sharding
-from crossmodal_jax.augment import code_shift, source_shift
+from crossmodal_jax.augment import code_shift, compose, source_affine, source_shift
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.evaluate_text import examples_table
@@ -102,6 +102,7 @@ def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
             cond["cond_len"] = grid_len // group
             cond["cond_feature_dim"] = config.tokenizer.model.code_dim * group
             cond["cond_pool_hidden"] = m.get("cond_pool_hidden", 0)
+            cond["cond_dropout"] = m.get("cond_dropout", 0.0)
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=text_tokenizer(config).vocab_size, cond_len=text_len)
@@ -311,7 +312,10 @@ def masked_stage(ctx: RunContext) -> StageSpec:
     if the_task.generates_text:
         target, condition, mask_id = text_tokens(), source_condition(config), text_tok.MASK_ID
         summarize = _text_summary(ctx)
-        augment = source_shift(the_task.source, config.generator.source_shift)
+        augment = compose(
+            source_shift(the_task.source, config.generator.source_shift),
+            source_affine(the_task.source, *config.generator.source_affine),
+        )
         if config.generator.precompute_codes:
             make_iterator = precomputed_codes_iterator_factory(ctx, tokenizer)
             augment = code_shift(SOURCE_CODES, config.generator.code_shift)

@@ -225,9 +225,14 @@ def masked_diffusion_objective(
         cond_ids, cond_mask = condition(model_state, batch)
         cond_mask = drop_condition(cond_mask, drop_key, cond_drop)
 
+        # Folded in, not split off: runs without dropout keep the random stream they always had.
+        dropout_rngs = {"dropout": jax.random.fold_in(key, 1)}
+
         def logits_fn(xt, t):
             t_units = t * MASKED_TIME_SCALE
-            return dit.apply({"params": params}, xt, t_units, cond_ids, cond_mask, train=True)
+            return dit.apply(
+                {"params": params}, xt, t_units, cond_ids, cond_mask, train=True, rngs=dropout_rngs
+            )
 
         units = word_ids(x0) if word_mask_prob > 0 else None
         loss, metrics = masked.training_loss(

@@ -151,6 +151,17 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
                 "generator.source_shift translates sources the step no longer sees with "
                 "generator.precompute_codes; use generator.code_shift (in codes) instead"
             )
+        affine = tuple(config.generator.get("source_affine", ()))
+        if affine and (len(affine) != 2 or any(a < 0 for a in affine)):
+            raise UserError(
+                f"generator.source_affine={affine} must be (largest angle in degrees, largest "
+                "relative scale change), both >= 0"
+            )
+        if precompute and any(affine):
+            raise UserError(
+                "generator.source_affine warps sources the step no longer sees with "
+                "generator.precompute_codes; turn one of them off"
+            )
         codes = tuple(config.generator.get("code_shift", ()))
         if any(codes) and not precompute:
             raise UserError("generator.code_shift needs generator.precompute_codes=True")

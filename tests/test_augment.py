@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crossmodal_jax.augment import code_shift, random_shift, source_shift
+from crossmodal_jax.augment import (
+    affine_warp,
+    code_shift,
+    compose,
+    random_affine,
+    random_shift,
+    source_affine,
+    source_shift,
+)
 
 
 def _shifted(x_SxC: np.ndarray, offset, fill: float) -> np.ndarray:
@@ -83,3 +91,38 @@ def test_code_shift_translates_code_ids_and_repeats_the_edge_code():
         seen.add(matches[0])
     assert len(seen) > 1
     assert code_shift("source_codes", (0, 0)) is None
+
+
+def test_affine_warp_rotates_and_scales_about_the_centre():
+    x = np.asarray(jax.random.normal(jax.random.key(0), (1, 5, 5, 2)), np.float32)
+    quarter = affine_warp(jnp.asarray(x), jnp.array([np.pi / 2]), jnp.array([1.0]), fill=-1.0)
+    # A quarter turn counter-clockwise as displayed is numpy's rot90 of the (rows, cols) plane.
+    np.testing.assert_allclose(quarter[0], np.rot90(x[0], 1, axes=(0, 1)), atol=1e-5)
+    same = affine_warp(jnp.asarray(x), jnp.zeros(1), jnp.ones(1), fill=-1.0)
+    np.testing.assert_allclose(same, x, atol=1e-6)
+    # Scaling by 2: output pixel (0, 0) reads the input half-way to the centre, (1, 1).
+    zoom = affine_warp(jnp.asarray(x), jnp.zeros(1), jnp.array([2.0]), fill=-1.0)
+    np.testing.assert_allclose(zoom[0, 0, 0], x[0, 1, 1], atol=1e-5)
+    np.testing.assert_allclose(zoom[0, 2, 2], x[0, 2, 2], atol=1e-6)  # the centre stays
+    shrink = affine_warp(jnp.asarray(x), jnp.zeros(1), jnp.array([0.5]), fill=-1.0)
+    np.testing.assert_allclose(shrink[0, 0, 0], -1.0)  # reads outside: the fill
+
+
+def test_random_affine_warps_every_frame_of_a_clip_alike_and_composes():
+    image = jax.random.normal(jax.random.key(0), (3, 6, 6, 1))
+    clip = jnp.stack([image, image], axis=1)  # [B, T, H, W, C]
+    warped = random_affine(clip, jax.random.key(1), 20.0, 0.2, fill=-1.0)
+    np.testing.assert_allclose(warped[:, 0], warped[:, 1])
+    np.testing.assert_allclose(
+        warped[:, 0], random_affine(image, jax.random.key(1), 20.0, 0.2, -1.0)
+    )
+    assert not np.allclose(warped[:, 0], image)
+    assert source_affine("video", 0.0, 0.0) is None
+    shift = source_shift("image", (1, 1))
+    assert compose(None, shift, None) is shift and compose(None, None) is None
+    both = compose(shift, source_affine("image", 20.0, 0.2))
+    batch = {"image": image}
+    out = both(batch, jax.random.key(2))["image"]
+    k1, k2 = jax.random.split(jax.random.key(2))
+    expected = random_affine(shift(batch, k1)["image"], k2, 20.0, 0.2, -1.0)
+    np.testing.assert_allclose(out, expected)

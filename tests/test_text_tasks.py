@@ -74,6 +74,22 @@ def test_vector_conditions_are_projected_and_masked_like_ids(pool_hidden):
     assert model.apply(params, ids, t).shape == (2, 5, 9)
 
 
+def test_condition_dropout_acts_in_training_only():
+    model, plain = _token_dit(3, 6), _token_dit(3, 6)
+    model = model.clone(cond_dropout=0.5)
+    ids, t = jnp.zeros((2, 5), jnp.int32), jnp.ones((2,))
+    cond = jax.random.normal(jax.random.key(0), (2, 4, 3))
+    params = nn.meta.unbox(plain.init(jax.random.key(1), ids, t, cond))
+    params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero output head
+    out = plain.apply(params, ids, t, cond)
+    np.testing.assert_array_equal(model.apply(params, ids, t, cond), out)  # same parameters
+    rngs = {"dropout": jax.random.key(2)}
+    dropped = model.apply(params, ids, t, cond, train=True, rngs=rngs)
+    assert not np.allclose(dropped, out)
+    np.testing.assert_array_equal(model.apply(params, ids, t, cond, train=True, rngs=rngs), dropped)
+    np.testing.assert_array_equal(plain.apply(params, ids, t, cond, train=True, rngs=rngs), out)
+
+
 @pytest.mark.parametrize("make", [vq_vectors, vq_tokens])
 def test_precomputed_code_ids_give_the_condition_of_encoding_in_the_step(make):
     tokenizer = VQVAE(channels=4, channel_mult=(1, 2), code_dim=3, num_codes=16)
@@ -129,6 +145,8 @@ def _config(name):
         ("img2txt", "generator.code_shift", (1, 1), "code_shift needs generator.precompute_codes"),
         ("speech2txt", "generator.source_shift", (8, 0), "use generator.code_shift .in codes."),
         ("speech2txt", "generator.code_shift", (1, 0, 0), "needs 2 non-negative entries"),
+        ("img2txt", "generator.source_affine", (10.0,), "must be .largest angle in degrees"),
+        ("video2txt", "generator.source_affine", (10.0, 0.1), "source_affine warps sources"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):

@@ -137,9 +137,15 @@ class ConditionEmbedder(nn.Module):
     # With feature_dim: > 0 puts a hidden GELU layer of this width in the pooled map (a small MLP
     # over all positions' features instead of a linear map); 0 keeps it linear.
     pool_hidden: int = 0
+    # With feature_dim: dropout rate on the condition's features in training (rng "dropout"). A
+    # few thousand sources are easily memorised through the pooled map; dropping features
+    # makes the caption depend on many of them.
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, cond_BxL: jax.Array, mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, cond_BxL: jax.Array, mask_BxL: jax.Array, *, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
         length = cond_BxL.shape[1]
         if length > self.max_len:
             raise ValueError(f"condition length {length} exceeds cond_len {self.max_len}")
@@ -152,6 +158,8 @@ class ConditionEmbedder(nn.Module):
         mask = mask_BxL.astype(jnp.float32)
         count_B = jnp.sum(mask, axis=1)
         if self.feature_dim:
+            if self.dropout:
+                cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
             flat_BxF = (cond_BxL * mask[..., None]).reshape(cond_BxL.shape[0], -1)
             flat_BxF = jnp.pad(flat_BxF, ((0, 0), (0, (self.max_len - length) * self.feature_dim)))
@@ -220,6 +228,8 @@ def condition_vector(
     t_B: jax.Array,
     cond_ids_BxL: jax.Array | None,
     cond_mask_BxL: jax.Array | None,
+    *,
+    train: bool = False,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """(adaLN vector c [B, D], condition tokens [B, L, D] or None, key mask or None).
 
@@ -235,7 +245,7 @@ def condition_vector(
         return t_vec + vec, None, None
     if cond_mask_BxL is None:
         cond_mask_BxL = jnp.ones(cond_ids_BxL.shape[:2], jnp.float32)
-    tokens, vec = cond_embed(cond_ids_BxL, cond_mask_BxL)
+    tokens, vec = cond_embed(cond_ids_BxL, cond_mask_BxL, train=train)
     return t_vec + vec, tokens, cond_mask_BxL
 
 

@@ -48,6 +48,7 @@ class TokenDiT(nn.Module):
     cond_len: int = 64
     cond_feature_dim: int = 0  # > 0: conditions are f32[B, L, F] vectors (see ConditionEmbedder)
     cond_pool_hidden: int = 0  # > 0: MLP instead of linear pooling of vector conditions
+    cond_dropout: float = 0.0  # dropout on vector conditions' features when train=True
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -65,6 +66,7 @@ class TokenDiT(nn.Module):
             self.cond_feature_dim,
             dtype=self.dtype,
             pool_hidden=self.cond_pool_hidden,
+            dropout=self.cond_dropout,
         )
         self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
         self.blocks = make_blocks(
@@ -89,9 +91,8 @@ class TokenDiT(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
-        del train  # no dropout; kept so every model shares one call signature
         c_BxD, cond_tokens, cond_mask = condition_vector(
-            self.t_embed, self.cond_embed, t_B, cond_ids_BxL, cond_mask_BxL
+            self.t_embed, self.cond_embed, t_B, cond_ids_BxL, cond_mask_BxL, train=train
         )
         h = joint_blocks(self.blocks, self.embed_input(ids_BxL), c_BxD, cond_tokens, cond_mask)
         return self.final_layer(h, c_BxD).astype(jnp.float32)
