@@ -3,7 +3,7 @@ one-channel images, time x mel), then a DiT writes the transcript by masked diff
 words, conditioned on the spectrogram's codes.
 
 Needs espeak-ng to build the dataset once (`make install-system-deps`, or apt-get install espeak-ng).
-Run (≈N minutes on 2 CPU cores; see README "Measured results"):
+Run (≈10 minutes on 2 CPU cores; README "Where the X→text defaults stand"):
   python -m crossmodal_jax.main --config=configs/speech2txt.py --workdir=runs/speech2txt
 Transcribe a folder of .wav files (any sample rate) with the trained run:
   python -m crossmodal_jax.sample --workdir=runs/speech2txt --input=FOLDER --output=OUT

@@ -57,9 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
 
-    # Stage 2: DiT over caption bytes, masked diffusion, attending to the clip's codes grouped
-    # 2x2x2 into 16 tokens (cond_patch), each clip moved by up to 1 pixel (source_shift).
-    c.generator = config_lib.text_generator(c.data.text_max_len, steps=4000, ema_decay=0.998)
+    # Stage 2: DiT over caption words, masked diffusion, attending to the clip's codes grouped
+    # 2x2x2 into 16 tokens (cond_patch). The codes are computed once before training
+    # (precompute_codes); each clip's code grid is moved by up to 1 code (2 pixels) in H and W.
+    c.generator = config_lib.text_generator(c.data.text_max_len, steps=8000, ema_decay=0.998)
     c.generator.model.cond_patch = (2, 2, 2)
     c.generator.precompute_codes = True
     c.generator.code_shift = (0, 1, 1)

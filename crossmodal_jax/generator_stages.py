@@ -206,12 +206,12 @@ def _text_summary(ctx: RunContext):
     generate = text_generator(config)
     shown = fixed_test_batch(config, 8)
     source = shown[task(config).source]
-    text_tok = text_tokenizer(config)
-    references = text_tok.decode_batch(shown["text"])
+    caption_tokenizer = text_tokenizer(config)
+    references = caption_tokenizer.decode_batch(shown["text"])
 
     def summarize(state, step, writer: MetricWriter):
         key = jax.random.fold_in(jax.random.key(config.seed), step)
-        captions = text_tok.decode_batch(
+        captions = caption_tokenizer.decode_batch(
             np.asarray(generate(state.ema_params, state.model_state, source, key))
         )
         table = examples_table([str(i) for i in range(len(captions))], captions, references)

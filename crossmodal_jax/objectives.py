@@ -171,11 +171,11 @@ def group_codes(z_BxGxD: jax.Array, patch: tuple[int, ...]) -> jax.Array:
 
 def vq_vectors(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
     """Quantized code vectors of the frozen tokenizer for batch[key] (or for the batch's
-    precomputed SOURCE_CODES), grouped into tokens of
-    `patch` codes each (`group_codes`; () = one code a token): [B, tokens, features], and a mask
-    of ones. The same codes as `vq_tokens`, given to the DiT as their codebook vectors. Grouping
-    shortens the DiT's sequence by prod(patch) (the spectrogram's 4 mel codes of a time step
-    become one token) at no loss of what the DiT sees."""
+    precomputed SOURCE_CODES), grouped into tokens of `patch` codes each (`group_codes`; () = one
+    code a token): [B, tokens, features], and a mask of ones. The same codes as `vq_tokens`,
+    given to the DiT as their codebook vectors. Grouping shortens the DiT's sequence by
+    prod(patch) (the spectrogram's 4 mel codes of a time step become one token) at no loss of
+    what the DiT sees."""
 
     def vectors(model_state, batch):
         if SOURCE_CODES in batch:  # the codebook vectors of precomputed ids: the same z_q
