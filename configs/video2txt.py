@@ -2,7 +2,7 @@
 tokenizes the 8-frame clips, then a DiT writes `the digit <word> moves <direction>` by masked
 diffusion over the caption's words, conditioned on the clip's codes.
 
-Run (≈N minutes on 2 CPU cores; see README "Measured results"):
+Run (≈11 minutes on 2 CPU cores; README "Where the X→text defaults stand"):
   python -m crossmodal_jax.main --config=configs/video2txt.py --workdir=runs/video2txt
 Caption a folder of .gif / .npy clips with the trained run:
   python -m crossmodal_jax.sample --workdir=runs/video2txt --input=FOLDER --output=OUT
