@@ -280,7 +280,12 @@ def precomputed_codes_iterator_factory(ctx: RunContext, tokenizer):
             train_source, batch_size=config.eval.batch_size, transform=transform
         )
         for batch in batches:
-            ids = np.asarray(encode(tok_vars, batch[source_key]))
+            x, n = batch[source_key], len(batch[source_key])
+            # The last batch is padded to the full size: one compiled shape, and a batch that
+            # still divides over the mesh's data axes.
+            pad = config.eval.batch_size - n
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad > 0 else x
+            ids = np.asarray(encode(tok_vars, x))[:n]
             records += [
                 {SOURCE_CODES: ids[i], "text": batch["text"][i], "text_mask": batch["text_mask"][i]}
                 for i in range(len(ids))
