@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
     # Caption tokenizer: one token per word of this vocabulary ("" = UTF-8 bytes, any text). The
     # captions here use a few words only; bytes would also make the DiT place every letter, and
-    # misspelled words were most of its errors (README "Where the X→text defaults stand").
+    # misspelled words were over half of speech→text's byte-level errors (README "Image→text, ...").
     c.data.text_words = text.caption_words(data.NUMBER_WORDS)
     c.data.text_max_len = 5  # transcript length in tokens (4 words + end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)

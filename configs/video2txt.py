@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
     # Caption tokenizer: one token per word of this vocabulary ("" = UTF-8 bytes, any text). The
     # captions here use a few words only; bytes would also make the DiT place every letter, and
-    # misspelled words were most of its errors (README "Where the X→text defaults stand").
+    # misspelled words were over half of speech→text's byte-level errors (README "Image→text, ...").
     c.data.text_words = text.caption_words(
         data.moving_digits.caption(label, d)
         for label in range(len(data.NUMBER_WORDS))
