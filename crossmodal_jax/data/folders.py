@@ -10,10 +10,10 @@ Selected with ``data.name = "folder"``, ``data.path = DIR`` and ``data.modality`
 ``data.text_max_len - 1`` tokens (UTF-8 bytes, or words of ``data.text_words`` when it lists
 any). Blank lines are ignored. Every file of the modality's suffixes in the split folder must be
 listed, once (an unlisted file is almost always a forgotten caption). Files are converted, as the
-sample CLI converts its inputs (``files.py``): images and
-video frames to ``data.image_size`` squared with ``data.channels``, clips to ``data.frames``, audio
-to 16 kHz mono; a WAV below ``MIN_SAMPLE_RATE`` or longer than ``data.audio.num_samples`` once its
-silence is trimmed is refused (its transcript would not match what the model hears).
+sample CLI converts its inputs (``files.py``): images and video frames to ``data.image_size``
+squared with ``data.channels``, clips to ``data.frames``, audio to 16 kHz mono; a WAV below
+``MIN_SAMPLE_RATE`` or longer than ``data.audio.num_samples`` once its silence is trimmed is
+refused (its transcript would not match what the model hears).
 
 Records follow the embedded datasets of the same modality, so the feature transforms of
 ``stages.py`` apply unchanged: ``{"image": uint8 [S,S,C] 0..255, "label", "caption", "file"}``
@@ -156,6 +156,12 @@ def _utf8_error(line: bytes, e: UnicodeDecodeError) -> str:
     return f"caption line is not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
 
 
+@lru_cache(maxsize=8)
+def _tokenizer(words: tuple[str, ...]) -> text_lib.TextTokenizer:
+    """One tokenizer per vocabulary, not one per caption line."""
+    return text_lib.TextTokenizer(words)
+
+
 def _parse_line(
     line: bytes, where: str, fmt: FolderFormat, split_dir: Path
 ) -> tuple[str | None, str | None, str]:
@@ -189,10 +195,10 @@ def _parse_line(
     if not text.strip():
         return name, f'{at}: "text" is empty', "empty caption"
     try:
-        n_bytes = len(text.encode("utf-8"))
+        text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate written as a \ud800 escape
         return name, f"{at}: caption is not valid UTF-8 (lone surrogate escape)", "not UTF-8"
-    tokenizer = text_lib.TextTokenizer(fmt.words)
+    tokenizer = _tokenizer(fmt.words)
     unknown = tokenizer.unknown_words(text)
     if unknown:
         return (
@@ -201,7 +207,7 @@ def _parse_line(
             f'data.text_words="" for UTF-8 bytes)',
             "unknown word",
         )
-    n_tokens = tokenizer.length(text) if fmt.words else n_bytes
+    n_tokens = tokenizer.length(text)
     if fmt.text_max_len and n_tokens > fmt.text_max_len - 1:
         unit = "words" if fmt.words else "UTF-8 bytes"
         return (

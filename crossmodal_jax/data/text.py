@@ -37,13 +37,7 @@ def encode(text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_batch(texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Encodes several texts: returns ``(ids [N, max_len], mask [N, max_len])``, int32."""
-    pairs = [encode(t, max_len) for t in texts]
-    if not pairs:
-        empty_NxL = np.zeros((0, max_len), dtype=np.int32)
-        return empty_NxL, empty_NxL.copy()
-    ids_NxL = np.stack([ids for ids, _ in pairs])
-    mask_NxL = np.stack([mask for _, mask in pairs])
-    return ids_NxL, mask_NxL
+    return BYTES.encode_batch(texts, max_len)
 
 
 def decode(ids: Sequence[int] | np.ndarray) -> str:
@@ -64,7 +58,7 @@ def decode(ids: Sequence[int] | np.ndarray) -> str:
 
 def decode_batch(ids_NxL: np.ndarray) -> list[str]:
     """Decodes each row of ``ids_NxL``."""
-    return [decode(row) for row in np.asarray(ids_NxL)]
+    return BYTES.decode_batch(ids_NxL)
 
 
 # --- Word-level vocabulary --------------------------------------------------------------------
@@ -129,6 +123,7 @@ class TextTokenizer:
         return ids_L, mask_L
 
     def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Encodes several texts: ``(ids [N, max_len], mask [N, max_len])``, int32."""
         pairs = [self.encode(t, max_len) for t in texts]
         if not pairs:
             empty_NxL = np.zeros((0, max_len), dtype=np.int32)
@@ -152,3 +147,6 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer(words={len(self.words)})" if self.words else "TextTokenizer(bytes)"
+
+
+BYTES = TextTokenizer()  # the UTF-8 byte tokenizer behind the module-level functions
