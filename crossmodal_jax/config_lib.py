@@ -118,6 +118,11 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     c.cond_pool_hidden = 0
     # X→text, vector conditions: dropout rate on the source's code-vector features in training.
     c.cond_dropout = 0.0
+    # With "vectors": widths of convolutions over the source's code grid before the DiT reads it
+    # (models/condition_stem.py; () = none). Their features are grouped by cond_patch, and their
+    # max/mean over the grid, which do not move when the content moves, make the adaLN vector.
+    c.cond_conv = ()
+    c.cond_conv_kernel = ()  # the stem's kernel, one size per axis of the code grid; () = 3s
     c.update(overrides)
     return c
 

@@ -103,6 +103,13 @@ def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
             cond["cond_feature_dim"] = config.tokenizer.model.code_dim * group
             cond["cond_pool_hidden"] = m.get("cond_pool_hidden", 0)
             cond["cond_dropout"] = m.get("cond_dropout", 0.0)
+            if m.get("cond_conv", ()):  # the stem groups its features (source_condition: none)
+                grid = tuple(latent_grid(config))
+                cond["cond_conv"] = tuple(m.cond_conv)
+                cond["cond_conv_kernel"] = tuple(m.cond_conv_kernel) or 3
+                cond["cond_grid"] = grid
+                cond["cond_patch"] = tuple(m.cond_patch) or (1,) * len(grid)
+                cond["cond_feature_dim"] = config.tokenizer.model.code_dim
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=text_tokenizer(config).vocab_size, cond_len=text_len)
@@ -171,7 +178,9 @@ def source_condition(config: ml_collections.ConfigDict):
     """What an X→text DiT attends to: the source's code ids or code vectors."""
     m = config.generator.model
     make = SOURCE_CONDITIONS[m.cond_input]
-    return make(build_tokenizer(config), task(config).source, tuple(m.get("cond_patch", ())))
+    # With a conv stem the DiT sees the whole grid and groups the stem's features itself.
+    patch = () if m.get("cond_conv", ()) else tuple(m.get("cond_patch", ()))
+    return make(build_tokenizer(config), task(config).source, patch)
 
 
 def _image_summary(ctx: RunContext):
@@ -331,12 +340,12 @@ def masked_stage(ctx: RunContext) -> StageSpec:
 
     def init_variables(key):
         ids = jnp.zeros((1, dit.seq_len), jnp.int32)
-        f = dit.cond_feature_dim
+        length, f = dit.cond_input_shape
         if f:  # code vectors
-            cond = jnp.zeros((1, dit.cond_len, f), jnp.float32)
+            cond = jnp.zeros((1, length, f), jnp.float32)
         else:  # token ids
-            cond = jnp.zeros((1, dit.cond_len), jnp.int32)
-        mask = jnp.ones((1, dit.cond_len), jnp.int32)
+            cond = jnp.zeros((1, length), jnp.int32)
+        mask = jnp.ones((1, length), jnp.int32)
         return dit.init(key, ids, jnp.zeros((1,), jnp.float32), cond, mask)
 
     objective = masked_diffusion_objective(

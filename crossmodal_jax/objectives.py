@@ -12,11 +12,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from crossmodal_jax.augment import Augment
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, masked
+from crossmodal_jax.models.condition_stem import group_codes
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.step import Objective
@@ -153,20 +153,6 @@ def vq_tokens(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenF
         return ids, jnp.ones_like(ids)
 
     return tokens
-
-
-def group_codes(z_BxGxD: jax.Array, patch: tuple[int, ...]) -> jax.Array:
-    """Code grid [B, *grid, D] -> tokens [B, prod(grid / patch), prod(patch) * D]: each token holds
-    the codes of one patch (row-major over patches, then within a patch), like DiT patchify."""
-    grid, d = z_BxGxD.shape[1:-1], z_BxGxD.shape[-1]
-    patch = patch or (1,) * len(grid)
-    split = [z_BxGxD.shape[0]]
-    for g, p in zip(grid, patch, strict=True):
-        split += [g // p, p]
-    n = len(grid)
-    z = z_BxGxD.reshape(*split, d)
-    z = z.transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
-    return z.reshape(z.shape[0], -1, int(np.prod(patch)) * d)
 
 
 def vq_vectors(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:

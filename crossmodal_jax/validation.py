@@ -181,6 +181,17 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
             )
         if patch and config.generator.model.cond_input != "vectors":
             raise UserError("generator.model.cond_patch needs generator.model.cond_input='vectors'")
+        widths = tuple(config.generator.model.get("cond_conv", ()))
+        kernel = tuple(config.generator.model.get("cond_conv_kernel", ()))
+        if widths and config.generator.model.cond_input != "vectors":
+            raise UserError("generator.model.cond_conv needs generator.model.cond_input='vectors'")
+        if any(w < 1 for w in widths):
+            raise UserError(f"generator.model.cond_conv={widths} needs widths >= 1")
+        if kernel and (len(kernel) != len(grid) or any(k < 1 for k in kernel)):
+            raise UserError(
+                f"generator.model.cond_conv_kernel={kernel} needs {len(grid)} sizes >= 1, one "
+                f"per axis of the source's code grid {'x'.join(map(str, grid))}"
+            )
         tok_ckpts = os.path.join(workdir, "tokenizer", "checkpoints")
         if "tokenizer" not in config.stages and "tokenizer" not in checkpointed_stages(workdir):
             raise UserError(

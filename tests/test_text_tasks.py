@@ -147,6 +147,8 @@ def _config(name):
         ("speech2txt", "generator.code_shift", (1, 0, 0), "needs 2 non-negative entries"),
         ("img2txt", "generator.source_affine", (10.0,), "must be .largest angle in degrees"),
         ("video2txt", "generator.source_affine", (10.0, 0.1), "source_affine warps sources"),
+        ("video2txt", "generator.model.cond_conv_kernel", (3, 3), "needs 3 sizes >= 1, one per"),
+        ("img2txt", "generator.model.cond_conv", (8, 0), "cond_conv=.8, 0. needs widths >= 1"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):
@@ -176,7 +178,7 @@ def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, v
 def test_group_codes_is_an_n_d_patchify(grid, patch, pattern):
     import einops
 
-    from crossmodal_jax.objectives import group_codes
+    from crossmodal_jax.models.condition_stem import group_codes
 
     z = np.random.default_rng(0).normal(size=(2, *grid, 3)).astype(np.float32)
     names = ("p1", "p2") if len(grid) == 2 else ("p0", "p1", "p2")

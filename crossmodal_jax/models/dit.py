@@ -141,10 +141,19 @@ class ConditionEmbedder(nn.Module):
     # few thousand sources are easily memorised through the pooled map; dropping features
     # makes the caption depend on many of them.
     dropout: float = 0.0
+    # With feature_dim: > 0 means the caller gives a `summary` [B, summary_dim] of the whole
+    # condition (condition_stem.ConditionStem's max and mean over its grid), and the pooled vector
+    # is an MLP of it instead of a map of every position's features.
+    summary_dim: int = 0
 
     @nn.compact
     def __call__(
-        self, cond_BxL: jax.Array, mask_BxL: jax.Array, *, train: bool = False
+        self,
+        cond_BxL: jax.Array,
+        mask_BxL: jax.Array,
+        *,
+        train: bool = False,
+        summary_BxS: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         length = cond_BxL.shape[1]
         if length > self.max_len:
@@ -161,8 +170,14 @@ class ConditionEmbedder(nn.Module):
             if self.dropout:
                 cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
-            flat_BxF = (cond_BxL * mask[..., None]).reshape(cond_BxL.shape[0], -1)
-            flat_BxF = jnp.pad(flat_BxF, ((0, 0), (0, (self.max_len - length) * self.feature_dim)))
+            if self.summary_dim:
+                if summary_BxS is None:  # unconditional: the null vector replaces it below
+                    summary_BxS = jnp.zeros((cond_BxL.shape[0], self.summary_dim), self.dtype)
+                flat_BxF = summary_BxS
+            else:
+                flat_BxF = (cond_BxL * mask[..., None]).reshape(cond_BxL.shape[0], -1)
+                pad = (self.max_len - length) * self.feature_dim
+                flat_BxF = jnp.pad(flat_BxF, ((0, 0), (0, pad)))
             if self.pool_hidden:
                 flat_BxF = dense(
                     self.pool_hidden, (EMBED, MLP), dtype=self.dtype, name="pool_hidden"
@@ -230,11 +245,13 @@ def condition_vector(
     cond_mask_BxL: jax.Array | None,
     *,
     train: bool = False,
+    summary_BxS: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """(adaLN vector c [B, D], condition tokens [B, L, D] or None, key mask or None).
 
     `cond_ids=None` means unconditional: c uses the null vector (the same parameter as a
     dropped condition) and no condition token is added. A missing mask means all ones.
+    `summary_BxS`: see ConditionEmbedder.summary_dim.
     """
     t_vec = t_embed(jnp.asarray(t_B, jnp.float32).reshape(-1))
     b = t_vec.shape[0]
@@ -245,7 +262,7 @@ def condition_vector(
         return t_vec + vec, None, None
     if cond_mask_BxL is None:
         cond_mask_BxL = jnp.ones(cond_ids_BxL.shape[:2], jnp.float32)
-    tokens, vec = cond_embed(cond_ids_BxL, cond_mask_BxL, train=train)
+    tokens, vec = cond_embed(cond_ids_BxL, cond_mask_BxL, train=train, summary_BxS=summary_BxS)
     return t_vec + vec, tokens, cond_mask_BxL
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from crossmodal_jax.models.condition_stem import ConditionStem, group_codes
 from crossmodal_jax.models.dit import (
     TOKEN_AXES,
     ConditionEmbedder,
@@ -47,8 +49,16 @@ class TokenDiT(nn.Module):
     cond_vocab_size: int = 256
     cond_len: int = 64
     cond_feature_dim: int = 0  # > 0: conditions are f32[B, L, F] vectors (see ConditionEmbedder)
+    # (with cond_conv: F of each code of the grid the stem reads; cond_len counts its tokens)
     cond_pool_hidden: int = 0  # > 0: MLP instead of linear pooling of vector conditions
     cond_dropout: float = 0.0  # dropout on vector conditions' features when train=True
+    # Vector conditions through a ConditionStem (condition_stem.py): conv widths (() = none), its
+    # kernel (one size per axis of cond_grid), the code grid [B, prod(cond_grid), F] fills, and
+    # the patch its features are grouped by into tokens (cond_len = prod(cond_grid / patch)).
+    cond_conv: tuple[int, ...] = ()
+    cond_conv_kernel: int | tuple[int, ...] = 3
+    cond_grid: tuple[int, ...] = ()
+    cond_patch: tuple[int, ...] = ()
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -59,20 +69,35 @@ class TokenDiT(nn.Module):
         self.pos_embed = self.param(
             "pos_embed", partitioned(nn.initializers.normal(0.02), (None, EMBED)), (self.seq_len, d)
         )
+        feature_dim, summary_dim = self.cond_feature_dim, 0
+        self.cond_stem = None
+        if self.cond_conv:
+            self.cond_stem = ConditionStem(
+                self.cond_grid, self.cond_conv, self.cond_conv_kernel, self.cond_patch, self.dtype
+            )
+            feature_dim, summary_dim = self.cond_stem.out_dim, 2 * self.cond_conv[-1]
         self.cond_embed = ConditionEmbedder(
             self.cond_vocab_size,
             self.cond_len,
             d,
-            self.cond_feature_dim,
+            feature_dim,
             dtype=self.dtype,
             pool_hidden=self.cond_pool_hidden,
             dropout=self.cond_dropout,
+            summary_dim=summary_dim,
         )
         self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
         self.blocks = make_blocks(
             self.depth, d, self.num_heads, self.mlp_ratio, self.dtype, self.remat
         )
         self.final_layer = FinalLayer(d, self.vocab_size, dtype=self.dtype)
+
+    @property
+    def cond_input_shape(self) -> tuple[int, int]:
+        """(positions, features) of the condition `__call__` takes (features 0: ids [B, L])."""
+        if self.cond_conv:
+            return int(np.prod(self.cond_grid)), self.cond_feature_dim
+        return self.cond_len, self.cond_feature_dim
 
     def embed_input(self, ids_BxL: jax.Array) -> jax.Array:
         """Target ids (mask token included) -> tokens [B, L, D] with learned positions."""
@@ -91,8 +116,20 @@ class TokenDiT(nn.Module):
         *,
         train: bool = False,
     ) -> jax.Array:
+        summary = None
+        if self.cond_stem is not None and cond_ids_BxL is not None:
+            if cond_mask_BxL is not None:  # one key per patch of codes: kept if any code is
+                grid_mask = cond_mask_BxL.reshape(-1, *self.cond_grid, 1)
+                cond_mask_BxL = group_codes(grid_mask, tuple(self.cond_patch)).max(axis=-1)
+            cond_ids_BxL, summary = self.cond_stem(cond_ids_BxL)
         c_BxD, cond_tokens, cond_mask = condition_vector(
-            self.t_embed, self.cond_embed, t_B, cond_ids_BxL, cond_mask_BxL, train=train
+            self.t_embed,
+            self.cond_embed,
+            t_B,
+            cond_ids_BxL,
+            cond_mask_BxL,
+            train=train,
+            summary_BxS=summary,
         )
         h = joint_blocks(self.blocks, self.embed_input(ids_BxL), c_BxD, cond_tokens, cond_mask)
         return self.final_layer(h, c_BxD).astype(jnp.float32)
