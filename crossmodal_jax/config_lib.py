@@ -123,6 +123,9 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # max/mean over the grid, which do not move when the content moves, make the adaLN vector.
     c.cond_conv = ()
     c.cond_conv_kernel = ()  # the stem's kernel, one size per axis of the code grid; () = 3s
+    # The stem's first conv steps by this, per axis (() = 1s): a fine grid read at its full
+    # resolution, the other layers and the DiT's tokens at a coarser one (cond_patch divides it).
+    c.cond_conv_stride = ()
     c.update(overrides)
     return c
 

@@ -105,11 +105,14 @@ def build_token_dit(config: ml_collections.ConfigDict) -> TokenDiT:
             cond["cond_dropout"] = m.get("cond_dropout", 0.0)
             if m.get("cond_conv", ()):  # the stem groups its features (source_condition: none)
                 grid = tuple(latent_grid(config))
+                stride = tuple(m.get("cond_conv_stride", ())) or (1,) * len(grid)
                 cond["cond_conv"] = tuple(m.cond_conv)
                 cond["cond_conv_kernel"] = tuple(m.cond_conv_kernel) or 3
+                cond["cond_conv_stride"] = stride
                 cond["cond_grid"] = grid
                 cond["cond_patch"] = tuple(m.cond_patch) or (1,) * len(grid)
                 cond["cond_feature_dim"] = config.tokenizer.model.code_dim
+                cond["cond_len"] = grid_len // int(np.prod(stride)) // group
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=grid_len, vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=text_tokenizer(config).vocab_size, cond_len=text_len)

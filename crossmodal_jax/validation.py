@@ -170,28 +170,41 @@ def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) ->
                 f"generator.code_shift={codes} needs {len(grid)} non-negative entries, one per "
                 f"axis of the code grid {'x'.join(map(str, grid))}"
             )
-        patch = tuple(config.generator.model.get("cond_patch", ()))
+        m = config.generator.model
+        widths = tuple(m.get("cond_conv", ()))
+        kernel = tuple(m.get("cond_conv_kernel", ()))
+        stride = tuple(m.get("cond_conv_stride", ()))
+        if widths and m.cond_input != "vectors":
+            raise UserError("generator.model.cond_conv needs generator.model.cond_input='vectors'")
+        if any(w < 1 for w in widths):
+            raise UserError(f"generator.model.cond_conv={widths} needs widths >= 1")
+        for key, value in (("cond_conv_kernel", kernel), ("cond_conv_stride", stride)):
+            if value and (len(value) != len(grid) or any(k < 1 for k in value)):
+                raise UserError(
+                    f"generator.model.{key}={value} needs {len(grid)} sizes >= 1, one per axis "
+                    f"of the source's code grid {'x'.join(map(str, grid))}"
+                )
+        if stride and not widths:
+            raise UserError("generator.model.cond_conv_stride needs generator.model.cond_conv")
+        if stride and any(n % s for n, s in zip(grid, stride, strict=True)):
+            raise UserError(
+                f"generator.model.cond_conv_stride={stride} must divide the source's code grid "
+                f"{'x'.join(map(str, grid))}"
+            )
+        # The DiT's condition tokens group the code grid, or the stem's grid after its stride.
+        token_grid = [n // s for n, s in zip(grid, stride or (1,) * len(grid), strict=True)]
+        patch = tuple(m.get("cond_patch", ()))
         fits = len(patch) == len(grid) and all(
-            p >= 1 and n % p == 0 for n, p in zip(grid, patch, strict=True)
+            p >= 1 and n % p == 0 for n, p in zip(token_grid, patch, strict=True)
         )
         if patch and not fits:
             raise UserError(
                 f"generator.model.cond_patch={patch} must have one divisor per axis of the "
-                f"source's code grid {'x'.join(map(str, grid))}"
+                f"grid {'x'.join(map(str, token_grid))} of the source's codes"
+                + (" after generator.model.cond_conv_stride" if stride else "")
             )
-        if patch and config.generator.model.cond_input != "vectors":
+        if patch and m.cond_input != "vectors":
             raise UserError("generator.model.cond_patch needs generator.model.cond_input='vectors'")
-        widths = tuple(config.generator.model.get("cond_conv", ()))
-        kernel = tuple(config.generator.model.get("cond_conv_kernel", ()))
-        if widths and config.generator.model.cond_input != "vectors":
-            raise UserError("generator.model.cond_conv needs generator.model.cond_input='vectors'")
-        if any(w < 1 for w in widths):
-            raise UserError(f"generator.model.cond_conv={widths} needs widths >= 1")
-        if kernel and (len(kernel) != len(grid) or any(k < 1 for k in kernel)):
-            raise UserError(
-                f"generator.model.cond_conv_kernel={kernel} needs {len(grid)} sizes >= 1, one "
-                f"per axis of the source's code grid {'x'.join(map(str, grid))}"
-            )
         tok_ckpts = os.path.join(workdir, "tokenizer", "checkpoints")
         if "tokenizer" not in config.stages and "tokenizer" not in checkpointed_stages(workdir):
             raise UserError(

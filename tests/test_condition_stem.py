@@ -53,6 +53,14 @@ def test_the_summary_does_not_move_with_the_content_and_the_tokens_do(
         stem.apply(params, x[:, :-1])
 
 
+def test_a_strided_stem_reads_a_fine_grid_into_fewer_tokens():
+    stem = ConditionStem((4, 8, 8), (6, 5), (1, 3, 3), patch=(4, 2, 2), stride=(1, 2, 2))
+    assert stem.num_tokens == 4  # 4x8x8 -> 4x4x4 after the stride -> 1x2x2 patches
+    x = jax.random.normal(jax.random.key(0), (2, 256, 3))
+    tokens, summary = stem.apply(stem.init(jax.random.key(1), x), x)
+    assert tokens.shape == (2, 4, 4 * 2 * 2 * 5) and summary.shape == (2, 10)
+
+
 def test_group_codes_of_the_stem_is_the_identity_for_unit_patches():
     z = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
     np.testing.assert_array_equal(group_codes(z, (1, 1)), z.reshape(2, 24, 3))

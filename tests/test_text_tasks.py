@@ -149,6 +149,7 @@ def _config(name):
         ("video2txt", "generator.source_affine", (10.0, 0.1), "source_affine warps sources"),
         ("video2txt", "generator.model.cond_conv_kernel", (3, 3), "needs 3 sizes >= 1, one per"),
         ("img2txt", "generator.model.cond_conv", (8, 0), "cond_conv=.8, 0. needs widths >= 1"),
+        ("img2txt", "generator.model.cond_conv_stride", (2, 2), "cond_conv_stride needs generat"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):

@@ -37,22 +37,31 @@ def group_codes(z_BxGxD: jax.Array, patch: tuple[int, ...]) -> jax.Array:
 class ConditionStem(nn.Module):
     """Code vectors [B, prod(grid), F] (row-major over `grid`) -> (tokens, summary).
 
-    tokens [B, prod(grid / patch), prod(patch) * features[-1]]: the last conv layer's features,
-    grouped by `patch`; summary [B, 2 * features[-1]]: their max and mean over the whole grid.
-    Each layer is a SAME-padded conv of `kernel` (an int, or one size per grid axis; a 3-axis grid uses the
-    (2+1)-D factorized conv, layers.conv) followed by GELU.
+    tokens [B, prod(grid / stride / patch), prod(patch) * features[-1]]: the last conv layer's
+    features, grouped by `patch`; summary [B, 2 * features[-1]]: their max and mean over the
+    whole grid. Each layer is a SAME-padded conv of `kernel` (an int, or one size per grid axis;
+    a 3-axis grid uses the (2+1)-D factorized conv, layers.conv) followed by GELU; the first one
+    steps by `stride` (one per axis; () = 1s): a fine code grid read at full resolution, the
+    later layers and the DiT at a coarser one.
     """
 
     grid: tuple[int, ...]
     features: tuple[int, ...]
     kernel: int | tuple[int, ...]
     patch: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
     dtype: jnp.dtype = jnp.float32
 
     @property
     def out_dim(self) -> int:
         """Feature size of one token."""
         return int(np.prod(self.patch or (1,))) * self.features[-1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per example: the grid over the first layer's stride, over `patch`."""
+        stride, patch = self.stride or (1,) * len(self.grid), self.patch or (1,) * len(self.grid)
+        return int(np.prod([g // s // p for g, s, p in zip(self.grid, stride, patch, strict=True)]))
 
     @nn.compact
     def __call__(self, codes_BxNxF: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -61,8 +70,12 @@ class ConditionStem(nn.Module):
             raise ValueError(f"{n} condition vectors do not fill the code grid {self.grid}")
         x = codes_BxNxF.reshape(b, *self.grid, f).astype(self.dtype)
         for i, width in enumerate(self.features):
-            layer = conv(width, self.kernel, ndim=len(self.grid), dtype=self.dtype, name=f"conv{i}")
+            stride = (self.stride or 1) if i == 0 else 1
+            layer = conv(
+                width, self.kernel, strides=stride, ndim=len(self.grid), dtype=self.dtype,
+                name=f"conv{i}",
+            )  # fmt: skip
             x = nn.gelu(layer(x), approximate=True)
-        flat_BxNxC = x.reshape(b, n, x.shape[-1])
+        flat_BxNxC = x.reshape(b, -1, x.shape[-1])
         summary = jnp.concatenate([flat_BxNxC.max(axis=1), flat_BxNxC.mean(axis=1)], axis=-1)
         return group_codes(x, tuple(self.patch)), summary

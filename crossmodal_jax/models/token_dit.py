@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossmodal_jax.models.condition_stem import ConditionStem, group_codes
+from crossmodal_jax.models.condition_stem import ConditionStem
 from crossmodal_jax.models.dit import (
     TOKEN_AXES,
     ConditionEmbedder,
@@ -53,10 +53,11 @@ class TokenDiT(nn.Module):
     cond_pool_hidden: int = 0  # > 0: MLP instead of linear pooling of vector conditions
     cond_dropout: float = 0.0  # dropout on vector conditions' features when train=True
     # Vector conditions through a ConditionStem (condition_stem.py): conv widths (() = none), its
-    # kernel (one size per axis of cond_grid), the code grid [B, prod(cond_grid), F] fills, and
-    # the patch its features are grouped by into tokens (cond_len = prod(cond_grid / patch)).
+    # kernel and first layer's stride (per axis of cond_grid), the code grid [B, prod(cond_grid),
+    # F] fills, and the patch its features are grouped by into cond_len tokens.
     cond_conv: tuple[int, ...] = ()
     cond_conv_kernel: int | tuple[int, ...] = 3
+    cond_conv_stride: tuple[int, ...] = ()
     cond_grid: tuple[int, ...] = ()
     cond_patch: tuple[int, ...] = ()
     dtype: jnp.dtype = jnp.float32
@@ -73,7 +74,12 @@ class TokenDiT(nn.Module):
         self.cond_stem = None
         if self.cond_conv:
             self.cond_stem = ConditionStem(
-                self.cond_grid, self.cond_conv, self.cond_conv_kernel, self.cond_patch, self.dtype
+                self.cond_grid,
+                self.cond_conv,
+                self.cond_conv_kernel,
+                self.cond_patch,
+                self.cond_conv_stride,
+                self.dtype,
             )
             feature_dim, summary_dim = self.cond_stem.out_dim, 2 * self.cond_conv[-1]
         self.cond_embed = ConditionEmbedder(
@@ -118,10 +124,10 @@ class TokenDiT(nn.Module):
     ) -> jax.Array:
         summary = None
         if self.cond_stem is not None and cond_ids_BxL is not None:
-            if cond_mask_BxL is not None:  # one key per patch of codes: kept if any code is
-                grid_mask = cond_mask_BxL.reshape(-1, *self.cond_grid, 1)
-                cond_mask_BxL = group_codes(grid_mask, tuple(self.cond_patch)).max(axis=-1)
             cond_ids_BxL, summary = self.cond_stem(cond_ids_BxL)
+            if cond_mask_BxL is not None:  # the convs read the whole grid: kept whole or dropped
+                keep_B = jnp.max(cond_mask_BxL, axis=1, keepdims=True)
+                cond_mask_BxL = jnp.broadcast_to(keep_B, cond_ids_BxL.shape[:2])
         c_BxD, cond_tokens, cond_mask = condition_vector(
             self.t_embed,
             self.cond_embed,
