@@ -211,6 +211,8 @@ def text_task_smoke(c: ml_collections.ConfigDict, num_examples: int = 16) -> Non
     """The `:smoke` variant of an X→text config: tiny models, a few steps, a few test examples."""
     c.tokenizer.model.update(channels=8, num_codes=32)
     c.generator.model.update(hidden_size=32, depth=1, num_heads=2)
+    if c.generator.model.cond_conv:  # the stem still runs, one narrow layer
+        c.generator.model.cond_conv = (8,)
     c.generator.sample.steps = 4
     c.eval.update(num_examples=num_examples, batch_size=num_examples)
     smoke_train(c.tokenizer)
