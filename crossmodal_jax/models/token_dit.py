@@ -70,7 +70,7 @@ class TokenDiT(nn.Module):
         self.pos_embed = self.param(
             "pos_embed", partitioned(nn.initializers.normal(0.02), (None, EMBED)), (self.seq_len, d)
         )
-        feature_dim, summary_dim = self.cond_feature_dim, 0
+        feature_dim, summary_dim, cond_len = self.cond_feature_dim, 0, self.cond_len
         self.cond_stem = None
         if self.cond_conv:
             self.cond_stem = ConditionStem(
@@ -82,9 +82,10 @@ class TokenDiT(nn.Module):
                 self.dtype,
             )
             feature_dim, summary_dim = self.cond_stem.out_dim, 2 * self.cond_conv[-1]
+            cond_len = self.cond_stem.num_tokens
         self.cond_embed = ConditionEmbedder(
             self.cond_vocab_size,
-            self.cond_len,
+            cond_len,
             d,
             feature_dim,
             dtype=self.dtype,
