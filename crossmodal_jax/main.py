@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,8 +22,21 @@ from crossmodal_jax.errors import UserError, fail, last_line, one_line
 from crossmodal_jax.guards import Preempted
 from crossmodal_jax.metrics import quiet_library_logs
 
+
+def available_configs() -> list[str]:
+    """The config files shipped in `configs/` (of the working directory, else of the checkout)."""
+    for root in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
+        if root.is_dir():
+            return sorted(f"configs/{p.name}" for p in root.glob("*.py") if p.name[0] != "_")
+    return []
+
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/vqdit_img.py[:smoke].", lock_config=True
+    "config",
+    None,
+    "Config file[:variant], e.g. configs/vqdit_img.py or configs/img2txt.py:smoke; available: "
+    + (", ".join(available_configs()) or "none found in ./configs"),
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -54,6 +68,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad config path or override key is one line, not a traceback."""
     try:
         rest = flags.FLAGS(argv)
+        if _CONFIG.value is None:
+            fail(
+                "--config is required; available: "
+                + (", ".join(available_configs()) or "none found in ./configs")
+            )
         _CONFIG.value.keys()  # config files load lazily: surface their errors here
         return rest
     except flags.UnrecognizedFlagError as e:

@@ -167,3 +167,18 @@ def test_missing_config_file_is_one_line(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "configs/nope.py" in lines[0], result.stderr[-2000:]
+
+
+def test_no_config_names_the_available_ones_and_help_lists_them(tmp_path):
+    result = run_cli("main", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --config is required"), result.stderr
+    shipped = sorted(f"configs/{name}" for name in os.listdir("configs") if name.endswith(".py"))
+    assert lines[0].endswith("available: " + ", ".join(shipped))
+    assert not os.path.exists(tmp_path / "run")
+    help_text = " ".join(run_cli("main", "--help").stdout.split())  # absl wraps the lines
+    for flag in ("--config", "--workdir", "--coordinator_address", "--num_processes"):
+        assert flag in help_text
+    for config in shipped:
+        assert config in help_text
