@@ -23,19 +23,20 @@ from crossmodal_jax.guards import Preempted
 from crossmodal_jax.metrics import quiet_library_logs
 
 
-def available_configs() -> list[str]:
+def available_configs() -> str:
     """The config files shipped in `configs/` (of the working directory, else of the checkout)."""
     for root in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
         if root.is_dir():
-            return sorted(f"configs/{p.name}" for p in root.glob("*.py") if p.name[0] != "_")
-    return []
+            names = sorted(f"configs/{p.name}" for p in root.glob("*.py") if p.name[0] != "_")
+            return ", ".join(names) or "none"
+    return "none found in ./configs"
 
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
     "Config file[:variant], e.g. configs/vqdit_img.py or configs/img2txt.py:smoke; available: "
-    + (", ".join(available_configs()) or "none found in ./configs"),
+    + available_configs(),
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
@@ -69,10 +70,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = flags.FLAGS(argv)
         if _CONFIG.value is None:
-            fail(
-                "--config is required; available: "
-                + (", ".join(available_configs()) or "none found in ./configs")
-            )
+            fail(f"--config is required; available: {available_configs()}")
         _CONFIG.value.keys()  # config files load lazily: surface their errors here
         return rest
     except flags.UnrecognizedFlagError as e:
