@@ -281,6 +281,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train every stage in `config.stages`, evaluate, write metrics.json; returns the metrics."""
     from crossmodal_jax import evaluate, stages, validation  # stage builders import the models
 
+    t_run = time.perf_counter()
     try:
         mesh = sharding.make_mesh(dict(config.mesh.shape))
     except ValueError as e:
@@ -306,9 +307,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
         log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
-        log.info(
-            "wrote %s and %s",
-            os.path.join(workdir, "metrics.json"),
-            write_report(workdir, config, metrics),
-        )
+        try:  # a bug in the report must not fail a finished run; its traceback is still logged
+            report = write_report(workdir, config, metrics, time.perf_counter() - t_run)
+        except Exception:
+            log.exception("report.html not written")
+            report = "no report (error above)"
+        log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"), report)
     return metrics
