@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.text_words = ""  # caption tokenizer: "" = UTF-8 bytes (prompts may be any text)
     c.data.text_max_len = 32  # caption length in UTF-8 byte tokens (incl. end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
+    config_lib.tfds_data(c.data, "image")  # keys of data.name="tfds" (prepared TFDS datasets)
 
     c.mesh = config_lib.mesh()
 
@@ -66,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.generator.diffusion.timesteps = 50
         c.generator.sample.steps = 4
         c.eval.samples_per_prompt = 2
+        c.eval.update(num_examples=32, batch_size=32)  # distribution metrics of 32 test images
         config_lib.smoke_train(c.tokenizer)
         config_lib.smoke_train(c.generator)
     unknown = set(variants) - {"", "smoke", "masked"}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from crossmodal_jax import data
+from crossmodal_jax import data, evaluate_images, generation
 from crossmodal_jax.evaluate_text import digit_naming_accuracy, examples_table, text_metrics
 from crossmodal_jax.metrics import MetricWriter, save_png
 from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
@@ -87,17 +87,24 @@ def digit_prompts(per_digit: int) -> tuple[list[str], np.ndarray]:
     return prompts, labels
 
 
-def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, float], np.ndarray]:
-    """Generate `per_digit` images for each "the digit <word>" prompt and classify them."""
+def generate_for_prompts(ctx, generator_state, prompts: list[str]) -> np.ndarray:
+    """One image per prompt (in order), in [-1, 1], from the run's EMA generator."""
     from crossmodal_jax import generator_stages, stages
 
     config = ctx.config
     generate = generator_stages.image_generator(config)
-    prompts, labels = digit_prompts(per_digit)
     ids, mask = stages.text_tokenizer(config).encode_batch(prompts, config.data.text_max_len)
     key = jax.random.fold_in(jax.random.key(config.seed), 10**9)
-    state = generator_state
-    images = np.asarray(generate(state.ema_params, state.model_state, ids, mask, key))
+    return generation.generate_in_batches(
+        generate, generator_state, ids, mask, key, config.eval.batch_size
+    )
+
+
+def sample_accuracy(ctx, generator_state, per_digit: int) -> tuple[dict[str, float], np.ndarray]:
+    """Generate `per_digit` images for each "the digit <word>" prompt and classify them."""
+    config = ctx.config
+    prompts, labels = digit_prompts(per_digit)
+    images = generate_for_prompts(ctx, generator_state, prompts)
     pred = classify_images(images, config.data.name, config.data.data_dir or None)
     per_class = {
         f"sample_digit_accuracy/{w}": float(np.mean(pred[labels == i] == i))
@@ -110,6 +117,9 @@ def _digits_references(caption: str, label: int) -> list[str]:
     # Every template is a right caption of a digits image: score against all of them.
     return [t.format(word=data.NUMBER_WORDS[label]) for t in data.CAPTION_TEMPLATES]
 
+
+# Text→image datasets of the embedded 8×8 digits, judged by the SVC (digit_classifier).
+DIGIT_DATASETS = ("digits",)
 
 # Datasets whose examples have several acceptable captions; others use their own caption only.
 MULTI_REFERENCES = {"digits": _digits_references}
@@ -142,7 +152,7 @@ def caption_test_split(ctx, generator_state) -> tuple[dict[str, float], list[dic
     multi = MULTI_REFERENCES.get(config.data.name)
     references = [multi(r, y) if multi else [r] for r, y in zip(refs, labels, strict=True)]
     metrics = {f"test_{k}": v for k, v in text_metrics(hyps, references).items()}
-    if labels[0] is not None:  # the dataset knows which digit each input shows
+    if labels[0] is not None and stages.labels_are_digits(config):  # which digit each input shows
         metrics["test_digit_accuracy"] = digit_naming_accuracy(hyps, labels)
     rows = [
         {"index": i, "text": h, "reference": r}
@@ -205,11 +215,18 @@ def evaluate_run(ctx) -> dict[str, float]:
         if jax.process_index() == 0:
             _write_caption_results(ctx, caption_metrics, rows)
         return metrics
-    per_digit = config.eval.samples_per_prompt
-    acc, samples = sample_accuracy(ctx, state, per_digit)
-    metrics.update(acc)
-    if jax.process_index() == 0:
+    per_prompt = config.eval.samples_per_prompt
+    if config.data.name in DIGIT_DATASETS:  # the SVC judge knows these images
+        acc, samples = sample_accuracy(ctx, state, per_prompt)
+        metrics.update(acc)
+        rows = "'the digit zero' ... 'the digit nine'"
+    else:  # a grid of the configured prompts, if any
+        prompts = [p for p in config.eval.prompts for _ in range(per_prompt)]
+        samples = generate_for_prompts(ctx, state, prompts) if prompts else None
+        rows = ", ".join(repr(p) for p in config.eval.prompts)
+    metrics.update(evaluate_images.image_distribution_metrics(ctx, state))
+    if jax.process_index() == 0 and samples is not None:
         path = os.path.join(ctx.workdir, "samples.png")
-        save_png(path, stages.picture_grid("image", samples, cols=per_digit))
-        log.info("sample grid (rows: 'the digit zero' ... 'the digit nine'): %s", path)
+        save_png(path, stages.picture_grid("image", samples, cols=per_prompt))
+        log.info("sample grid (rows: %s): %s", rows, path)
     return metrics

@@ -185,3 +185,23 @@ def make_text_generator(
         )
 
     return generate
+
+
+def generate_in_batches(
+    generate, state, ids: np.ndarray, mask: np.ndarray, key: jax.Array, batch_size: int
+) -> np.ndarray:
+    """Images for caption ids [N, L] in batches of exactly `batch_size` (the last one padded), so
+    the sampler compiles once for every caller (prompt grids, the test split)."""
+    out = []
+    for i, start in enumerate(range(0, len(ids), batch_size)):
+        n = min(batch_size, len(ids) - start)
+        pad = [(0, batch_size - n), (0, 0)]
+        images = generate(
+            state.ema_params,
+            state.model_state,
+            np.pad(ids[start : start + n], pad, mode="edge"),
+            np.pad(mask[start : start + n], pad, mode="edge"),
+            jax.random.fold_in(key, i),
+        )
+        out.append(np.asarray(images)[:n])
+    return np.concatenate(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.evaluate_text import examples_table
 from crossmodal_jax.generation import (
+    generate_in_batches,
     make_image_generator,
     make_masked_image_generator,
     make_text_generator,
@@ -142,8 +144,22 @@ def latent_statistics(config, tokenizer, tok_vars, mesh, num_batches: int = 8) -
     }
 
 
+# One jitted sampler per config, shared by the training summaries and the final evaluation: with
+# batches padded to eval.batch_size (generation.generate_in_batches) a run compiles it once.
+_IMAGE_GENERATORS: dict[str, Any] = {}
+
+
 def image_generator(config: ml_collections.ConfigDict):
     """The jitted text→image sampler: fn(params, model_state, ids, mask, key) -> images."""
+    key = config.to_json()
+    if key not in _IMAGE_GENERATORS:
+        if len(_IMAGE_GENERATORS) >= 4:  # a process rarely holds more configs (tests, sweeps)
+            _IMAGE_GENERATORS.clear()
+        _IMAGE_GENERATORS[key] = _build_image_generator(config)
+    return _IMAGE_GENERATORS[key]
+
+
+def _build_image_generator(config: ml_collections.ConfigDict):
     sample_cfg = config.generator.sample
     if config.generator.diffusion.process == "masked":
         return make_masked_image_generator(
@@ -198,7 +214,7 @@ def _image_summary(ctx: RunContext):
 
     def summarize(state, step, writer: MetricWriter):
         key = jax.random.fold_in(jax.random.key(config.seed), step)
-        images = np.asarray(generate(state.ema_params, state.model_state, ids, mask, key))
+        images = generate_in_batches(generate, state, ids, mask, key, config.eval.batch_size)
         for i, prompt in enumerate(prompts):
             tag = "samples/" + prompt.replace(" ", "_")  # TensorBoard tags have no spaces
             writer.image(step, tag, picture_grid("image", images[i * n : (i + 1) * n], cols=n))

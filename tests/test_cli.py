@@ -61,11 +61,15 @@ def test_smoke_run_writes_every_artifact(smoke_run):
         "test_codebook_usage",
         "test_codebook_perplexity",
         "sample_digit_accuracy",
+        "test_classifier_fd",
+        "test_sample_class_accuracy",
+        "test_real_class_accuracy",
     ):
         assert key in metrics and np.isfinite(metrics[key]), key
+    assert metrics["test_real_class_accuracy"] > 0.85  # the feature classifier knows real digits
     assert os.path.isfile(os.path.join(workdir, "samples.png"))
-    report = open(os.path.join(workdir, "report.md")).read()
-    assert "test_psnr_db" in report and "![samples.png](samples.png)" in report
+    report = open(os.path.join(workdir, "report.html")).read()
+    assert "test_psnr_db" in report and 'alt="samples.png"' in report
     assert os.path.isfile(os.path.join(workdir, "tokenizer", "reconstructions_000006.png"))
     assert os.path.isfile(os.path.join(workdir, "generator", "samples_000006.png"))
     config = json.load(open(os.path.join(workdir, "config.json")))
