@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
 
     config_lib.folder_data(c.data, "image")  # keys of data.name="folder" (user data)
+    config_lib.tfds_data(c.data, "image")  # keys of data.name="tfds" (prepared TFDS datasets)
 
     c.mesh = config_lib.mesh()
 

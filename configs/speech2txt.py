@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.audio.fmax = 8000.0  # highest mel band edge (Hz)
 
     config_lib.folder_data(c.data, "audio")  # keys of data.name="folder" (user data)
+    config_lib.tfds_data(c.data, "audio")  # keys of data.name="tfds" (prepared TFDS datasets)
 
     c.mesh = config_lib.mesh()
 

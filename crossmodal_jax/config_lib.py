@@ -65,12 +65,29 @@ def folder_data(data: ml_collections.ConfigDict, modality: str, **overrides) -> 
     data.path = ""  # data.name="folder": DIR holding train/ and test/, each with captions.jsonl
     data.modality = modality  # the folder's files: "image" | "audio" | "video"
     data.skip_bad_records = False  # bad file/caption line: False stops the run; True skips it
-    if modality in ("image", "video"):
+    _media_keys(data, modality)
+    data.update(overrides)
+
+
+def tfds_data(data: ml_collections.ConfigDict, modality: str, **overrides) -> None:
+    """Adds the keys of `data.name = "tfds"` (crossmodal_jax/data/tfds_sources.py) to a config's
+    data block; `modality` is the config's ("image" adds image_size and channels if missing)."""
+    # data.name="tfds": mnist | cifar10 | coco_captions | librispeech | ucf101, optionally with
+    # "/config" or ":version"; prepared in data.data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    data.tfds_name = ""
+    data.tfds_train_split = ""  # TFDS split trained on, e.g. "train[:10%]"; "" = the dataset's
+    data.tfds_test_split = ""  # TFDS split evaluated, e.g. "test[:500]"; "" = the dataset's
+    _media_keys(data, modality)
+    data.update(overrides)
+
+
+def _media_keys(data: ml_collections.ConfigDict, modality: str) -> None:
+    """How user data (folder, tfds) is converted; added once, whichever helper comes first."""
+    if modality in ("image", "video") and "image_size" not in data:
         data.image_size = 8 if modality == "image" else 32  # images/frames resized to this square
         data.channels = 1  # 1 = grayscale, 3 = RGB
-    if modality == "video":
+    if modality == "video" and "frames" not in data:
         data.frames = 8  # clips centre-cut, or padded with their last frame, to this many frames
-    data.update(overrides)
 
 
 def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
@@ -165,6 +182,12 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     c.samples_per_prompt = 8  # text→image: images per prompt in grids and the digit accuracy
     c.prompts = ()  # text→image: prompts shown in sample grids
     c.num_examples = 0  # test examples evaluated at the end (0 = the whole split)
+    # text→image: train images the small feature classifier learns from (0 = all); its hidden
+    # layer is the space of the classifier Fréchet distance (evaluate_images.py).
+    c.classifier_examples = 10000
+    # text→image: InceptionV3 weights of pytorch-fid (.npz, or .pth with torch installed) for
+    # FID and Inception Score; "" = none (nothing is downloaded).
+    c.inception_weights = ""
     c.update(overrides)
     return c
 

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from crossmodal_jax import data, tasks
 from crossmodal_jax.checkpoint import StageCheckpointer
 from crossmodal_jax.data import features as feature_lib
-from crossmodal_jax.data import folders, sources
+from crossmodal_jax.data import folders, sources, tfds_sources
 from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.metrics import MetricWriter, image_grid, save_png
@@ -45,7 +45,16 @@ def source(config: ml_collections.ConfigDict, split: str):
     """The configured dataset's split as a grain random-access source."""
     if config.data.name == folders.NAME:  # validated once per process, then cached
         return folders.get_source(config.data, split)
+    if config.data.name == tfds_sources.NAME:  # opened once per process, then cached
+        return tfds_sources.get_source(config.data, split)
     return data.get_source(config.data.name, split, config.data.data_dir or None)
+
+
+def labels_are_digits(config: ml_collections.ConfigDict) -> bool:
+    """Whether the dataset's labels are the digit its captions name (digit-naming accuracy)."""
+    if config.data.name == tfds_sources.NAME:
+        return tfds_sources.spec_of(config.data).digit_labels
+    return True  # embedded datasets: their labels are digits; folders have none
 
 
 def text_words(config) -> tuple[str, ...]:
@@ -90,6 +99,8 @@ def features(config: ml_collections.ConfigDict):
     transform = FEATURES[sources.modality_of(config.data)](config)
     if config.data.name == folders.NAME:  # no labels: no "label" in batches
         return folders.WithoutLabel(transform)
+    if config.data.name == tfds_sources.NAME and not tfds_sources.spec_of(config.data).has_labels:
+        return folders.WithoutLabel(transform)  # captions or transcripts only
     return transform
 
 
@@ -98,6 +109,8 @@ def _input_shape(config_json: str) -> tuple[int, ...]:
     config = ml_collections.ConfigDict(json.loads(config_json))
     if config.data.name == folders.NAME:  # from the config: sampling needs no training folder
         record = folders.example_record(folders.FolderFormat.from_config(config.data))
+    elif config.data.name == tfds_sources.NAME:  # nor the TFDS dataset
+        record = tfds_sources.example_record(config.data)
     else:
         record = source(config, "train")[0]
     example = features(config).map(record)

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from crossmodal_jax import sharding, stages, tasks
-from crossmodal_jax.data import folders, sources
+from crossmodal_jax.data import folders, sources, tfds_sources
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.dit import DIT_PRESETS
@@ -55,14 +55,18 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:  # unknown dataset
         raise UserError(str(e)) from e
     if modality != task.continuous:
+        named = f"data.name={config.data.name!r}"
+        if config.data.name == tfds_sources.NAME:
+            named = f"data.tfds_name={config.data.tfds_name!r}"
         raise UserError(
-            f"task {task.name!r} needs a dataset of {task.continuous}s, but data.name="
-            f"{config.data.name!r} holds {modality}s"
+            f"task {task.name!r} needs a dataset of {task.continuous}s, but {named} holds "
+            f"{modality}s"
         )
     if config.data.name == folders.NAME and not task.generates_text:
         # evaluate.py judges text→image samples with a classifier of the embedded digits.
         raise UserError(f"data.name='folder' serves X→text tasks only, not {task.name!r}")
-    if config.data.name == folders.NAME and modality == "video" and config.data.frame_size:
+    converted = config.data.name in (folders.NAME, tfds_sources.NAME)  # frames to image_size
+    if converted and modality == "video" and config.data.frame_size:
         if config.data.image_size % config.data.frame_size:
             raise UserError(
                 f"data.image_size={config.data.image_size} is not a multiple of "
@@ -70,7 +74,8 @@ def check_names(config: ml_collections.ConfigDict) -> None:
             )
     try:
         # Both splits: a bad test file must stop the run now, not after training. Folders are
-        # validated file by file here, before anything is compiled or written.
+        # validated file by file here, and TFDS datasets opened (prepared?), before anything is
+        # compiled or written.
         for split in ("train", "test"):
             stages.source(config, split)
     except (ValueError, RuntimeError) as e:  # a bad dataset, or its builder is missing a tool
@@ -95,6 +100,9 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("condition input", config.generator.model.cond_input, SOURCE_CONDITIONS)
     if config.generator.model.preset:
         _check("DiT preset", config.generator.model.preset, DIT_PRESETS)
+    weights = config.eval.inception_weights
+    if weights and not os.path.isfile(os.path.expanduser(weights)):  # not after hours of training
+        raise UserError(f"eval.inception_weights: no such file {weights!r}")
 
 
 def check_combinations(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:

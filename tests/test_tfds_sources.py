@@ -1,0 +1,285 @@
+"""TFDS sources (data/tfds_sources.py): every dataset through the real loading code, offline.
+
+`tfds.testing.mock_data` replaces what `tfds.data_source` reads (random examples of the dataset's
+real features, from its builder code: no metadata or network needed); everything else is ours: the
+shipped config with `data.name="tfds"`, validation, the source, the record conversion, the
+features and the model input shape. librispeech, ucf101 and coco_captions need tensorflow (the
+`tfds` extra, which `make test` installs), and so does preparing a dataset: one mnist is prepared
+for real (two fake examples a split) and read without any mock.
+"""
+
+import importlib.util
+import os
+import pickle
+import tempfile
+from unittest import mock
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossmodal_jax import stages, validation
+from crossmodal_jax.data import files, tfds_sources
+from crossmodal_jax.errors import UserError
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEEDS_TF = pytest.mark.skipif(
+    not tfds_sources.tensorflow_installed(), reason='needs tensorflow: pip install -e ".[tfds]"'
+)
+N = 4  # mock examples per split
+
+
+def _config(file: str, tfds_name: str, **data) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(file, os.path.join(ROOT, "configs", f"{file}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.data.update(name="tfds", tfds_name=tfds_name, data_dir="/nonexistent/tfds")
+    config.data.update(data)
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sources(tmp_path, monkeypatch):
+    tfds_sources.clear_cache()  # sources opened under another mock must not be reused
+    # tfds leaves an empty mkdtemp("tfds") behind each time it builds an unprepared dataset's
+    # info (DatasetInfo.initialize_from_bucket): let them land where pytest cleans up.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    yield
+    tfds_sources.clear_cache()
+
+
+def _mocked():
+    return tfds.testing.mock_data(num_examples=N, policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+def _one_line(call, *args) -> str:
+    with pytest.raises(UserError) as info:
+        call(*args)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    return message
+
+
+# (config file, tfds_name, data overrides, the record's media key, a caption check)
+CASES = {
+    "mnist_text2image": ("vqdit_img", "mnist", {}, "image"),
+    "mnist_image2text": ("img2txt", "mnist", {}, "image"),
+    "cifar10_rgb": (
+        "img2txt",
+        "cifar10",
+        dict(text_words="", text_max_len=32, image_size=16, channels=3),
+        "image",
+    ),
+    "coco_captions_text2image": ("vqdit_img", "coco_captions", {}, "image"),
+    "coco_captions_image2text": (
+        "img2txt",
+        "coco_captions",
+        dict(text_words="", text_max_len=48),
+        "image",
+    ),
+    "librispeech": ("speech2txt", "librispeech", dict(text_words="", text_max_len=48), "audio"),
+    "ucf101": ("video2txt", "ucf101", dict(text_words="", text_max_len=32), "video"),
+}
+TF_CASES = {"coco_captions_text2image", "coco_captions_image2text", "librispeech", "ucf101"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=NEEDS_TF) if c in TF_CASES else c for c in CASES]
+)
+def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
+    file, name, overrides, media = CASES[case]
+    config = _config(file, name, **overrides)
+    spec = tfds_sources.TFDS_DATASETS[name]
+    with _mocked():
+        validation.check_names(config)  # opens both splits, as a run does before anything else
+        train, test = stages.source(config, "train"), stages.source(config, "test")
+        assert len(train) == len(test) == N
+        assert test.split == spec.test_split and train.split == spec.train_split
+        record = train[1]
+        example = train._inner[1]  # what tfds.data_source returned for it
+        batch = next(iter(stages.test_batches(config, 2)))
+        source, transform = stages.model_source(config, "train")
+        source = pickle.loads(pickle.dumps(source))  # grain workers unpickle the source
+        shape = stages.input_shape(config)
+
+    # Records: the embedded datasets' fields and dtypes, converted to the configured shapes as
+    # the folder reader and the sample CLI convert the same pixels from files.
+    d = config.data
+    side = (d.image_size, d.image_size) if media != "audio" else ()
+    if media == "image":
+        Image.fromarray(
+            np.squeeze(example["image"], axis=-1) if name == "mnist" else example["image"]
+        ).save(tmp_path / "x.png")
+        expected = files.read_image(tmp_path / "x.png", side, d.channels)
+        assert record["image"].shape == (*side, d.channels)
+    elif media == "video":
+        np.save(tmp_path / "x.npy", example["video"])
+        expected = files.read_video(tmp_path / "x.npy", d.frames, side, d.channels)
+        assert record["video"].shape == (d.frames, *side, d.channels)
+    else:
+        expected = example["speech"]
+    assert record[media].dtype == expected.dtype
+    np.testing.assert_array_equal(record[media], expected)
+    caption = record["caption"].decode()
+    if name == "mnist":
+        assert caption == f"the digit {tfds_sources.NUMBER_WORDS[int(example['label'])]}"
+        assert record["label"] == example["label"]
+    elif name == "cifar10":
+        word = tfds_sources.CIFAR10_CLASSES[int(example["label"])]
+        assert caption == f"a photo of {'an' if word[0] in 'aeiou' else 'a'} {word}"
+    elif name == "ucf101":
+        names = train._inner.dataset_info.features["label"].names
+        assert caption == tfds_sources.class_caption(names[int(example["label"])])
+    elif name == "coco_captions":
+        assert caption == " ".join(tfds_sources._text(example["captions"]["text"][0]).split())
+    else:
+        assert caption == " ".join(tfds_sources._text(example["text"]).lower().split())
+
+    # The model's view: the features of the record, in batches, with the config's input shape.
+    key = stages.task(config).continuous
+    assert transform is None or transform.map(record)[key].shape == shape
+    assert batch[key].shape == (2, *shape) and batch["text"].shape == (2, d.text_max_len)
+    assert len(source) == N
+    # Class datasets keep their labels (the text→image feature classifier learns from them);
+    # only mnist's are the digit its caption names (image→text digit-naming accuracy).
+    spec = tfds_sources.TFDS_DATASETS[name]
+    assert ("label" in batch) == (name in ("mnist", "cifar10", "ucf101")) == spec.has_labels
+    assert stages.labels_are_digits(config) == (name == "mnist")
+
+
+def test_mnist_records_keep_the_pixels_and_train_batches_shuffle(tmp_path):
+    config = _config("img2txt", "mnist", image_size=28)  # mnist's own size: no resizing
+    config.tokenizer.train.batch_size = 2
+    with _mocked():
+        source = stages.source(config, "train")
+        for i in range(N):
+            np.testing.assert_array_equal(source[i]["image"], source._inner[i]["image"])
+        iterator = stages.train_iterator_factory(config, config.tokenizer.train)()
+        batches = [next(iterator) for _ in range(4)]  # two epochs
+    assert all(b["image"].shape == (2, 28, 28, 1) for b in batches)
+    labels = sorted(int(y) for b in batches[:2] for y in b["label"])
+    assert labels == sorted(int(source._inner[i]["label"]) for i in range(N))
+
+
+def test_class_names_become_captions():
+    assert tfds_sources.class_caption("ApplyEyeMakeup") == "apply eye makeup"
+    assert tfds_sources.class_caption("YoYo") == "yo yo"
+    assert tfds_sources.class_caption("apply_eye_makeup") == "apply eye makeup"
+    cifar = tfds_sources.TFDS_DATASETS["cifar10"]
+    captions = tfds_sources.label_captions(cifar, tfds_sources.CIFAR10_CLASSES)
+    assert captions[:4] == (
+        "a photo of an airplane",
+        "a photo of an automobile",
+        "a photo of a bird",
+        "a photo of a cat",
+    )
+
+
+# --- one-line errors, before anything is written ----------------------------------------------
+
+
+def test_unprepared_dataset_says_how_to_prepare_it_and_writes_nothing(tmp_path):
+    config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"))
+    message = _one_line(validation.check_names, config)  # no mock: tfds really looks
+    assert f"tfds dataset 'mnist' in {tmp_path / 'tfds'} (data.data_dir) is not prepared" in message
+    assert "tfds.builder('mnist'" in message and "download_and_prepare()" in message
+    assert "file_format='array_record'" in message
+    assert not (tmp_path / "tfds").exists()
+
+
+@pytest.mark.parametrize(
+    "tfds_name, expected",
+    [
+        ("imagenet2012", "unknown data.tfds_name 'imagenet2012'; available: cifar10, coco_"),
+        ("", "data.name='tfds' needs data.tfds_name, one of: cifar10, coco_captions, "),
+    ],
+)
+def test_unknown_tfds_name_is_one_line(tfds_name, expected):
+    assert expected in _one_line(validation.check_names, _config("img2txt", tfds_name))
+
+
+def test_dataset_of_another_modality_is_refused():
+    message = _one_line(validation.check_names, _config("img2txt", "librispeech"))
+    assert (
+        "task 'image2text' needs a dataset of images, but data.tfds_name='librispeech'" in message
+    )
+
+
+def test_captions_must_fit_the_caption_tokenizer():
+    with _mocked():
+        # cifar10 class names are not words of img2txt's digit vocabulary ...
+        message = _one_line(stages.source, _config("img2txt", "cifar10"), "train")
+        assert "caption 'a photo of an airplane' has the word 'photo'" in message
+        assert 'data.text_words=""' in message
+        # ... and with bytes, 8 tokens do not hold them.
+        config = _config("img2txt", "cifar10", text_words="")
+        assert "is 22 UTF-8 bytes; data.text_max_len=8 holds 7" in _one_line(
+            stages.source, config, "train"
+        )
+
+
+@NEEDS_TF
+def test_free_text_captions_need_the_byte_tokenizer():
+    with _mocked():
+        message = _one_line(stages.source, _config("speech2txt", "librispeech"), "train")
+    assert "'librispeech' has free-form captions" in message
+
+
+def test_dataset_that_needs_tensorflow_says_how_to_install_it():
+    with mock.patch.object(tfds_sources, "tensorflow_installed", return_value=False):
+        config = _config("speech2txt", "librispeech", text_words="")
+        message = _one_line(stages.source, config, "train")
+    assert message == (
+        "tfds dataset 'librispeech' needs tensorflow to decode its audio, which is not "
+        'installed: pip install -e ".[tfds]"'
+    )
+
+
+# --- a really prepared dataset ------------------------------------------------------------------
+
+
+def _prepare_fake_mnist(data_dir, file_format: str):
+    """mnist prepared by tfds itself, from two fake examples a split instead of the download."""
+    from tensorflow_datasets.image_classification import mnist
+
+    def split_generators(self, dl_manager):
+        return {"train": self._generate_examples(2), "test": self._generate_examples(2)}
+
+    def generate_examples(self, n):
+        for i in range(n):
+            yield i, {"image": np.full((28, 28, 1), 40 * i + 20, np.uint8), "label": 7 - i}
+
+    with (
+        mock.patch.object(mnist.MNIST, "_split_generators", split_generators),
+        mock.patch.object(mnist.MNIST, "_generate_examples", generate_examples),
+    ):
+        builder = tfds.builder("mnist", data_dir=str(data_dir), file_format=file_format)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+
+
+@NEEDS_TF  # preparing encodes the images with tensorflow (reading them does not)
+def test_prepared_mnist_is_read_without_mocks(tmp_path):
+    pytest.importorskip("importlib_resources")  # tfds 4.9.10 prepares with it, undeclared
+    _prepare_fake_mnist(tmp_path / "tfds", "array_record")
+    config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"), image_size=28)
+    validation.check_names(config)
+    source = pickle.loads(pickle.dumps(stages.source(config, "test")))
+    assert len(source) == 2
+    records = sorted((source[i] for i in range(2)), key=lambda r: int(r["label"]))
+    assert [r["caption"] for r in records] == [b"the digit six", b"the digit seven"]
+    np.testing.assert_array_equal(records[0]["image"], np.full((28, 28, 1), 60, np.uint8))
+
+
+@NEEDS_TF
+def test_mnist_prepared_without_random_access_is_one_line(tmp_path):
+    pytest.importorskip("importlib_resources")
+    _prepare_fake_mnist(tmp_path / "tfds", "tfrecord")
+    config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"))
+    message = _one_line(stages.source, config, "train")
+    assert "is stored as tfrecord, which has no random access; delete " in message
