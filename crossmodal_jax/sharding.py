@@ -16,6 +16,32 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+__all__ = [
+    "BATCH",
+    "CODEBOOK",
+    "CODE_DIM",
+    "CONV_IN",
+    "CONV_OUT",
+    "DATA_AXES",
+    "DEFAULT_RULES",
+    "EMBED",
+    "HEADS",
+    "HEAD_DIM",
+    "MESH_AXES",
+    "MLP",
+    "SEQ",
+    "VOCAB",
+    "batch_sharding",
+    "data_parallel_size",
+    "global_batch",
+    "logical_shardings",
+    "make_mesh",
+    "replicated",
+    "replicated_parameters",
+    "rules_from_config",
+    "strip_boxes",
+]
+
 # Logical axis names used by the models (parameters and activations).
 BATCH = "batch"
 SEQ = "seq"
@@ -132,10 +158,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (scalars, small state, outputs read by all processes)."""
     return NamedSharding(mesh, P())
 
 
 def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch is split: the product of the mesh's data axes (data x fsdp)."""
     return int(np.prod([mesh.shape[a] for a in DATA_AXES]))
 
 

@@ -18,11 +18,23 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+__all__ = [
+    "Objective",
+    "TrainState",
+    "ema_update",
+    "eval_step",
+    "init_state",
+    "make_optimizer",
+    "train_step",
+]
+
 Objective = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
 
 @flax.struct.dataclass
 class TrainState:
+    """Everything one stage's training carries from step to step (a pytree; no RNG: see above)."""
+
     step: jax.Array  # int32 scalar: optimizer steps taken
     params: Any  # trained parameters
     opt_state: Any  # optax state

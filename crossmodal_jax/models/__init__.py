@@ -1,5 +1,6 @@
 """Flax linen models: VQ-VAE tokenizer and Diffusion Transformer generator."""
 
+from crossmodal_jax.models.condition_stem import ConditionStem
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT, DiTBlock
 from crossmodal_jax.models.token_dit import TokenDiT
 from crossmodal_jax.models.vq import VectorQuantizer
@@ -9,6 +10,7 @@ from crossmodal_jax.models.vqvae import VQVAE, latent_shape
 MODELS = {"vqvae": VQVAE, "dit": DiT, "token_dit": TokenDiT}
 
 __all__ = [
+    "ConditionStem",
     "DIT_PRESETS",
     "MODELS",
     "VQVAE",
