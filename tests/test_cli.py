@@ -1,7 +1,9 @@
-"""End to end through the CLIs: main on the smoke config (both stages, resume), sample, errors."""
+"""End to end through the CLIs: main on the smoke config (both stages, resume, two processes),
+sample, errors."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,9 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/vqdit_img.py:smoke"
 
 
+DEVICES = 4  # fake CPU devices of a CLI run: data-parallel (8-device sharding: test_step.py)
+
+
 def run_cli(module, *args, timeout=600):
-    # Two fake devices: the CLI runs data-parallel; the 8-device sharding lives in test_step.py.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
     return subprocess.run(
         [sys.executable, "-m", f"crossmodal_jax.{module}", *args],
         cwd=ROOT,
@@ -85,6 +89,61 @@ def test_rerun_resumes_at_saved_step(smoke_run):
     assert "[generator] resuming from step 6" in again.stdout
     steps = [r["step"] for r in read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))]
     assert steps == [2, 4, 6, 8, 10]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
+    """launch/local_multiprocess.sh: 2 processes x 2 CPU devices train exactly like the smoke run's
+    1 process x 4 devices. Both see the same 4-device data-parallel mesh; the loss of a step is the
+    same number when
+      - the global batch holds the same examples in the same rows whatever the process count (the
+        pipeline deals out whole local batches of one global stream, in process order), and
+      - the random draws (diffusion time, noise, condition drop) depend only on the key and the
+        global shape, not on how the array is split over devices or processes;
+    what may differ is the order of floating-point reductions across devices, hence the tolerance.
+    """
+    workdir, flags, _ = smoke_run
+    two_dir = tmp_path / "two"
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
+    env.update(DEVICES_PER_PROCESS=str(DEVICES // 2), JAX_PLATFORMS="cpu")
+    launcher = os.path.join(ROOT, "launch", "local_multiprocess.sh")
+    same_flags = [f for f in flags if not f.startswith("--workdir=")]
+    two = subprocess.run(
+        ["bash", launcher, "2", *same_flags, f"--workdir={two_dir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stdout[-4000:] + two.stderr[-2000:]
+    assert f"over {DEVICES} devices (cpu), 2 process(es)" in two.stdout
+    assert "[p1]" in two.stdout
+    for stage in ("tokenizer", "generator"):
+        # The first row of each step: test_rerun_resumes_at_saved_step may have logged more.
+        one = {}
+        for row in read_jsonl(os.path.join(workdir, stage, "metrics.jsonl")):
+            one.setdefault(row["step"], row)
+        rows = read_jsonl(two_dir / stage / "metrics.jsonl")
+        assert [r["step"] for r in rows] == [2, 4, 6], stage
+        for row_two in rows:
+            row_one = one[row_two["step"]]
+            assert row_one.keys() == row_two.keys()
+            for key in sorted(row_one.keys() - {"steps_per_sec"}):
+                np.testing.assert_allclose(
+                    row_two[key],
+                    row_one[key],
+                    rtol=1e-5,
+                    atol=1e-7,
+                    err_msg=f"{stage} step {row_two['step']}: {key}",
+                )
+    # Only process 0 writes the run's reports.
+    assert os.path.isfile(two_dir / "metrics.json") and os.path.isfile(two_dir / "report.html")
 
 
 def test_sample_cli_writes_one_png_per_prompt(smoke_run, tmp_path):
