@@ -8,12 +8,12 @@ CONFIG ?= configs/vqdit_img.py
 .PHONY: demo test lint format install install-system-deps clean
 
 # Virtual environment with the package, its test extras, the bench extra (torch CPU + diffusers
-# for the DiT equivalence test) and the tfds extra (tensorflow, for the TFDS audio/video source
-# tests); redone when pyproject.toml changes.
+# for the DiT equivalence test), the tfds extra (tensorflow, for the TFDS audio/video source
+# tests) and the video extra (PyAV, .mp4 inputs); redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,bench,tfds]"
+	$(PY) -m pip install --quiet -e ".[test,bench,tfds,video]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.text_words = ""  # caption tokenizer: "" = UTF-8 bytes (prompts may be any text)
     c.data.text_max_len = 32  # caption length in UTF-8 byte tokens (incl. end token)
     c.data.worker_count = 0  # grain worker processes (0 = in the main process)
+    config_lib.folder_data(c.data, "image")  # keys of data.name="folder" (user data)
     config_lib.tfds_data(c.data, "image")  # keys of data.name="tfds" (prepared TFDS datasets)
 
     c.mesh = config_lib.mesh()

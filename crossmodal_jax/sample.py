@@ -3,7 +3,7 @@
 text→image: python -m crossmodal_jax.sample --workdir=DIR --input=prompts.txt --output=OUT
     one prompt a line -> OUT/000000.png, OUT/000001.png, ... in line order (native resolution;
     --upscale=8 for larger nearest-neighbour copies).
-image→text / speech→text / video→text: --input=FOLDER of .png / .wav / .gif or .npy files
+image→text / speech→text / video→text: --input=FOLDER of .png / .wav / .gif, .npy or .mp4 files
     -> OUT/outputs.jsonl, one {"input": "<file name>", "text": "..."} a line, sorted by file name.
     Other image sizes are resized, other sample rates resampled, other frame counts padded/cut.
 """
@@ -152,7 +152,8 @@ TASK_RUNNERS = {
     "text2image": (read_prompts, text_to_image),
     "image2text": (folder_reader((".png",)), to_text),
     "speech2text": (folder_reader((".wav",)), to_text),
-    "video2text": (folder_reader((".gif", ".npy")), to_text),
+    # data.files.VIDEO_SUFFIXES, spelled out: the data package is imported only once needed.
+    "video2text": (folder_reader((".gif", ".npy", ".mp4")), to_text),
 }
 
 

@@ -62,9 +62,6 @@ def check_names(config: ml_collections.ConfigDict) -> None:
             f"task {task.name!r} needs a dataset of {task.continuous}s, but {named} holds "
             f"{modality}s"
         )
-    if config.data.name == folders.NAME and not task.generates_text:
-        # evaluate.py judges text→image samples with a classifier of the embedded digits.
-        raise UserError(f"data.name='folder' serves X→text tasks only, not {task.name!r}")
     converted = config.data.name in (folders.NAME, tfds_sources.NAME)  # frames to image_size
     if converted and modality == "video" and config.data.frame_size:
         if config.data.image_size % config.data.frame_size:

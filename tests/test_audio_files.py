@@ -1,5 +1,6 @@
 """audio.py maths (resampling, trimming, log-mel) and files.py readers on good and broken inputs."""
 
+import sys
 import wave
 
 import numpy as np
@@ -210,3 +211,50 @@ def test_list_inputs(tmp_path):
         with pytest.raises(files.InputFileError) as excinfo:
             files.list_inputs(folder, suffixes)
         _assert_one_line_naming(excinfo, folder)
+
+
+def _write_mp4(path, frames_TxHxW):
+    """An H.264 MP4 of grayscale frames, encoded with PyAV (the reader's library)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height = frames_TxHxW.shape[2], frames_TxHxW.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0"}  # lossless luma: pixel values survive the round trip
+        for frame in frames_TxHxW:
+            rgb = np.repeat(frame[..., None], 3, axis=-1)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_read_video_mp4(tmp_path):
+    pytest.importorskip("av")
+    clip = np.stack([np.full((32, 32), 20 + 20 * i, np.uint8) for i in range(10)])
+    clip[:, 8:16, 8:16] = 250  # a bright square in every frame
+    _write_mp4(tmp_path / "v.mp4", clip)
+    video = files.read_video(tmp_path / "v.mp4", 8, (16, 16), 1)
+    assert video.shape == (8, 16, 16, 1) and video.dtype == np.uint8
+    # The centre 8 of 10 frames, brightness kept (within the codec's colour conversion).
+    np.testing.assert_allclose(video[:, 0, 0, 0], 20 + 20 * np.arange(1, 9), atol=3)
+    assert (video[:, 4:8, 4:8] > 240).all()
+    # The folder source lists and decodes .mp4 clips like the other video files.
+    from crossmodal_jax.data import folders
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "v.mp4").rename(tmp_path / "train" / "v.mp4")
+    (tmp_path / "train" / folders.CAPTIONS).write_text('{"file": "v.mp4", "text": "a clip"}\n')
+    fmt = folders.FolderFormat("video", image_size=16, channels=1, frames=8, text_max_len=40)
+    (record,) = folders.load_split(tmp_path, "train", fmt)
+    np.testing.assert_array_equal(record["video"], video)
+    (tmp_path / "bad.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + b"\0" * 64)
+    with pytest.raises(files.InputFileError) as excinfo:
+        files.read_video(tmp_path / "bad.mp4", 8, (16, 16), 1)
+    _assert_one_line_naming(excinfo, tmp_path / "bad.mp4")
+
+
+def test_mp4_without_pyav_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    (tmp_path / "v.mp4").write_bytes(b"\0" * 16)
+    with pytest.raises(files.InputFileError, match=r"v\.mp4: reading \.mp4 needs PyAV"):
+        files.read_video(tmp_path / "v.mp4", 8, (16, 16), 1)

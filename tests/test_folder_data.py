@@ -348,3 +348,27 @@ def test_workdir_with_checkpoints_but_no_config_json_is_refused(tmp_path):
     empty = tmp_path / "fresh"
     (empty / "tokenizer" / "checkpoints").mkdir(parents=True)  # no step yet: nothing to check
     validation.check_workdir(None, str(empty))
+
+
+def test_text_to_image_trains_on_an_image_folder(tmp_path):
+    """An image folder feeds text→image too: captions are the prompts, images the targets; with
+    no class labels the evaluation has no classifier distance (FID needs InceptionV3 weights)."""
+    from configs import vqdit_img
+    from crossmodal_jax import evaluate_images, stages
+
+    held = _image_folder(tmp_path / "f")
+    config = vqdit_img.get_config("smoke")
+    config.data.update(name="folder", path=str(tmp_path / "f"))
+    validation.check_names(config)
+    assert stages.input_shape(config) == (8, 8, 1)
+    batch = next(iter(stages.test_batches(config, 4)))
+    assert set(batch) == {"image", "text", "text_mask"}  # no labels in a folder
+    np.testing.assert_allclose(
+        batch["image"][..., 0],
+        np.stack([held["test"][f"{i:03d}.png"] for i in range(4)]) / 127.5 - 1.0,
+        atol=1e-6,
+    )
+    captions = stages.text_tokenizer(config).decode_batch(batch["text"])
+    assert captions == [f"image {i:03d}.png" for i in range(4)]
+    images = batch["image"]
+    assert evaluate_images.classifier_metrics(config, images, images, None) == {}

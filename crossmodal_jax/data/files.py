@@ -185,8 +185,34 @@ def _read_npy(p: Path, path: PathLike, hw: tuple[int, int], channels: int) -> li
     return frames
 
 
+def _read_mp4(p: Path, path: PathLike, hw: tuple[int, int], channels: int) -> list[np.ndarray]:
+    """Every frame of the first video stream, decoded by PyAV (FFmpeg's libraries in its wheel)."""
+    try:
+        import av  # optional: the `video` extra
+    except ImportError:
+        raise _fail(path, 'reading .mp4 needs PyAV: pip install -e ".[video]"') from None
+    try:
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise _fail(path, "MP4 file has no video stream")
+            return [
+                _as_hwc(_resize(_to_mode(frame.to_image(), channels), hw))
+                for frame in container.decode(video=0)
+            ]
+    except InputFileError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, EOFError) as e:
+        raise _fail(path, "cannot read MP4 video", e) from None
+
+
+# Video files the readers take: .mp4 only decodes with PyAV installed (a clear error says so).
+VIDEO_SUFFIXES = (".gif", ".npy", ".mp4")
+_VIDEO_READERS = {".gif": _read_gif, ".npy": _read_npy, ".mp4": _read_mp4}
+
+
 def read_video(path: PathLike, frames: int, hw: tuple[int, int], channels: int) -> np.ndarray:
-    """A ``.gif`` or ``.npy`` (uint8 [T,H,W] / [T,H,W,C]) video -> uint8 [frames, H, W, channels].
+    """A ``.gif``, ``.npy`` (uint8 [T,H,W] / [T,H,W,C]) or ``.mp4`` video -> uint8
+    [frames, H, W, channels].
 
     Frames are resized and converted like ``read_image``; time is centre-cropped or padded (last
     frame repeated) to ``frames``.
@@ -195,13 +221,10 @@ def read_video(path: PathLike, frames: int, hw: tuple[int, int], channels: int) 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     p = _check_exists(path)
-    suffix = p.suffix.lower()
-    if suffix == ".gif":
-        frame_list = _read_gif(p, path, hw, channels)
-    elif suffix == ".npy":
-        frame_list = _read_npy(p, path, hw, channels)
-    else:
-        raise _fail(path, f"unsupported video type '{p.suffix}'; expected .gif or .npy")
+    reader = _VIDEO_READERS.get(p.suffix.lower())
+    if reader is None:
+        raise _fail(path, f"unsupported video type '{p.suffix}'; expected .gif, .npy or .mp4")
+    frame_list = reader(p, path, hw, channels)
     if not frame_list:
         raise _fail(path, "video has no frames")
     return _fit_time(np.stack(frame_list), frames)

@@ -3,7 +3,7 @@
 Selected with ``data.name = "folder"``, ``data.path = DIR`` and ``data.modality``. Format::
 
     DIR/train/captions.jsonl     one {"file": "<name>", "text": "<caption or transcript>"} a line
-    DIR/train/<name>             image: .png .jpg .jpeg   audio: .wav   video: .gif .npy
+    DIR/train/<name>             image: .png .jpg .jpeg   audio: .wav   video: .gif .npy .mp4
     DIR/test/...                 the same; the test split is evaluated, never trained on
 
 ``file`` is a plain file name inside the split folder; ``text`` a non-empty string that fits in
@@ -50,7 +50,7 @@ log = logging.getLogger("crossmodal_jax")
 NAME = "folder"
 SPLITS = ("train", "test")
 CAPTIONS = "captions.jsonl"
-SUFFIXES = {"image": (".png", ".jpg", ".jpeg"), "audio": (".wav",), "video": (".gif", ".npy")}
+SUFFIXES = {"image": (".png", ".jpg", ".jpeg"), "audio": (".wav",), "video": files.VIDEO_SUFFIXES}
 NO_LABEL = -1
 IMAGE_MAX_VALUE = 255  # folder images/videos keep their 8-bit pixels (as the sample CLI reads them)
 MIN_SAMPLE_RATE = 8000  # below this the speech band (and the mel bands up to 8 kHz) is missing
