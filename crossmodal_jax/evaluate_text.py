@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import jiwer
 import numpy as np
 import sacrebleu
-from rouge_score import rouge_scorer
 
 from crossmodal_jax.data.digits import NUMBER_WORDS
 
@@ -40,6 +39,8 @@ def text_metrics(
     # sacrebleu wants reference *streams*; pad shorter lists by repeating their first entry.
     streams = [[rs[min(j, len(rs) - 1)] for rs in refs] for j in range(width)]
     bleu = sacrebleu.corpus_bleu(hyps, streams).score
+
+    from rouge_score import rouge_scorer  # imports nltk (~1 s): only when captions are scored
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge, best = [], []

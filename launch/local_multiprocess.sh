@@ -23,9 +23,11 @@ shift
 PY=${PYTHON:-python}
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
 DEVICES=${DEVICES_PER_PROCESS:-4}
-# A device count forced through XLA_FLAGS (as the test suite does) would override ours.
-XLA_FLAGS=$(sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g' <<<"${XLA_FLAGS:-}")
-export XLA_FLAGS
+# A device count forced through XLA_FLAGS (as the test suite does) would override ours. Spaces are
+# trimmed too: XLA reads a non-empty XLA_FLAGS that does not start with "--" as a file name.
+XLA_FLAGS=$(sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g; s/ +/ /g; s/^ //; s/ $//' \
+  <<<"${XLA_FLAGS:-}")
+if [ -n "$XLA_FLAGS" ]; then export XLA_FLAGS; else unset XLA_FLAGS; fi
 
 # shellcheck disable=SC2329  # invoked by the trap
 cleanup() {
