@@ -15,7 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/vqdit_img.py:smoke"
 
 
-DEVICES = 4  # fake CPU devices of a CLI run: data-parallel (8-device sharding: test_step.py)
+# Fake CPU devices of a CLI run: data-parallel (8-device sharding: test_step.py). Every CLI test
+# uses the same count, so the runs share compiled programs through the suite's compilation cache.
+DEVICES = 2
 
 
 def run_cli(module, *args, timeout=600):
@@ -98,8 +100,8 @@ def free_port() -> int:
 
 
 def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
-    """launch/local_multiprocess.sh: 2 processes x 2 CPU devices train exactly like the smoke run's
-    1 process x 4 devices. Both see the same 4-device data-parallel mesh; the loss of a step is the
+    """launch/local_multiprocess.sh: 2 processes x 1 CPU device train exactly like the smoke run's
+    1 process x 2 devices. Both see the same 2-device data-parallel mesh; the loss of a step is the
     same number when
       - the global batch holds the same examples in the same rows whatever the process count (the
         pipeline deals out whole local batches of one global stream, in process order), and

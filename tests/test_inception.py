@@ -314,8 +314,8 @@ def test_pth_with_torch_equals_npz(variables, state_dict, tmp_path):
 
 
 def test_evaluation_reports_fid_and_inception_score_from_the_configured_file(npz_path, monkeypatch):
-    """evaluate_images.inception_metrics with eval.inception_weights: FID of a set against itself
-    is 0 and against other images is not; the score of a batch lies in [1, 1008]."""
+    """evaluate_images.inception_metrics with eval.inception_weights: FID of two different sets
+    is positive; the score lies in [1, 1008] (identical sets give 0: test_image_metrics.py)."""
     from configs import vqdit_img
     from crossmodal_jax import evaluate_images
 
@@ -325,7 +325,5 @@ def test_evaluation_reports_fid_and_inception_score_from_the_configured_file(npz
     small = functools.partial(inception.inception_outputs, batch_size=2, resize_to=RESIZE)
     monkeypatch.setattr(inception, "inception_outputs", small)  # the test's compiled size
     real, other = _images(4, 32, seed=3), _images(4, 32, seed=4)  # the shape compiled above
-    same = evaluate_images.inception_metrics(config, real, real)
-    assert same["test_fid"] == pytest.approx(0.0, abs=1e-6)
-    assert 1.0 <= same["test_inception_score"] <= 1008.0
-    assert evaluate_images.inception_metrics(config, real, other)["test_fid"] > 0.0
+    metrics = evaluate_images.inception_metrics(config, real, other)
+    assert metrics["test_fid"] > 0.0 and 1.0 <= metrics["test_inception_score"] <= 1008.0
