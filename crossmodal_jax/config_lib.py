@@ -182,6 +182,9 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     c.samples_per_prompt = 8  # text→image: images per prompt in grids and the digit accuracy
     c.prompts = ()  # text→image: prompts shown in sample grids
     c.num_examples = 0  # test examples evaluated at the end (0 = the whole split)
+    # Evaluate the test split after training; False: metrics.json is {} (quick checks, sweeps
+    # that evaluate separately). A later run of the same workdir can evaluate it.
+    c.at_end = True
     # text→image: train images the small feature classifier learns from (0 = all); its hidden
     # layer is the space of the classifier Fréchet distance (evaluate_images.py).
     c.classifier_examples = 10000

@@ -302,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for index, name in enumerate(config.stages):
             spec = stages.STAGE_BUILDERS[name](ctx)
             ctx.results[name] = fit(spec, ctx, stage_index=index)
-        metrics = evaluate.evaluate_run(ctx)
+        metrics = evaluate.evaluate_run(ctx) if config.eval.at_end else {}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
