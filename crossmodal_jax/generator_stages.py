@@ -144,8 +144,8 @@ def latent_statistics(config, tokenizer, tok_vars, mesh, num_batches: int = 8) -
     }
 
 
-# One jitted sampler per config, shared by the training summaries and the final evaluation: with
-# batches padded to eval.batch_size (generation.generate_in_batches) a run compiles it once.
+# The current config's jitted sampler, shared by training summaries and the final evaluation: with
+# batches padded to eval.batch_size (generate_in_batches) a run compiles it once.
 _IMAGE_GENERATORS: dict[str, Any] = {}
 
 
@@ -153,8 +153,7 @@ def image_generator(config: ml_collections.ConfigDict):
     """The jitted text→image sampler: fn(params, model_state, ids, mask, key) -> images."""
     key = config.to_json()
     if key not in _IMAGE_GENERATORS:
-        if len(_IMAGE_GENERATORS) >= 4:  # a process rarely holds more configs (tests, sweeps)
-            _IMAGE_GENERATORS.clear()
+        _IMAGE_GENERATORS.clear()
         _IMAGE_GENERATORS[key] = _build_image_generator(config)
     return _IMAGE_GENERATORS[key]
 

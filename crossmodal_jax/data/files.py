@@ -124,7 +124,7 @@ def read_wav(path: PathLike) -> tuple[np.ndarray, int]:
     return wave, int(sr)
 
 
-def _fit_time(frames_T: np.ndarray, frames: int) -> np.ndarray:
+def fit_time(frames_T: np.ndarray, frames: int) -> np.ndarray:
     """Exactly ``frames`` frames: the centre ones of a longer clip; a shorter clip is padded by
     repeating its last frame (motion pauses rather than the digit vanishing)."""
     t = len(frames_T)
@@ -176,13 +176,19 @@ def _read_npy(p: Path, path: PathLike, hw: tuple[int, int], channels: int) -> li
         raise _fail(
             path, f"video shape {arr.shape}; expected [T,H,W] or [T,H,W,C] with C 1, 3 or 4"
         )
-    frames = []
-    for frame_HxWxC in arr:
+    return convert_frames(arr, hw, channels)
+
+
+def convert_frames(frames: np.ndarray, hw: tuple[int, int], channels: int) -> list[np.ndarray]:
+    """uint8 frames [..., H, W, C] (C 1, 3 or 4) -> uint8 [h, w, channels] each, converted like
+    ``read_image`` (the TFDS sources convert their images and clips with it too)."""
+    out = []
+    for frame_HxWxC in np.asarray(frames, np.uint8).reshape(-1, *np.shape(frames)[-3:]):
         data = frame_HxWxC[..., 0] if frame_HxWxC.shape[-1] == 1 else frame_HxWxC
         # fromarray infers L / RGB / RGBA from the shape of a uint8 array.
         img = Image.fromarray(np.ascontiguousarray(data))
-        frames.append(_as_hwc(_resize(_to_mode(img, channels), hw)))
-    return frames
+        out.append(_as_hwc(_resize(_to_mode(img, channels), hw)))
+    return out
 
 
 def _read_mp4(p: Path, path: PathLike, hw: tuple[int, int], channels: int) -> list[np.ndarray]:
@@ -227,7 +233,7 @@ def read_video(path: PathLike, frames: int, hw: tuple[int, int], channels: int) 
     frame_list = reader(p, path, hw, channels)
     if not frame_list:
         raise _fail(path, "video has no frames")
-    return _fit_time(np.stack(frame_list), frames)
+    return fit_time(np.stack(frame_list), frames)
 
 
 def list_inputs(folder: PathLike, suffixes: Iterable[str]) -> list[Path]:

@@ -35,7 +35,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from crossmodal_jax.data import files, folders
 from crossmodal_jax.data import text as text_lib
@@ -214,16 +213,6 @@ def _caption(spec: TfdsSpec, example: dict, captions: tuple[str, ...]) -> str:
     return " ".join(_text(example["text"]).lower().split())  # transcript
 
 
-def _frames(pixels: np.ndarray, fmt: Format) -> list[np.ndarray]:
-    """uint8 [..., H, W, C] frames -> uint8 [S, S, channels] each (files.py's conversion)."""
-    out = []
-    for frame_HxWxC in np.asarray(pixels, np.uint8).reshape(-1, *np.shape(pixels)[-3:]):
-        data = frame_HxWxC[..., 0] if frame_HxWxC.shape[-1] == 1 else frame_HxWxC
-        img = files._to_mode(Image.fromarray(np.ascontiguousarray(data)), fmt.channels)
-        out.append(files._as_hwc(files._resize(img, (fmt.image_size, fmt.image_size))))
-    return out
-
-
 def to_record(spec: TfdsSpec, example: dict, fmt: Format, captions: tuple[str, ...]) -> dict:
     """One decoded tfds example -> our record of its modality."""
     caption = _caption(spec, example, captions).encode("utf-8")
@@ -231,10 +220,19 @@ def to_record(spec: TfdsSpec, example: dict, fmt: Format, captions: tuple[str, .
     if spec.modality == "audio":  # librispeech: int16 at 16 kHz, the rate of our audio records
         return {"audio": np.asarray(media, np.int16).reshape(-1), "caption": caption}
     label = np.int32(example["label"]) if spec.has_labels else np.int32(NO_LABEL)
+    hw = (fmt.image_size, fmt.image_size)
     if spec.modality == "image":
-        return {"image": _frames(media, fmt)[0], "label": label, "caption": caption}
-    clip = files._fit_time(np.asarray(media), fmt.frames)  # cut first: resize only kept frames
-    return {"video": np.stack(_frames(clip, fmt)), "label": label, "caption": caption}
+        return {
+            "image": files.convert_frames(media, hw, fmt.channels)[0],
+            "label": label,
+            "caption": caption,
+        }
+    clip = files.fit_time(np.asarray(media), fmt.frames)  # cut first: resize only kept frames
+    return {
+        "video": np.stack(files.convert_frames(clip, hw, fmt.channels)),
+        "label": label,
+        "caption": caption,
+    }
 
 
 class TfdsSource:
