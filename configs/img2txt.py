@@ -1,7 +1,7 @@
 """Image→text on the embedded `digits`: a VQ-VAE tokenizer of the images, then a DiT that writes the
 caption by masked (absorbing-state) diffusion over its words, conditioned on the image's codes.
 
-Run (≈11 minutes on 2 CPU cores; README "Where the X→text defaults stand"):
+Run (≈11 minutes on 2 CPU cores; docs/results.md):
   python -m crossmodal_jax.main --config=configs/img2txt.py --workdir=runs/img2txt
 Caption a folder of .png files with the trained run:
   python -m crossmodal_jax.sample --workdir=runs/img2txt --input=FOLDER --output=OUT
@@ -10,7 +10,8 @@ Smoke variant for tests (seconds): --config=configs/img2txt.py:smoke
 
 import ml_collections
 
-from crossmodal_jax import config_lib, data
+from crossmodal_jax import data
+from crossmodal_jax.config import blocks
 from crossmodal_jax.data import text
 
 
@@ -20,50 +21,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # seeds init, data order and the diffusion noise
     c.stages = ("tokenizer", "generator")  # trained in order; a finished stage is restored
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # embedded dataset (see crossmodal_jax/data/sources.py)
-    c.data.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
-    # Caption tokenizer: one token per word of this vocabulary ("" = UTF-8 bytes, any text). The
-    # captions here use a few words only; bytes would also make the DiT place every letter, and
-    # misspelled words were over half of speech→text's byte-level errors (README "Image→text, ...").
-    c.data.text_words = text.caption_words(
+    # Captions as words of their few-word vocabulary (docs/results.md: why not bytes), up to 7
+    # words + the end token.
+    words = text.caption_words(
         t.format(word=w) for t in data.CAPTION_TEMPLATES for w in data.NUMBER_WORDS
     )
-    c.data.text_max_len = 8  # caption length in tokens (longest caption, 7 words, + end token)
-    c.data.worker_count = 0  # grain worker processes (0 = in the main process)
+    c.data = blocks.data("digits", "image", text_words=words, text_max_len=8)
 
-    config_lib.folder_data(c.data, "image")  # keys of data.name="folder" (user data)
-    config_lib.tfds_data(c.data, "image")  # keys of data.name="tfds" (prepared TFDS datasets)
+    c.mesh = blocks.mesh()
 
-    c.mesh = config_lib.mesh()
-
-    # Stage 1: VQ-VAE over 8x8 images -> an 8x8 grid of codes (the generator's condition). No
-    # downsampling: a 4x4 grid lost detail the hardest test digits need (92-93 % right digits
-    # against 95.3 %; README "Where the X→text defaults stand").
+    # Stage 1: VQ-VAE over 8x8 images -> an 8x8 grid of codes (the generator's condition), no
+    # downsampling (docs/results.md).
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.model = config_lib.tokenizer_model(channels=32, channel_mult=(1,), code_dim=8)
-    c.tokenizer.train = config_lib.train(
+    c.tokenizer.model = blocks.tokenizer_model(channels=32, channel_mult=(1,), code_dim=8)
+    c.tokenizer.train = blocks.train(
         steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=500
     )
 
     # Stage 2: DiT over caption words, masked diffusion, attending to the 64 image codes grouped
     # 2x2 into 16 tokens (cond_patch).
-    c.generator = config_lib.text_generator(
+    c.generator = blocks.text_generator(
         c.data.text_max_len, steps=5000, ema_decay=0.999, warmup_steps=200, images_every=1000
     )
     c.generator.model.cond_patch = (2, 2)
-    # The code vectors reach the adaLN vector through a GELU MLP rather than a linear map (with
-    # byte captions: right digit 79.1 % -> 84.5 %).
+    # The code vectors reach the adaLN vector through a GELU MLP rather than a linear map.
     c.generator.model.cond_pool_hidden = 256
-    # 1500 training images are memorised (99 % right on them, 92 % on the test split): each is
-    # moved by up to 1 pixel, rotated by up to 10 degrees and scaled by up to 10 % in the step.
+    # 1500 training images are easily memorised: each is moved by up to 1 pixel, rotated by up
+    # to 10 degrees and scaled by up to 10 % in the step.
     c.generator.source_shift = (1, 1)
     c.generator.source_affine = (10.0, 0.1)
 
-    c.eval = config_lib.evaluation(batch_size=128, num_examples=0)
+    c.eval = blocks.evaluation(batch_size=128, num_examples=0)
 
     if arg == "smoke":
-        config_lib.text_task_smoke(c, num_examples=32)
+        blocks.text_task_smoke(c, num_examples=32)
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; available: smoke")
     return c

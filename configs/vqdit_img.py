@@ -1,6 +1,6 @@
 """Text→image on the embedded `digits`: a VQ-VAE tokenizer, then a text-conditioned DiT over its latents.
 
-Run (the embedded default: ≈7 minutes on 2 CPU cores; see README "Measured results"):
+Run (the embedded default: ≈7 minutes on 2 CPU cores; docs/results.md):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py --workdir=runs/vqdit_img
 Masked (discrete) diffusion over the VQ ids instead of Gaussian diffusion over the latents:
   python -m crossmodal_jax.main --config=configs/vqdit_img.py:masked --workdir=runs/vqdit_img_masked
@@ -11,7 +11,7 @@ Override any field from the command line, e.g. --config.generator.train.steps=10
 
 import ml_collections
 
-from crossmodal_jax import config_lib
+from crossmodal_jax.config import blocks
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,42 +22,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # seeds init, data order and the diffusion noise
     c.stages = ("tokenizer", "generator")  # trained in order; a finished stage is restored
 
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # embedded dataset (see crossmodal_jax/data/sources.py)
-    c.data.data_dir = (
-        ""  # cache of built datasets; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
-    )
-    c.data.text_words = ""  # caption tokenizer: "" = UTF-8 bytes (prompts may be any text)
-    c.data.text_max_len = 32  # caption length in UTF-8 byte tokens (incl. end token)
-    c.data.worker_count = 0  # grain worker processes (0 = in the main process)
-    config_lib.folder_data(c.data, "image")  # keys of data.name="folder" (user data)
-    config_lib.tfds_data(c.data, "image")  # keys of data.name="tfds" (prepared TFDS datasets)
-
-    c.mesh = config_lib.mesh()
+    # Captions as UTF-8 bytes (prompts may be any text), up to 31 bytes + the end token.
+    c.data = blocks.data("digits", "image", text_max_len=32)
+    c.mesh = blocks.mesh()
 
     # Stage 1: VQ-VAE over 8x8 images -> 4x4 grid of codes.
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.model = config_lib.tokenizer_model(channels=32, channel_mult=(1, 2), code_dim=8)
-    c.tokenizer.train = config_lib.train(
+    c.tokenizer.model = blocks.tokenizer_model(channels=32, channel_mult=(1, 2), code_dim=8)
+    c.tokenizer.train = blocks.train(
         steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=1000
     )
 
     # Stage 2: DiT over the (quantized) latents or their ids, conditioned on the caption bytes.
-    c.generator = ml_collections.ConfigDict()
-    c.generator.model = config_lib.generator_model(hidden_size=64, depth=4, num_heads=4)
-    c.generator.diffusion = config_lib.diffusion(process, cond_drop=0.1)
-    c.generator.sample = config_lib.sample(process, steps=50 if process == "gaussian" else 16)
-    c.generator.train = config_lib.train(
-        steps=3000,
-        batch_size=32,
-        learning_rate=1e-3,
-        warmup_steps=200,
-        ema_decay=0.999,
-        images_every=1000,
+    c.generator = blocks.generator(
+        process,
+        model=dict(hidden_size=64, depth=4, num_heads=4),
+        diffusion_overrides=dict(cond_drop=0.1),
+        sample_overrides=dict(steps=50 if process == "gaussian" else 16),
+        train_overrides=dict(
+            steps=3000,
+            batch_size=32,
+            learning_rate=1e-3,
+            warmup_steps=200,
+            ema_decay=0.999,
+            images_every=1000,
+        ),
     )
 
     # Prompts shown in sample grids; the digit accuracy uses "the digit <word>" for all ten digits.
-    c.eval = config_lib.evaluation(
+    c.eval = blocks.evaluation(
         prompts=("the digit zero", "the digit three", "a handwritten seven", "the digit nine")
     )
 
@@ -69,8 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.generator.sample.steps = 4
         c.eval.samples_per_prompt = 2
         c.eval.update(num_examples=32, batch_size=32)  # distribution metrics of 32 test images
-        config_lib.smoke_train(c.tokenizer)
-        config_lib.smoke_train(c.generator)
+        blocks.smoke_train(c.tokenizer)
+        blocks.smoke_train(c.generator)
     unknown = set(variants) - {"", "smoke", "masked"}
     if unknown:
         raise ValueError(f"unknown config variant {sorted(unknown)}; available: smoke, masked")

@@ -19,8 +19,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from crossmodal_jax.errors import UserError, fail, last_line, one_line
-from crossmodal_jax.guards import Preempted
-from crossmodal_jax.metrics import quiet_library_logs
+from crossmodal_jax.logs.writers import quiet_library_logs
+from crossmodal_jax.training.guards import Preempted
 
 
 def available_configs() -> str:
@@ -104,10 +104,10 @@ def main(argv: list[str]) -> None:
         stream=sys.stdout,
         force=True,
     )
-    from crossmodal_jax import train
+    from crossmodal_jax import run
 
     try:
-        train.run(_CONFIG.value, _WORKDIR.value)
+        run.run(_CONFIG.value, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
     except Preempted as e:

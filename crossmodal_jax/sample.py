@@ -17,9 +17,9 @@ import sys
 
 from absl import app, flags
 
+from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError, fail, one_line
-from crossmodal_jax.metrics import quiet_library_logs
-from crossmodal_jax.train import load_resolved_config
+from crossmodal_jax.logs.writers import quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by crossmodal_jax.main.")
 _INPUT = flags.DEFINE_string(
@@ -48,14 +48,13 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-@contextlib.contextmanager
-def restored_generator(workdir: str, config):
-    """The trained generator state of a workdir, used inside its mesh and axis rules."""
-    import flax.linen as nn
-    import jax
-
-    from crossmodal_jax import sharding, stages
-    from crossmodal_jax.train import RunContext
+def experiment_of(workdir: str, config):
+    """The Experiment of a trained workdir on this machine's devices (data-parallel), with the
+    sampler settings of the command line. Built without the run's validation: sampling needs
+    neither a training folder nor a prepared TFDS dataset, only the workdir."""
+    from crossmodal_jax.experiment import Experiment
+    from crossmodal_jax.training import sharding
+    from crossmodal_jax.training.stage import RunContext
 
     if _GUIDANCE.value is not None:
         config.generator.sample.guidance = _GUIDANCE.value
@@ -63,10 +62,21 @@ def restored_generator(workdir: str, config):
         config.generator.sample.steps = _STEPS.value
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     rules = sharding.rules_from_config(config.mesh.rules)
-    ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return Experiment.build(config, RunContext(workdir, mesh, rules, config.seed))
+
+
+@contextlib.contextmanager
+def restored_generator(exp):
+    """The trained generator state of the experiment's workdir, used inside its mesh and rules."""
+    import flax.linen as nn
+    import jax
+
+    from crossmodal_jax.stages.generators import generator_stage
+    from crossmodal_jax.training.stage import restore_stage_state
+
+    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
         try:
-            state = stages.restore_stage_state(ctx, "generator", stages.generator_stage(ctx))
+            state = restore_stage_state(generator_stage(exp), exp.ctx)
         except FileNotFoundError as e:
             raise UserError(one_line(e)) from e
         yield state
@@ -77,17 +87,18 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     import jax
     import numpy as np
 
-    from crossmodal_jax import data, generator_stages, stages
-    from crossmodal_jax.metrics import save_png
+    from crossmodal_jax import data
+    from crossmodal_jax.logs.pictures import save_png
+    from crossmodal_jax.stages.generators import sampler
 
-    text_tok = stages.text_tokenizer(config)
-    with restored_generator(workdir, config) as state:
-        generate = generator_stages.image_generator(config)
+    exp = experiment_of(workdir, config)
+    with restored_generator(exp) as state:
+        generate = sampler(exp)
         os.makedirs(output, exist_ok=True)
         paths, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(prompts), _BATCH.value):
             chunk = prompts[start : start + _BATCH.value]
-            ids, mask = text_tok.encode_batch(chunk, config.data.text_max_len)
+            ids, mask = exp.text.encode_batch(chunk, config.data.text_max_len)
             images = generate(
                 state.ema_params,
                 state.model_state,
@@ -105,38 +116,44 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     return paths
 
 
-def folder_reader(suffixes: tuple[str, ...]):
-    def read(path: str) -> list[str]:
-        from crossmodal_jax.data import files
+def list_input_files(folder: str, config) -> list[str]:
+    """The folder's inputs of the task's source modality, sorted by file name."""
+    from crossmodal_jax import tasks
+    from crossmodal_jax.data import files
+    from crossmodal_jax.data.modalities import MODALITIES
 
-        try:
-            return [str(p) for p in files.list_inputs(path, suffixes)]
-        except ValueError as e:
-            raise UserError(one_line(e)) from e
+    suffixes = MODALITIES[tasks.get_task(config.task).source].input_suffixes
+    try:
+        return [str(p) for p in files.list_inputs(folder, suffixes)]
+    except ValueError as e:
+        raise UserError(one_line(e)) from e
 
-    return read
 
-
-def to_text(workdir: str, config, paths: list[str], output: str) -> list[str]:
+def to_text(workdir: str, config, folder: str, output: str) -> list[str]:
     """Caption every input file; writes OUT/outputs.jsonl in file-name order."""
     import json
 
     import jax
     import numpy as np
 
-    from crossmodal_jax import generator_stages, model_inputs, stages
+    from crossmodal_jax.stages.generators import sampler
 
-    text_tok = stages.text_tokenizer(config)
-    inputs = [model_inputs.load(config, p) for p in paths]  # all checked before any compute
-    with restored_generator(workdir, config) as state:
-        generate = generator_stages.text_generator(config)
+    paths = list_input_files(folder, config)
+    exp = experiment_of(workdir, config)
+    read = exp.modality.read_file
+    try:  # every file is read and checked before any compute
+        inputs = [read(p, exp.input_shape, config.data) for p in paths]
+    except (ValueError, OSError) as e:
+        raise UserError(one_line(e)) from e
+    with restored_generator(exp) as state:
+        generate = sampler(exp)
         texts, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(inputs), _BATCH.value):
             batch = np.stack(inputs[start : start + _BATCH.value])
             ids = generate(
                 state.ema_params, state.model_state, batch, jax.random.fold_in(key, start)
             )
-            texts += text_tok.decode_batch(np.asarray(ids))
+            texts += exp.text.decode_batch(np.asarray(ids))
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, "outputs.jsonl")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -148,13 +165,12 @@ def to_text(workdir: str, config, paths: list[str], output: str) -> list[str]:
     return [path]
 
 
-TASK_RUNNERS = {
-    "text2image": (read_prompts, text_to_image),
-    "image2text": (folder_reader((".png",)), to_text),
-    "speech2text": (folder_reader((".wav",)), to_text),
-    # data.files.VIDEO_SUFFIXES, spelled out: the data package is imported only once needed.
-    "video2text": (folder_reader((".gif", ".npy", ".mp4")), to_text),
-}
+def _prompts_to_images(workdir: str, config, path: str, output: str) -> list[str]:
+    return text_to_image(workdir, config, read_prompts(path), output)
+
+
+# By the task's target: what --input is and what is written.
+RUNNERS = {"image": _prompts_to_images, "text": to_text}
 
 
 def main(argv: list[str]) -> None:
@@ -166,13 +182,10 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     try:
         config = load_resolved_config(_WORKDIR.value)
-        if config.task not in TASK_RUNNERS:
-            raise UserError(
-                f"task {config.task!r} has no sampler; available: {', '.join(TASK_RUNNERS)}"
-            )
-        read_inputs, runner = TASK_RUNNERS[config.task]
-        inputs = read_inputs(_INPUT.value)
-        paths = runner(_WORKDIR.value, config, inputs, _OUTPUT.value)
+        from crossmodal_jax import tasks
+
+        runner = RUNNERS[tasks.get_task(config.task).target]
+        paths = runner(_WORKDIR.value, config, _INPUT.value, _OUTPUT.value)
     except UserError as e:
         fail(str(e))
     print(f"wrote {len(paths)} file(s) to {_OUTPUT.value}")

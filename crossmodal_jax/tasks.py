@@ -1,13 +1,16 @@
 """The tasks a config can name: which modality conditions and which one is generated.
 
 Every task trains the same two stages: a VQ-VAE tokenizer for its continuous modality (image,
-log-mel spectrogram, video), then a DiT generating the target. Text is never learned by a
-tokenizer: it is UTF-8 bytes (data/text.py).
+log-mel spectrogram, video; each one entry of data/modalities.py), then a DiT generating the
+target (the (diffusion process, target) table of stages/generators.py). Text is never learned by
+a tokenizer: it is UTF-8 bytes or words of a vocabulary (data/text.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+from crossmodal_jax.errors import UserError
 
 TEXT = "text"
 
@@ -35,15 +38,9 @@ TASKS: dict[str, Task] = {
     "video2text": Task("video2text", source="video", target=TEXT),
 }
 
-# Diffusion processes each target modality can be generated with: Gaussian diffusion needs
-# continuous latents (a tokenizer's), masked diffusion works on any token ids.
-PROCESSES_BY_TARGET: dict[str, tuple[str, ...]] = {
-    "image": ("gaussian", "masked"),
-    TEXT: ("masked",),
-}
-
 
 def get_task(name: str) -> Task:
+    """The task a config names; one-line UserError if there is none such."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     return TASKS[name]

@@ -184,10 +184,3 @@ def normalize_log_mel(log_mel_db: np.ndarray) -> np.ndarray:
     """
     unit = (np.asarray(log_mel_db, dtype=np.float32) - FLOOR_DB) / _HALF_RANGE_DB - 1.0
     return np.clip(unit, -1.0, 1.0).astype(np.float32)
-
-
-def denormalize_log_mel(unit: np.ndarray) -> np.ndarray:
-    """Inverse of ``normalize_log_mel`` (for plots): [-1, 1] -> dB."""
-    return ((np.asarray(unit, dtype=np.float32) + 1.0) * _HALF_RANGE_DB + FLOOR_DB).astype(
-        np.float32
-    )

@@ -16,7 +16,6 @@ NUM_EXAMPLES = 1797
 SPLITS = ("train", "test")
 # sklearn gives ink intensity 0..16 (16 = full ink); pipelines scale by this.
 IMAGE_MAX_VALUE = 16
-IMAGE_SHAPE = (8, 8, 1)
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Template 0 is the contract caption; evaluation prompts use it.

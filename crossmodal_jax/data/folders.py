@@ -16,7 +16,7 @@ squared with ``data.channels``, clips to ``data.frames``, audio to 16 kHz mono; 
 refused (its transcript would not match what the model hears).
 
 Records follow the embedded datasets of the same modality, so the feature transforms of
-``stages.py`` apply unchanged: ``{"image": uint8 [S,S,C] 0..255, "label", "caption", "file"}``
+``data/modalities.py`` apply unchanged: ``{"image": uint8 [S,S,C] 0..255, "label", "caption", "file"}``
 (like ``digits``), ``{"audio": int16 [T] at 16 kHz, "caption", "file"}`` (like ``spoken_digits``),
 ``{"video": uint8 [F,S,S,C] 0..255, "label", "caption", "file"}`` (like ``moving_digits``);
 ``caption`` and ``file`` are UTF-8 bytes and ``label`` is ``NO_LABEL`` (folders have none).
@@ -42,6 +42,7 @@ import numpy as np
 
 from crossmodal_jax.data import audio, files
 from crossmodal_jax.data import text as text_lib
+from crossmodal_jax.data.modalities import MODALITIES
 from crossmodal_jax.data.spoken_digits import to_int16
 from crossmodal_jax.errors import UserError
 
@@ -50,7 +51,6 @@ log = logging.getLogger("crossmodal_jax")
 NAME = "folder"
 SPLITS = ("train", "test")
 CAPTIONS = "captions.jsonl"
-SUFFIXES = {"image": (".png", ".jpg", ".jpeg"), "audio": (".wav",), "video": files.VIDEO_SUFFIXES}
 NO_LABEL = -1
 IMAGE_MAX_VALUE = 255  # folder images/videos keep their 8-bit pixels (as the sample CLI reads them)
 MIN_SAMPLE_RATE = 8000  # below this the speech band (and the mel bands up to 8 kHz) is missing
@@ -75,11 +75,13 @@ class FolderFormat:
         if "path" not in data_cfg or "modality" not in data_cfg:
             raise UserError(
                 "this config has no folder keys (data.path, data.modality); add "
-                "config_lib.folder_data(c.data, <modality>) to its config file"
+                "blocks.folder_data(c.data, <modality>) to its config file"
             )
         modality = data_cfg.modality
-        if modality not in SUFFIXES:
-            raise UserError(f"unknown data.modality {modality!r}; available: {', '.join(SUFFIXES)}")
+        if modality not in MODALITIES:
+            raise UserError(
+                f"unknown data.modality {modality!r}; available: {', '.join(MODALITIES)}"
+            )
         kwargs: dict[str, Any] = {
             "modality": modality,
             "text_max_len": data_cfg.text_max_len,
@@ -186,8 +188,8 @@ def _parse_line(
         return None, f'{where}: "file" must be a file name (a non-empty string)', "no file"
     if name != os.path.basename(name) or name in (".", "..") or "\\" in name:
         return None, f'{where}: "file" must be a plain file name in {split_dir}, got {name!r}', name
-    if Path(name).suffix.lower() not in SUFFIXES[fmt.modality]:
-        kinds = " ".join(SUFFIXES[fmt.modality])
+    if Path(name).suffix.lower() not in MODALITIES[fmt.modality].folder_suffixes:
+        kinds = " ".join(MODALITIES[fmt.modality].folder_suffixes)
         return name, f"{where}: {name} is not a {fmt.modality} file ({kinds})", "wrong type"
     at = f"{where} ({name})"
     if not isinstance(text, str):
@@ -258,7 +260,11 @@ def _load_split(root: Path, split: str, fmt: FolderFormat, skip: bool) -> list[d
     entries, seen, total = _read_captions(split_dir, fmt, bad)
     captions = split_dir / CAPTIONS
     for p in sorted(split_dir.iterdir(), key=lambda p: p.name):
-        if p.suffix.lower() in SUFFIXES[fmt.modality] and p.name not in seen and p.is_file():
+        if (
+            p.suffix.lower() in MODALITIES[fmt.modality].folder_suffixes
+            and p.name not in seen
+            and p.is_file()
+        ):
             total += 1
             bad(
                 f"{p}: not listed in {captions} (every file needs a caption line)",

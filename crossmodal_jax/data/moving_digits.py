@@ -23,7 +23,6 @@ NUM_FRAMES = 8
 CANVAS = 32
 SPRITE = 16  # 8x8 digit upscaled 2x
 IMAGE_MAX_VALUE = 255
-VIDEO_SHAPE = (NUM_FRAMES, CANVAS, CANVAS, 1)
 SPEEDS = (1, 2)  # px per frame
 # Index = the record's "direction" field; (d_row, d_col) per frame for speed 1.
 DIRECTIONS = ("up", "down", "left", "right")

@@ -131,16 +131,31 @@ def make_train_iterator(
 
 
 def make_eval_batches(
-    source: Sequence[Any], *, batch_size: int, transform: grain.transforms.Map | None
+    source: Sequence[Any],
+    *,
+    batch_size: int,
+    transform: grain.transforms.Map | None,
+    limit: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One ordered pass over the whole split; the last batch may be smaller (kept as-is)."""
+    """One ordered pass over the first `limit` examples (0 = the whole split); the last batch may
+    be smaller (`pad_batch` fills it where a caller needs one shape)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     ds = grain.MapDataset.source(source)
+    if limit:
+        ds = ds[: min(limit, len(source))]
     if transform is not None:
         ds = ds.map(transform)
     ds = ds.batch(batch_size, drop_remainder=False)
     return iter(ds.to_iter_dataset(_READ_OPTIONS))
+
+
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """`x` [n, ...] filled up to `size` rows by repeating its last row: every call of a jitted
+    function then has one shape (one compilation), and a padded batch still divides over the
+    mesh. Callers keep the first n rows of the result."""
+    pad = size - len(x)
+    return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad > 0 else x
 
 
 def materialize(

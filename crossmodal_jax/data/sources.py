@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from crossmodal_jax.data import digits, folders, moving_digits, spoken_digits, tfds_sources
+from crossmodal_jax.data import digits, moving_digits, spoken_digits
 
 DATA_DIR_ENV = "CROSSMODAL_DATA_DIR"
 _ND_KEY = "__nd__"
@@ -89,32 +89,6 @@ def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
-
-
-# A config's data block names an embedded dataset or, with ``name = "folder"``, a user folder
-# (data/folders.py) whose modality is a config key, or with ``name = "tfds"`` a prepared TFDS
-# dataset (data/tfds_sources.py): these two answer for all three.
-
-
-def modality_of(data_cfg) -> str:
-    """The non-text field of the configured dataset: "image" | "audio" | "video"."""
-    if data_cfg.name == folders.NAME:
-        return folders.FolderFormat.from_config(data_cfg).modality
-    if data_cfg.name == tfds_sources.NAME:
-        return tfds_sources.spec_of(data_cfg).modality
-    if data_cfg.name not in DATASETS:  # the config-level message also offers folders and tfds
-        available = ", ".join(sorted([*DATASETS, folders.NAME, tfds_sources.NAME]))
-        raise ValueError(f"unknown dataset '{data_cfg.name}'; available: {available}")
-    return get_spec(data_cfg.name).modality
-
-
-def image_max_value_of(data_cfg) -> int | None:
-    """Raw pixel value of full intensity in the configured dataset's records."""
-    if data_cfg.name == folders.NAME:
-        return folders.IMAGE_MAX_VALUE
-    if data_cfg.name == tfds_sources.NAME:
-        return tfds_sources.IMAGE_MAX_VALUE
-    return get_spec(data_cfg.name).image_max_value
 
 
 def _check_split(spec: DatasetSpec, split: str) -> None:

@@ -30,7 +30,7 @@ NAME = "spoken_digits"
 VERSION = "1.0.0"
 SPLITS = ("train", "test")
 VARIANTS = {"train": ("m1", "m2", "m3", "m4", "f1", "f2"), "test": ("m5", "m7", "f3", "f4")}
-# Sized so the whole build takes well under a minute on 2 cores (see README / report).
+# Sized so the whole build takes well under a minute on 2 cores.
 SPLIT_SIZES = {"train": 4000, "test": 600}
 SAMPLE_RATE = audio.SAMPLE_RATE
 MAX_WORDS = 4

@@ -1,6 +1,6 @@
 """TFDS datasets a user has prepared, read through ``tfds.data_source`` as grain sources.
 
-Selected with ``data.name = "tfds"`` and ``data.tfds_name`` (keys: ``config_lib.tfds_data``), one of
+Selected with ``data.name = "tfds"`` and ``data.tfds_name`` (keys: ``blocks.tfds_data``), one of
 ``TFDS_DATASETS``; ``data.data_dir`` is the TFDS data directory ("" = ``$TFDS_DATA_DIR`` or
 ``~/tensorflow_datasets``). Nothing is downloaded here: a dataset that is not prepared there (in
 the ``array_record`` file format, the one with random access) is a one-line ``UserError`` that
@@ -111,7 +111,7 @@ def spec_of(data_cfg) -> TfdsSpec:
     if "tfds_name" not in data_cfg:
         raise UserError(
             "this config has no tfds keys (data.tfds_name, ...); add "
-            "config_lib.tfds_data(c.data, <modality>) to its config file"
+            "blocks.tfds_data(c.data, <modality>) to its config file"
         )
     base = _base_name(data_cfg.tfds_name)
     if not base:

@@ -6,13 +6,9 @@ from crossmodal_jax.models.token_dit import TokenDiT
 from crossmodal_jax.models.vq import VectorQuantizer
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
 
-# Explicit registry: configs pick models by name, never via getattr on strings.
-MODELS = {"vqvae": VQVAE, "dit": DiT, "token_dit": TokenDiT}
-
 __all__ = [
     "ConditionStem",
     "DIT_PRESETS",
-    "MODELS",
     "VQVAE",
     "DiT",
     "DiTBlock",

@@ -36,7 +36,7 @@ from crossmodal_jax.models.layers import (
     sincos_2d,
     unpatchify,
 )
-from crossmodal_jax.sharding import BATCH, EMBED, MLP, SEQ
+from crossmodal_jax.training.sharding import BATCH, EMBED, MLP, SEQ
 
 DIT_PRESETS: dict[str, dict[str, int]] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),

@@ -8,8 +8,8 @@ count_include_pad=False (TensorFlow's pooling), except Mixed_7c's, which max-poo
 
 Weights: the file pytorch-fid downloads, `pt_inception-2015-12-05-6726825d.pth` (its GitHub
 release `fid_weights`, a port of TensorFlow's inception-2015-12-05 graph used by the original
-FID code), or its `.npz` conversion; nothing is downloaded here. `load_inception_params(path)`
-(models/inception_weights.py, re-exported here) reads it. Flax module names equal the PyTorch
+FID code), or its `.npz` conversion; nothing is downloaded here.
+`models/inception_weights.load_inception_params(path)` reads it. Flax module names equal the PyTorch
 attribute names (`Mixed_5b.branch1x1.conv.weight` -> params["Mixed_5b"]["branch1x1"]["conv"]).
 
 Outputs: the 2048-d "pool3" features (global average of Mixed_7c, used by FID) and the 1008
@@ -29,12 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.errors import UserError
-from crossmodal_jax.models.inception_weights import (  # noqa: F401 - the public entry points
-    WEIGHTS_FILE,
-    convert_state_dict,
-    load_inception_params,
-    torch_state_dict_shapes,
-)
 
 MIN_SIZE = 75  # the smallest input the stride-2 stages leave at least 1x1
 NUM_LOGITS = 1008

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.errors import CheckpointError, one_line
+from crossmodal_jax.models.inception import MIN_SIZE, InceptionV3
 from crossmodal_jax.models.torch_convert import _to_numpy
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -66,8 +67,6 @@ def _from_torch(a: np.ndarray) -> np.ndarray:
 @functools.cache
 def _layout() -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
     """torch name -> (flax collection, path inside it, flax shape), from the model's own tree."""
-    from crossmodal_jax.models.inception import MIN_SIZE, InceptionV3  # it imports this module
-
     abstract = jax.eval_shape(
         InceptionV3().init,
         jax.random.PRNGKey(0),

@@ -1,6 +1,6 @@
 """Shared building blocks: annotated layers, attention, MLP, adaLN helpers, patchify.
 
-Every parameter carries logical axis names (crossmodal_jax.sharding constants) so that one rules
+Every parameter carries logical axis names (crossmodal_jax.training.sharding constants) so that one rules
 table maps the whole model onto the mesh. Parameters are float32; `dtype` is the compute dtype.
 """
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossmodal_jax.sharding import (
+from crossmodal_jax.training.sharding import (
     BATCH,
     CONV_IN,
     CONV_OUT,

@@ -28,7 +28,7 @@ from crossmodal_jax.models.dit import (
     make_blocks,
 )
 from crossmodal_jax.models.layers import TimestepEmbedder, embed, partitioned
-from crossmodal_jax.sharding import EMBED
+from crossmodal_jax.training.sharding import EMBED
 
 
 class TokenDiT(nn.Module):

@@ -38,7 +38,7 @@ from crossmodal_jax.models.vq_ops import (
     sample_rows,
     straight_through,
 )
-from crossmodal_jax.sharding import CODE_DIM, CODEBOOK
+from crossmodal_jax.training.sharding import CODE_DIM, CODEBOOK
 
 __all__ = [
     "STATS",

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from crossmodal_jax.models.layers import conv, group_norm
 from crossmodal_jax.models.vq import VectorQuantizer
-from crossmodal_jax.sharding import BATCH, CONV_OUT
+from crossmodal_jax.training.sharding import BATCH, CONV_OUT
 
 Strides = tuple[tuple[int, ...], ...]
 
@@ -28,9 +28,6 @@ Strides = tuple[tuple[int, ...], ...]
 def act_axes(ndim: int) -> tuple[str | None, ...]:
     """Activations at block boundaries: batch over the data axes, channels like conv outputs."""
     return (BATCH,) + (None,) * ndim + (CONV_OUT,)
-
-
-ACT_AXES = act_axes(2)
 
 
 def resolve_strides(
@@ -250,6 +247,11 @@ class VQVAE(nn.Module):
         """(straight-through quantized z, code ids [B, *latent_grid])."""
         z_q, aux = self.quantizer(z, train=train)
         return z_q, aux["indices"]
+
+    def tokenize(self, x_BxSxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(quantized latents z_q [B, *latent_grid, code_dim], code ids [B, *latent_grid]) of
+        inputs: encode, then quantize (no codebook update)."""
+        return self.quantize(self.encode(x_BxSxC))
 
     def decode(self, z_q_BxSxD: jax.Array) -> jax.Array:
         """Reconstruction f32[B, *spatial, C] from (quantized) latents."""

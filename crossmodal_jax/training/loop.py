@@ -1,13 +1,9 @@
-"""The training loop: build a stage, restore-or-init, step, log, checkpoint; run the configured stages.
-
-Stage-specific pieces (models, objectives, data, image summaries) come from `stages.py` as a
-`StageSpec`; this file knows nothing about tokenizers or diffusion.
-"""
+"""The training loop: restore-or-init a stage, step it, log one step late, checkpoint, and stop
+cleanly on preemption."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -15,78 +11,18 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import flax.linen as nn
 import jax
-import ml_collections
 from clu import parameter_overview
 
-from crossmodal_jax import sharding
-from crossmodal_jax.checkpoint import StageCheckpointer, abstract_like
-from crossmodal_jax.errors import UserError
-from crossmodal_jax.guards import Preempted, PreemptionGuard, check_finite
-from crossmodal_jax.metrics import MetricWriter, Progress, format_duration
-from crossmodal_jax.report import write_report
-from crossmodal_jax.step import Objective, TrainState, init_state, make_optimizer, train_step
+from crossmodal_jax.logs.progress import Progress, format_duration
+from crossmodal_jax.logs.writers import MetricWriter
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.checkpoint import StageCheckpointer
+from crossmodal_jax.training.guards import Preempted, PreemptionGuard, check_finite
+from crossmodal_jax.training.stage import RunContext, StageSpec, abstract_state, fresh_state
+from crossmodal_jax.training.step import TrainState, make_optimizer, train_step
 
 log = logging.getLogger("crossmodal_jax")
-
-
-@dataclasses.dataclass
-class StageSpec:
-    """Everything the loop needs to train one stage."""
-
-    name: str  # "tokenizer" | "generator": names the stage's folder in the workdir
-    train_cfg: ml_collections.ConfigDict  # steps, batch size, optimizer, logging cadence
-    init_variables: Callable[[jax.Array], dict]  # key -> flax variables (logically boxed)
-    objective: Objective
-    make_iterator: Callable[[], Any]  # -> checkpointable grain iterator of local batches
-    frozen_state: dict = dataclasses.field(default_factory=dict)  # arrays merged into model_state
-    summarize: Callable[[TrainState, int, MetricWriter], None] | None = None  # images, texts
-
-
-@dataclasses.dataclass
-class RunContext:
-    config: ml_collections.ConfigDict
-    workdir: str
-    mesh: jax.sharding.Mesh
-    rules: tuple
-    results: dict  # stage name -> final TrainState
-
-
-def abstract_state(spec: StageSpec, tx, key, ctx: RunContext):
-    """(init function, abstract state with shardings, shardings) without materialising anything."""
-
-    def boxed(key):
-        variables = dict(spec.init_variables(key))
-        params = variables.pop("params")
-        return init_state(params, variables, tx)
-
-    boxed_abstract = jax.eval_shape(boxed, key)
-    shardings = sharding.logical_shardings(boxed_abstract, ctx.mesh, ctx.rules)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        sharding.strip_boxes(boxed_abstract),
-        shardings,
-    )
-    init_fn = jax.jit(lambda k: nn.meta.unbox(boxed(k)), out_shardings=shardings)
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, spec.frozen_state)
-    frozen_abstract = abstract_like(spec.frozen_state)
-    abstract = abstract.replace(model_state={**abstract.model_state, **frozen_abstract})
-    shardings = shardings.replace(model_state={**shardings.model_state, **frozen_shardings})
-    return init_fn, abstract, shardings
-
-
-def fresh_state(spec: StageSpec, init_fn: Callable, key: jax.Array) -> TrainState:
-    """A newly initialised state with the stage's frozen arrays in its model_state.
-
-    The frozen arrays are copied leaf by leaf: the step donates its state, which must neither free
-    the caller's arrays nor receive one buffer twice.
-    """
-    state = init_fn(key)
-    frozen = jax.tree.map(
-        lambda x: jax.device_put(x, x.sharding, may_alias=False), spec.frozen_state
-    )
-    return state.replace(model_state={**state.model_state, **frozen})
 
 
 def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
@@ -110,7 +46,7 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
     """Train one stage to `train_cfg.steps`, resuming from its checkpoints; returns the final state."""
     cfg = spec.train_cfg
     stage_dir = os.path.join(ctx.workdir, spec.name)
-    key = jax.random.fold_in(jax.random.key(ctx.config.seed), stage_index)
+    key = jax.random.fold_in(jax.random.key(ctx.seed), stage_index)
     init_key, step_key = jax.random.split(key)
     tx, lr_schedule = make_optimizer(cfg)
     init_fn, abstract, state_shardings = abstract_state(spec, tx, init_key, ctx)
@@ -260,57 +196,3 @@ def _log_scalars(writer, progress, step, metrics, lr_schedule, skipped: int) -> 
                 | {k: v for k, v in scalars.items() if k in ("psnr", "codebook_usage")},
             )
         )
-
-
-def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
-
-def load_resolved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (written by `run`)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train every stage in `config.stages`, evaluate, write metrics.json; returns the metrics."""
-    from crossmodal_jax import evaluate, stages, validation  # stage builders import the models
-
-    t_run = time.perf_counter()
-    try:
-        mesh = sharding.make_mesh(dict(config.mesh.shape))
-    except ValueError as e:
-        raise UserError(f"config.mesh.shape: {e}") from e
-    validation.validate(config, mesh, workdir)  # before the workdir is touched
-    rules = sharding.rules_from_config(config.mesh.rules)
-    os.makedirs(workdir, exist_ok=True)
-    write_resolved_config(config, workdir)
-    ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
-    log.info(
-        "mesh %s over %d devices (%s), %d process(es)",
-        dict(mesh.shape),
-        mesh.size,
-        jax.devices()[0].platform,
-        jax.process_count(),
-    )
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        for index, name in enumerate(config.stages):
-            spec = stages.STAGE_BUILDERS[name](ctx)
-            ctx.results[name] = fit(spec, ctx, stage_index=index)
-        metrics = evaluate.evaluate_run(ctx) if config.eval.at_end else {}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
-        log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
-        try:  # a bug in the report must not fail a finished run; its traceback is still logged
-            report = write_report(workdir, config, metrics, time.perf_counter() - t_run)
-        except Exception:
-            log.exception("report.html not written")
-            report = "no report (error above)"
-        log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"), report)
-    return metrics

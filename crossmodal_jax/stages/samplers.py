@@ -18,10 +18,11 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax.data import text as text_tok
+from crossmodal_jax.data.pipeline import pad_batch
 from crossmodal_jax.diffusion import gaussian, gaussian_samplers, masked, masked_samplers
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.objectives import MASKED_TIME_SCALE, denormalize_latents
+from crossmodal_jax.stages.objectives import MASKED_TIME_SCALE, denormalize_latents
 
 
 def _ddim(schedule, model_fn, x_T, key, cfg, prediction):
@@ -37,22 +38,31 @@ def _ddpm(schedule, model_fn, x_T, key, cfg, prediction):
 SAMPLERS = {"ddim": _ddim, "ddpm": _ddpm}
 
 
-def guided_dit_fn(dit: DiT, params: Any, cond_ids, cond_mask, scale: float) -> Callable:
-    """model_fn(xt, t) with classifier-free guidance: one batched call for both branches."""
-    if scale == 1.0:
-        return lambda xt, t: dit.apply({"params": params}, xt, t, cond_ids, cond_mask)
+def cfg_pair_fn(call: Callable, cond, cond_mask) -> Callable:
+    """pair_fn(x, t) -> (conditional, unconditional) outputs of `call(x, t, cond, mask)` in one
+    batched call: the second half of the doubled batch has its condition masked out."""
 
-    def pair_fn(xt, t):
-        both = dit.apply(
-            {"params": params},
-            jnp.concatenate([xt, xt]),
+    def pair_fn(x, t):
+        both = call(
+            jnp.concatenate([x, x]),
             jnp.concatenate([t, t]),
-            jnp.concatenate([cond_ids, cond_ids]),
+            jnp.concatenate([cond, cond]),
             jnp.concatenate([cond_mask, jnp.zeros_like(cond_mask)]),
         )
         return tuple(jnp.split(both, 2))
 
-    return gaussian.guided_model_fn(pair_fn, scale)
+    return pair_fn
+
+
+def guided_dit_fn(dit: DiT, params: Any, cond_ids, cond_mask, scale: float) -> Callable:
+    """model_fn(xt, t) with classifier-free guidance: one batched call for both branches."""
+
+    def call(xt, t, ids, mask):
+        return dit.apply({"params": params}, xt, t, ids, mask)
+
+    if scale == 1.0:
+        return lambda xt, t: call(xt, t, cond_ids, cond_mask)
+    return gaussian.guided_model_fn(cfg_pair_fn(call, cond_ids, cond_mask), scale)
 
 
 def make_image_generator(
@@ -96,18 +106,7 @@ def masked_logits_fn(dit: nn.Module, params: Any, cond_ids, cond_mask, scale: fl
 
     if scale == 1.0:
         return lambda x, t: call(x, t, cond_ids, cond_mask)
-
-    def guided(x, t):
-        both = call(
-            jnp.concatenate([x, x]),
-            jnp.concatenate([t, t]),
-            jnp.concatenate([cond_ids, cond_ids]),
-            jnp.concatenate([cond_mask, jnp.zeros_like(cond_mask)]),
-        )
-        cond, uncond = jnp.split(both, 2)
-        return masked.cfg_logits(cond, uncond, scale)
-
-    return guided
+    return masked.guided_logits_fn(cfg_pair_fn(call, cond_ids, cond_mask), scale)
 
 
 def _masked_sample(logits_fn, key, sample_cfg, *, batch_size, length, mask_id, forbidden_ids):
@@ -167,7 +166,7 @@ def make_text_generator(
     `source` is the continuous input (image, log-mel, video); `condition(model_state, batch)` turns
     it into what the DiT attends to (objectives.SOURCE_CONDITIONS: the frozen tokenizer's ids or
     code vectors). `forbidden_ids` are never emitted (a word vocabulary's unknown word). Decode
-    the result with the config's text tokenizer (stages.text_tokenizer).
+    the result with the experiment's caption tokenizer (`Experiment.text`).
     """
 
     @partial(jax.jit, out_shardings=P())
@@ -195,12 +194,11 @@ def generate_in_batches(
     out = []
     for i, start in enumerate(range(0, len(ids), batch_size)):
         n = min(batch_size, len(ids) - start)
-        pad = [(0, batch_size - n), (0, 0)]
         images = generate(
             state.ema_params,
             state.model_state,
-            np.pad(ids[start : start + n], pad, mode="edge"),
-            np.pad(mask[start : start + n], pad, mode="edge"),
+            pad_batch(ids[start : start + n], batch_size),
+            pad_batch(mask[start : start + n], batch_size),
             jax.random.fold_in(key, i),
         )
         out.append(np.asarray(images)[:n])

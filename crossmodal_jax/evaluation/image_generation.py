@@ -17,7 +17,10 @@ import time
 import jax
 import numpy as np
 
-from crossmodal_jax import generation, image_metrics
+from crossmodal_jax.evaluation import image_metrics
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models import inception, inception_weights
+from crossmodal_jax.stages.samplers import generate_in_batches
 
 log = logging.getLogger("crossmodal_jax")
 
@@ -25,41 +28,30 @@ log = logging.getLogger("crossmodal_jax")
 _TEST_SPLIT_SALT = 10**9 + 1
 
 
-def split_images(config, split: str, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+def split_images(exp: Experiment, split: str, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The first `limit` (0 = all) images of a split in [-1, 1], and their labels when the
     dataset has them."""
-    from crossmodal_jax import data, stages
-
-    source, transform = stages.model_source(config, split)
     images, labels = [], []
-    for batch in data.make_eval_batches(
-        source, batch_size=config.eval.batch_size, transform=transform
-    ):
+    for batch in exp.batches(split, exp.config.eval.batch_size, limit=limit):
         images.append(batch["image"])
         labels.append(batch.get("label"))
-        if limit and sum(map(len, images)) >= limit:
-            break
     has_labels = all(y is not None for y in labels)
-    images_np = np.concatenate(images)[: limit or None]
-    labels_np = np.concatenate(labels)[: limit or None] if has_labels else None
-    return images_np, labels_np
+    return np.concatenate(images), np.concatenate(labels) if has_labels else None
 
 
-def generate_test_split(ctx, generator_state) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def generate_test_split(
+    exp: Experiment, generator_state, generate
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(real test images, one image generated from each one's caption, labels or None).
 
     Batches are padded to `eval.batch_size`, so the sampler compiles once.
     """
-    from crossmodal_jax import generator_stages, stages
-
-    config = ctx.config
-    generate = generator_stages.image_generator(config)
+    config = exp.config
     key = jax.random.fold_in(jax.random.key(config.seed), _TEST_SPLIT_SALT)
-    limit = config.eval.num_examples or None
     size = config.eval.batch_size
     real, fake, labels = [], [], []
-    for i, batch in enumerate(stages.test_batches(config, size)):
-        images = generation.generate_in_batches(
+    for i, batch in enumerate(exp.batches("test", size, limit=config.eval.num_examples)):
+        images = generate_in_batches(
             generate,
             generator_state,
             batch["text"],
@@ -70,22 +62,20 @@ def generate_test_split(ctx, generator_state) -> tuple[np.ndarray, np.ndarray, n
         real.append(batch["image"])
         fake.append(images)
         labels.append(batch.get("label"))
-        if limit and sum(map(len, real)) >= limit:
-            break
-    labels_np = np.concatenate(labels)[:limit] if all(y is not None for y in labels) else None
-    return np.concatenate(real)[:limit], np.concatenate(fake)[:limit], labels_np
+    labels_np = np.concatenate(labels) if all(y is not None for y in labels) else None
+    return np.concatenate(real), np.concatenate(fake), labels_np
 
 
 def classifier_metrics(
-    config, real: np.ndarray, fake: np.ndarray, labels: np.ndarray | None
+    exp: Experiment, real: np.ndarray, fake: np.ndarray, labels: np.ndarray | None
 ) -> dict[str, float]:
     """Classifier Fréchet distance and class accuracies; {} for a dataset without labels."""
     if labels is None:
-        log.info("no class labels in %s: no classifier Fréchet distance", config.data.name)
+        log.info("no class labels in %s: no classifier Fréchet distance", exp.dataset.described)
         return {}
     start = time.perf_counter()
-    train_x, train_y = split_images(config, "train", config.eval.classifier_examples)
-    clf = image_metrics.FeatureClassifier(seed=config.seed).fit(train_x, train_y)
+    train_x, train_y = split_images(exp, "train", exp.config.eval.classifier_examples)
+    clf = image_metrics.FeatureClassifier(seed=exp.config.seed).fit(train_x, train_y)
     log.info(
         "feature classifier: %d train images, %.1f s", len(train_x), time.perf_counter() - start
     )
@@ -102,10 +92,8 @@ def inception_metrics(config, real: np.ndarray, fake: np.ndarray) -> dict[str, f
     """FID and Inception Score with the user's InceptionV3 weights; {} without a weights file."""
     if not config.eval.inception_weights:
         return {}
-    from crossmodal_jax.models import inception
-
     # Grayscale images are repeated to RGB, and every image is resized to 299×299 (pytorch-fid).
-    variables = inception.load_inception_params(config.eval.inception_weights)
+    variables = inception_weights.load_inception_params(config.eval.inception_weights)
     real_features, _ = inception.inception_outputs(variables, real)
     fake_features, fake_logits = inception.inception_outputs(variables, fake)
     score, _ = image_metrics.inception_score(fake_logits, splits=1)
@@ -115,12 +103,12 @@ def inception_metrics(config, real: np.ndarray, fake: np.ndarray) -> dict[str, f
     }
 
 
-def image_distribution_metrics(ctx, generator_state) -> dict[str, float]:
+def image_distribution_metrics(exp: Experiment, generator_state, generate) -> dict[str, float]:
     """Every distribution metric of the text→image generator on the test split."""
     start = time.perf_counter()
-    real, fake, labels = generate_test_split(ctx, generator_state)
+    real, fake, labels = generate_test_split(exp, generator_state, generate)
     log.info("generated %d test-split images in %.1f s", len(fake), time.perf_counter() - start)
     return {
-        **classifier_metrics(ctx.config, real, fake, labels),
-        **inception_metrics(ctx.config, real, fake),
+        **classifier_metrics(exp, real, fake, labels),
+        **inception_metrics(exp.config, real, fake),
     }

@@ -12,19 +12,22 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from crossmodal_jax.augment import Augment
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian, masked
 from crossmodal_jax.models.condition_stem import group_codes
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.step import Objective
+from crossmodal_jax.stages.augment import Augment
+from crossmodal_jax.training.step import Objective
 
 
-def psnr(mse: jax.Array, value_range: float = 2.0) -> jax.Array:
-    """PSNR in dB for signals spanning `value_range` (2 for images in [-1, 1])."""
-    return 10.0 * jnp.log10(value_range**2 / jnp.maximum(mse, 1e-12))
+def psnr(mse: jax.Array | np.ndarray, value_range: float = 2.0) -> jax.Array | np.ndarray:
+    """PSNR in dB for signals spanning `value_range` (2 for images in [-1, 1]); NumPy in, NumPy
+    out (host-side evaluation), traced or device arrays in, jax out (the training step)."""
+    xp = np if isinstance(mse, np.ndarray | np.generic) else jnp
+    return 10.0 * xp.log10(value_range**2 / xp.maximum(mse, 1e-12))
 
 
 def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
@@ -54,8 +57,7 @@ def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
 
 def encode_latents(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
     """Quantized latents of the frozen tokenizer: the continuous targets of Gaussian diffusion."""
-    z_e = tokenizer.apply(tokenizer_vars, x, method=VQVAE.encode)
-    z_q, _ = tokenizer.apply(tokenizer_vars, z_e, method=VQVAE.quantize)
+    z_q, _ = tokenizer.apply(tokenizer_vars, x, method=VQVAE.tokenize)
     return jax.lax.stop_gradient(z_q)
 
 
@@ -132,8 +134,7 @@ SOURCE_CODES = "source_codes"
 
 def source_code_ids(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
     """The frozen tokenizer's code ids of x: i32[B, *grid]."""
-    z_e = tokenizer.apply(tokenizer_vars, x, method=VQVAE.encode)
-    _, ids = tokenizer.apply(tokenizer_vars, z_e, method=VQVAE.quantize)
+    _, ids = tokenizer.apply(tokenizer_vars, x, method=VQVAE.tokenize)
     return jax.lax.stop_gradient(ids).astype(jnp.int32)
 
 

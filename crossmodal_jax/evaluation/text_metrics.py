@@ -68,13 +68,3 @@ def digit_naming_accuracy(hypotheses: Sequence[str], labels: Sequence[int]) -> f
     """Fraction of texts that name exactly one digit, the right one."""
     hits = [named_digits(h) == [int(y)] for h, y in zip(hypotheses, labels, strict=True)]
     return float(np.mean(hits))
-
-
-def examples_table(
-    inputs: Sequence[str], hypotheses: Sequence[str], references: Sequence[str], n: int = 8
-) -> str:
-    """A few generated texts beside their references (markdown), for TensorBoard and the log."""
-    rows = ["| input | generated | reference |", "|---|---|---|"]
-    for i, h, r in list(zip(inputs, hypotheses, references, strict=True))[:n]:
-        rows.append(f"| {i} | {h} | {r} |")
-    return "\n".join(rows)

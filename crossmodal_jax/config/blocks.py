@@ -59,6 +59,43 @@ def mesh() -> ml_collections.ConfigDict:
     return c
 
 
+def data(name: str, modality: str, **overrides) -> ml_collections.ConfigDict:
+    """The data block of every task: the dataset, the caption tokenizer, and how user data
+    (data.name = "folder" or "tfds") is converted; `modality` is the task's continuous one."""
+    c = ml_collections.ConfigDict()
+    # An embedded dataset (crossmodal_jax/data/sources.py), "folder" (data/folders.py) or "tfds"
+    # (data/tfds_sources.py).
+    c.name = name
+    c.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
+    # Caption tokenizer: one token per word of this vocabulary; "" = UTF-8 bytes (any text).
+    c.text_words = ""
+    c.text_max_len = 32  # caption length in tokens, the end token included
+    c.worker_count = 0  # grain worker processes (0 = in the main process)
+    if modality == "audio":
+        c.audio = audio_features()
+    if modality == "video":
+        # Frames mean-pooled to this size before the tokenizer (0 = keep): a cheaper tokenizer
+        # input when the clip's content is coarse.
+        c.frame_size = 0
+    folder_data(c, modality)
+    tfds_data(c, modality)
+    c.update(overrides)
+    return c
+
+
+def audio_features(**overrides) -> ml_collections.ConfigDict:
+    """Log-mel features (data/features.py): silence trimmed, loudness normalised, padded/cut."""
+    c = ml_collections.ConfigDict()
+    c.num_samples = 49152  # clip length at 16 kHz after trimming (3.07 s)
+    c.n_fft = 512  # STFT window (32 ms)
+    c.hop = 256  # STFT hop (16 ms)
+    c.n_mels = 32  # mel bands
+    c.fmin = 20.0  # lowest mel band edge (Hz)
+    c.fmax = 8000.0  # highest mel band edge (Hz)
+    c.update(overrides)
+    return c
+
+
 def folder_data(data: ml_collections.ConfigDict, modality: str, **overrides) -> None:
     """Adds the keys of `data.name = "folder"` (format: crossmodal_jax/data/folders.py) to a
     config's data block; the defaults convert files to the shapes of the embedded dataset."""
@@ -158,6 +195,9 @@ def diffusion(process: str, **overrides) -> ml_collections.ConfigDict:
     c.timesteps = 1000  # T of the Gaussian forward process (masked time is continuous)
     c.prediction = "v"  # Gaussian only: "eps" | "v"
     c.cond_drop = 0.1  # probability of dropping the condition (trains classifier-free guidance)
+    # Masked, byte captions: fraction of captions masked word by word instead of byte by byte (a
+    # word hidden whole must be read from the source, not spelled from its visible letters).
+    c.word_mask_prob = 0.0
     c.update(overrides)
     return c
 
@@ -195,42 +235,53 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
-def text_generator(text_max_len: int, **train_overrides) -> ml_collections.ConfigDict:
-    """Stage 2 of the X→text configs: a DiT writing caption bytes by masked diffusion."""
+def generator(
+    process: str,
+    *,
+    model: dict | None = None,
+    diffusion_overrides: dict | None = None,
+    sample_overrides: dict | None = None,
+    train_overrides: dict | None = None,
+) -> ml_collections.ConfigDict:
+    """Stage 2 of every task: a DiT generating the target by the diffusion `process`. One schema
+    for all tasks; a field that does not apply to a task is ignored by it."""
     c = ml_collections.ConfigDict()
-    c.model = generator_model(hidden_size=96, depth=4, num_heads=4)
-    # Training-time augmentation (augment.py): per source axis (image [H, W], spectrogram
-    # [frames, mels], clip [T, H, W]), the largest random translation; () or 0s = none.
+    c.model = generator_model(**(model or {}))
+    # X→text, training-time augmentation (stages/augment.py): per source axis (image [H, W],
+    # spectrogram [frames, mels], clip [T, H, W]), the largest random translation; () = none.
     c.source_shift = ()
-    # Random rotation and scaling of image and clip sources in training: (largest angle in
-    # degrees, largest relative scale change), e.g. (10.0, 0.1); (0.0, 0.0) = none.
+    # X→text: random rotation and scaling of image and clip sources in training: (largest angle
+    # in degrees, largest relative scale change), e.g. (10.0, 0.1); (0.0, 0.0) = none.
     c.source_affine = (0.0, 0.0)
-    # Run the frozen tokenizer over the training sources once, before training, instead of in
-    # every step (the encoder costs more than the text DiT). Then source_shift cannot apply (the
-    # sources are gone); code_shift translates the grid of code ids instead, per axis, in codes.
+    # X→text: run the frozen tokenizer over the training sources once, before training, instead
+    # of in every step. Then source_shift cannot apply (the sources are gone); code_shift
+    # translates the grid of code ids instead, per axis, in codes.
     c.precompute_codes = False
     c.code_shift = ()
-    # MaskGIT-style training (sine masking ratio, plain mean CE): heavily-masked states, where the
-    # caption must come from the source, get their share of the gradient.
-    c.diffusion = diffusion("masked", schedule="sine", loss_weighting="masked_mean", cond_drop=0.0)
-    # Fraction of captions masked word by word instead of byte by byte: a word hidden whole must
-    # be read from the source, not spelled from its visible letters (masked.forward_mask).
-    c.diffusion.word_mask_prob = 0.0
-    # One byte a step, most confident first: a digit word's letters are committed one at a time.
-    c.sample = sample(
-        "masked", steps=text_max_len, schedule="linear", guidance=1.0, temperature=0.0
-    )
-    c.train = train(
-        **{
+    c.diffusion = diffusion(process, **(diffusion_overrides or {}))
+    c.sample = sample(process, **(sample_overrides or {}))
+    c.train = train(**(train_overrides or {}))
+    return c
+
+
+def text_generator(text_max_len: int, **train_overrides) -> ml_collections.ConfigDict:
+    """The generator block of the X→text configs: a DiT writing caption tokens by masked
+    diffusion, MaskGIT-style (sine masking, plain mean CE), one token a step, most confident
+    first (docs/results.md says why)."""
+    return generator(
+        "masked",
+        model=dict(hidden_size=96, depth=4, num_heads=4),
+        diffusion_overrides=dict(schedule="sine", loss_weighting="masked_mean", cond_drop=0.0),
+        sample_overrides=dict(steps=text_max_len, schedule="linear", guidance=1.0, temperature=0.0),
+        train_overrides={
             "batch_size": 32,
             "learning_rate": 1e-3,
             "warmup_steps": 100,
             "weight_decay": 0.01,
             "images_every": 500,
             **train_overrides,
-        }
+        },
     )
-    return c
 
 
 def text_task_smoke(c: ml_collections.ConfigDict, num_examples: int = 16) -> None:

@@ -229,7 +229,7 @@ def write_report(
     wall_seconds: float | None = None,
 ) -> str:
     """Write `<workdir>/report.html`; returns its path. `wall_seconds`: this invocation's time."""
-    from crossmodal_jax.metrics import format_duration
+    from crossmodal_jax.logs.progress import format_duration
 
     title = f"{config.task} on {config.data.name}"
     stages = _stage_dirs(workdir, config)

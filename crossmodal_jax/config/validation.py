@@ -1,0 +1,198 @@
+"""Config checks that run before anything is compiled or written: one line (UserError) per problem.
+
+- names the run cannot use (task, stage, diffusion process, schedule, ...), with the choices taken
+  from the tables that define them (tasks.TASKS, stages.registry.STAGES,
+  stages.generators.GENERATORS and PROCESSES);
+- combinations that cannot work (batch vs data-parallel size, latent grid vs patch size, a generator
+  stage without a tokenizer), checked on the built `Experiment`;
+- a workdir that holds a different run (config/workdir.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from crossmodal_jax import tasks
+from crossmodal_jax.config.workdir import check_workdir, checkpointed_stages
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models.dit import DIT_PRESETS
+from crossmodal_jax.stages.builders import DTYPES, condition_grid
+from crossmodal_jax.stages.generators import PROCESSES, processes_for
+from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS
+from crossmodal_jax.stages.registry import STAGES
+from crossmodal_jax.training import sharding
+
+
+def _check(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}; available: {', '.join(choices)}")
+
+
+def check_names(config: ml_collections.ConfigDict) -> None:
+    """Names in the config alone (before the dataset is opened)."""
+    _check("task", config.task, tuple(tasks.TASKS))
+    for stage in config.stages:
+        _check("stage", stage, tuple(STAGES))
+    target = tasks.TASKS[config.task].target
+    gen = config.generator
+    process = gen.diffusion.process
+    _check("diffusion process", process, tuple(PROCESSES))
+    if process not in processes_for(target):
+        raise UserError(
+            f"diffusion process {process!r} cannot generate {target}; use one of "
+            f"{', '.join(processes_for(target))}"
+        )
+    for field, (name, choices) in PROCESSES[process].items():
+        block, key = field.split(".")
+        _check(name, gen[block][key], choices)
+    _check("compute dtype", gen.model.dtype, tuple(DTYPES))
+    _check("condition input", gen.model.cond_input, tuple(SOURCE_CONDITIONS))
+    if gen.model.preset:
+        _check("DiT preset", gen.model.preset, tuple(DIT_PRESETS))
+    weights = config.eval.inception_weights
+    if weights and not os.path.isfile(os.path.expanduser(weights)):  # not after hours of training
+        raise UserError(f"eval.inception_weights: no such file {weights!r}")
+
+
+def check_data(exp: Experiment) -> None:
+    """Both splits open: a bad test file must stop the run now, not after training. Folders are
+    validated file by file here, and TFDS datasets opened (prepared?), before anything is
+    compiled or written."""
+    try:
+        for split in ("train", "test"):
+            exp.dataset.split(split)
+    except (ValueError, RuntimeError) as e:  # a bad dataset, or its builder is missing a tool
+        raise UserError(str(e)) from e
+
+
+def check_batches(exp: Experiment) -> None:
+    replicas, processes = sharding.data_parallel_size(exp.ctx.mesh), jax.process_count()
+    train_size = len(exp.dataset.split("train"))
+    for stage in exp.config.stages:
+        batch = exp.config[stage].train.batch_size
+        if batch > train_size:  # a small folder dataset; the pipeline would refuse it mid-run
+            raise UserError(
+                f"{stage}.train.batch_size={batch} is larger than the training set "
+                f"({train_size} examples of {exp.dataset.described})"
+            )
+        for n, what in (
+            (replicas, "data-parallel size (mesh data x fsdp)"),
+            (processes, "process count"),
+        ):
+            if batch % n:
+                raise UserError(
+                    f"{stage}.train.batch_size={batch} is not divisible by the {what} {n}"
+                )
+
+
+def _grid_text(grid) -> str:
+    return "x".join(map(str, grid))
+
+
+def check_generator(exp: Experiment) -> None:
+    """Generator settings that are each valid but cannot work with this data or tokenizer."""
+    gen, grid = exp.config.generator, exp.latent_grid
+    if gen.diffusion.process == "gaussian" and any(n % gen.model.patch_size for n in grid):
+        raise UserError(
+            f"the latent grid {_grid_text(grid)} is not divisible by "
+            f"generator.model.patch_size={gen.model.patch_size}"
+        )
+    if exp.text.words and gen.diffusion.word_mask_prob:
+        raise UserError(
+            "generator.diffusion.word_mask_prob masks byte captions word by word; with "
+            "data.text_words each token is already a word: set it to 0"
+        )
+    shift = tuple(gen.source_shift)
+    if any(shift) and len(shift) != len(grid):  # the grid has one axis per source axis
+        raise UserError(
+            f"generator.source_shift={shift} needs {len(grid)} entries, one per axis of "
+            f"the {exp.task.source} source"
+        )
+    if any(s < 0 for s in shift):
+        raise UserError(f"generator.source_shift={shift} must not be negative")
+    if gen.precompute_codes and any(shift):
+        raise UserError(
+            "generator.source_shift translates sources the step no longer sees with "
+            "generator.precompute_codes; use generator.code_shift (in codes) instead"
+        )
+    affine = tuple(gen.source_affine)
+    if affine and (len(affine) != 2 or any(a < 0 for a in affine)):
+        raise UserError(
+            f"generator.source_affine={affine} must be (largest angle in degrees, largest "
+            "relative scale change), both >= 0"
+        )
+    if gen.precompute_codes and any(affine):
+        raise UserError(
+            "generator.source_affine warps sources the step no longer sees with "
+            "generator.precompute_codes; turn one of them off"
+        )
+    codes = tuple(gen.code_shift)
+    if any(codes) and not gen.precompute_codes:
+        raise UserError("generator.code_shift needs generator.precompute_codes=True")
+    if any(codes) and (len(codes) != len(grid) or any(s < 0 for s in codes)):
+        raise UserError(
+            f"generator.code_shift={codes} needs {len(grid)} non-negative entries, one per "
+            f"axis of the code grid {_grid_text(grid)}"
+        )
+    check_condition_stem(gen.model, grid)
+
+
+def check_condition_stem(m: ml_collections.ConfigDict, grid: tuple[int, ...]) -> None:
+    """How an X→text DiT reads the source's code grid: conv stem, its stride, token groups."""
+    widths, stride = tuple(m.cond_conv), tuple(m.cond_conv_stride)
+    if widths and m.cond_input != "vectors":
+        raise UserError("generator.model.cond_conv needs generator.model.cond_input='vectors'")
+    if any(w < 1 for w in widths):
+        raise UserError(f"generator.model.cond_conv={widths} needs widths >= 1")
+    for key in ("cond_conv_kernel", "cond_conv_stride"):
+        value = tuple(m[key])
+        if value and (len(value) != len(grid) or any(k < 1 for k in value)):
+            raise UserError(
+                f"generator.model.{key}={value} needs {len(grid)} sizes >= 1, one per axis "
+                f"of the source's code grid {_grid_text(grid)}"
+            )
+    if stride and not widths:
+        raise UserError("generator.model.cond_conv_stride needs generator.model.cond_conv")
+    if stride and any(n % s for n, s in zip(grid, stride, strict=True)):
+        raise UserError(
+            f"generator.model.cond_conv_stride={stride} must divide the source's code grid "
+            f"{_grid_text(grid)}"
+        )
+    token_grid = condition_grid(m, grid)
+    patch = tuple(m.cond_patch)
+    fits = len(patch) == len(grid) and all(
+        p >= 1 and n % p == 0 for n, p in zip(token_grid, patch, strict=True)
+    )
+    if patch and not fits:
+        raise UserError(
+            f"generator.model.cond_patch={patch} must have one divisor per axis of the "
+            f"grid {_grid_text(token_grid)} of the source's codes"
+            + (" after generator.model.cond_conv_stride" if stride else "")
+        )
+    if patch and m.cond_input != "vectors":
+        raise UserError("generator.model.cond_patch needs generator.model.cond_input='vectors'")
+
+
+def check_tokenizer_available(exp: Experiment) -> None:
+    workdir = exp.ctx.workdir
+    if "tokenizer" not in exp.config.stages and "tokenizer" not in checkpointed_stages(workdir):
+        raise UserError(
+            f"the generator stage needs a trained tokenizer: "
+            f"{os.path.join(workdir, 'tokenizer', 'checkpoints')} has no checkpoint; add "
+            "'tokenizer' to config.stages"
+        )
+
+
+def validate(exp: Experiment) -> None:
+    """Every check of a built experiment, in the order a user would want to hear about them
+    (`check_names` runs before the experiment is built)."""
+    check_data(exp)
+    check_batches(exp)
+    if "generator" in exp.config.stages:
+        check_generator(exp)
+        check_tokenizer_available(exp)
+    check_workdir(exp.config, exp.ctx.workdir)

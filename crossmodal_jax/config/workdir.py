@@ -1,0 +1,108 @@
+"""A workdir's resolved config: written when a run starts, read by resumes and the sample CLI, and
+compared with the config of a later run of the same workdir."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+
+import jax
+import ml_collections
+
+from crossmodal_jax.errors import UserError
+
+# Keys a resumed run may change: which stages run, how long, how it logs, evaluates and samples, and
+# on which mesh (checkpoints restore onto any mesh). Everything else changes what is trained.
+SAFE_KEYS = (
+    "stages",
+    "*.train.steps",
+    "*.train.log_every",
+    "*.train.images_every",
+    "*.train.checkpoint_every",
+    "*.train.keep_checkpoints",
+    "*.train.skip_nonfinite",
+    "eval.*",
+    "generator.sample.*",
+    "data.worker_count",
+    "data.data_dir",
+    "mesh.shape.*",
+)
+
+
+def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def load_resolved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (written by `run`)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ (JSON-normalised), excluding SAFE_KEYS."""
+    a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<missing>") != b.get(key, "<missing>") and not any(
+            fnmatch.fnmatch(key, pattern) for pattern in SAFE_KEYS
+        ):
+            changed.append(f"{key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")
+    return changed
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuse to resume a workdir that was trained with a different config, or whose checkpoints
+    cannot be checked against this config (config.json deleted or unreadable)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        trained = checkpointed_stages(workdir)
+        if trained:
+            raise UserError(
+                f"workdir {workdir} holds {', '.join(trained)} checkpoints but no config.json to "
+                "check this config against; restore config.json or use a new --workdir"
+            )
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"workdir {workdir}: config.json is unreadable ({e}); use a new --workdir"
+        ) from e
+    changed = config_diff(old, json.loads(config.to_json_best_effort()))
+    if changed:
+        shown = "; ".join(changed[:3]) + (
+            f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+        raise UserError(
+            f"workdir {workdir} holds a run with a different config ({shown}); use a new --workdir"
+        )
+
+
+def checkpointed_stages(workdir: str) -> list[str]:
+    """Stages of a workdir with at least one checkpoint step (`<stage>/checkpoints/<step>`)."""
+    if not os.path.isdir(workdir):
+        return []
+    found = []
+    for stage in sorted(os.listdir(workdir)):
+        ckpts = os.path.join(workdir, stage, "checkpoints")
+        if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+            found.append(stage)
+    return found

@@ -1,0 +1,118 @@
+"""The continuous modalities (image, audio, video): one entry each, holding everything the rest of
+the project needs to know about one.
+
+A new modality is one `Modality` entry: how a record becomes a model batch (`features`), how a
+user's file becomes a model input (`read_file`, `input_suffixes`, `folder_suffixes`), how a model
+input is shown as a picture (`to_pictures`), and whether its features are computed once per run
+(`precompute`). Text is not here: it is never learned by a tokenizer (data/text.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import grain
+import ml_collections
+import numpy as np
+
+from crossmodal_jax.data import features, files
+from crossmodal_jax.data.pipeline import ImageTextFeatures, image_to_unit, unit_to_uint8
+
+# Image and video files hold 8-bit pixels: 255 is full intensity, whatever the dataset's scale.
+FILE_MAX_VALUE = 255
+
+# (data block, raw pixel value of full intensity, caption words) -> record -> model batch
+FeaturesFn = Callable[
+    [ml_collections.ConfigDict, int | None, tuple[str, ...]], grain.transforms.Map
+]
+# (path, model input shape, data block) -> model-space array
+ReadFn = Callable[[str, tuple[int, ...], ml_collections.ConfigDict], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+    name: str  # batch key of the model input: "image" | "audio" | "video"
+    features: FeaturesFn
+    read_file: ReadFn
+    input_suffixes: tuple[str, ...]  # files the sample CLI reads from an input folder
+    folder_suffixes: tuple[str, ...]  # files of a folder dataset (data/folders.py)
+    to_pictures: Callable[[np.ndarray], np.ndarray]  # model inputs [N, ...] -> uint8 [N, H, W, C]
+    # Features costing more than a training step can wait for (a log-mel spectrogram is ~10 ms of
+    # NumPy per clip): computed once per run and kept in memory.
+    precompute: bool = False
+
+
+def _image_features(data_cfg, max_value, words):
+    return ImageTextFeatures(data_cfg.text_max_len, image_max_value=max_value, words=words)
+
+
+def _audio_features(data_cfg, max_value, words):
+    del max_value  # waveforms, not pixels
+    return features.AudioTextFeatures(data_cfg.text_max_len, **data_cfg.audio, words=words)
+
+
+def _video_features(data_cfg, max_value, words):
+    return features.VideoTextFeatures(
+        data_cfg.text_max_len, max_value=max_value, frame_size=data_cfg.frame_size, words=words
+    )
+
+
+def _read_image(path, shape, data_cfg):
+    h, w, c = shape
+    return image_to_unit(files.read_image(path, (h, w), c), FILE_MAX_VALUE)
+
+
+def _read_audio(path, shape, data_cfg):
+    waveform, rate = files.read_wav(path)
+    return features.audio_features(waveform, rate, **data_cfg.audio)
+
+
+def _read_video(path, shape, data_cfg):
+    t, h, w, c = shape
+    return image_to_unit(files.read_video(path, t, (h, w), c), FILE_MAX_VALUE)
+
+
+def _image_pictures(x: np.ndarray) -> np.ndarray:
+    return unit_to_uint8(x)
+
+
+def _spectrogram_pictures(x: np.ndarray) -> np.ndarray:
+    """Time left to right, low frequencies at the bottom: [N, frames, mels, 1] -> [N, mels, frames, 1]."""
+    return np.flip(np.swapaxes(unit_to_uint8(x), 1, 2), axis=1)
+
+
+def _video_pictures(x: np.ndarray) -> np.ndarray:
+    """Frames side by side: [N, T, H, W, C] -> [N, H, T * W, C]."""
+    x = unit_to_uint8(x)
+    n, t, h, w, c = x.shape
+    return np.transpose(x, (0, 2, 1, 3, 4)).reshape(n, h, t * w, c)
+
+
+MODALITIES: dict[str, Modality] = {
+    "image": Modality(
+        "image",
+        _image_features,
+        _read_image,
+        input_suffixes=(".png",),
+        folder_suffixes=(".png", ".jpg", ".jpeg"),
+        to_pictures=_image_pictures,
+    ),
+    "audio": Modality(
+        "audio",
+        _audio_features,
+        _read_audio,
+        input_suffixes=(".wav",),
+        folder_suffixes=(".wav",),
+        to_pictures=_spectrogram_pictures,
+        precompute=True,
+    ),
+    "video": Modality(
+        "video",
+        _video_features,
+        _read_video,
+        input_suffixes=files.VIDEO_SUFFIXES,
+        folder_suffixes=files.VIDEO_SUFFIXES,
+        to_pictures=_video_pictures,
+    ),
+}

@@ -1,0 +1,51 @@
+"""The tokenizer on the test split: reconstruction PSNR and MSE, and codebook health."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
+from crossmodal_jax.models.vqvae import VQVAE
+from crossmodal_jax.stages.objectives import psnr
+
+
+def reconstruction_metrics(exp: Experiment, tok_vars: dict) -> dict[str, float]:
+    """Per-input PSNR (mean), MSE, and codebook usage/perplexity over the whole split's codes
+    (or over its first eval.num_examples)."""
+    tokenizer = exp.tokenizer
+
+    @partial(jax.jit, out_shardings=P())  # replicated: readable on every process
+    def run(x):
+        z_q, idx = tokenizer.apply(tok_vars, x, method=VQVAE.tokenize)
+        rec = tokenizer.apply(tok_vars, z_q, method=VQVAE.decode)
+        mse = jnp.mean(jnp.square(rec - x).reshape(x.shape[0], -1), axis=-1)
+        return mse, idx
+
+    mses, indices = [], []
+    cfg = exp.config.eval
+    for batch in exp.batches("test", cfg.batch_size, limit=cfg.num_examples):
+        mse, idx = run(batch[exp.modality.name])
+        mses.append(np.asarray(mse))
+        indices.append(np.asarray(idx).reshape(-1))
+    mse = np.concatenate(mses)
+    idx = jnp.asarray(np.concatenate(indices))
+    k = tokenizer.num_codes
+    return {
+        "test_psnr_db": float(np.mean(psnr(mse))),
+        "test_recon_mse": float(np.mean(mse)),
+        "test_codebook_usage": float(codebook_usage(idx, k)),
+        "test_codebook_perplexity": float(codebook_perplexity(idx, k)),
+        # Codes the EMA considers dead (restart candidates) and codes no test latent uses.
+        "dead_codes": float(
+            dead_code_count(
+                tok_vars["vq_stats"]["quantizer"]["cluster_size"], tokenizer.dead_code_threshold
+            )
+        ),
+        "test_unused_codes": float(k - np.count_nonzero(np.bincount(np.asarray(idx), minlength=k))),
+    }

@@ -1,0 +1,108 @@
+"""The `Experiment`: what a config means, derived once and passed down.
+
+`Experiment.build(config, ctx)` resolves the task, its modalities, the dataset, the caption
+tokenizer, the tokenizer model, the model input shape and the latent grid. Stages, evaluation and
+the sample CLI read them from here instead of re-deriving them from the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from crossmodal_jax import tasks
+from crossmodal_jax.data import catalog, pipeline
+from crossmodal_jax.data import text as text_lib
+from crossmodal_jax.data.modalities import MODALITIES, Modality
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.models.vqvae import VQVAE, latent_shape
+from crossmodal_jax.training.stage import RunContext
+
+
+@dataclasses.dataclass
+class Experiment:
+    config: ml_collections.ConfigDict
+    ctx: RunContext  # workdir, mesh, logical axis rules, seed
+    task: tasks.Task
+    dataset: catalog.Dataset
+    text: text_lib.TextTokenizer  # the caption tokenizer (data.text_words; () = UTF-8 bytes)
+    features: grain.transforms.Map  # record -> model batch
+    input_shape: tuple[int, ...]  # one tokenizer input: [H, W, C], [frames, mels, 1], [T, H, W, C]
+    latent_grid: tuple[int, ...]  # the tokenizer's grid of codes for one input, e.g. (4, 4)
+    tokenizer: VQVAE  # the stage-1 model of the continuous modality
+    results: dict = dataclasses.field(default_factory=dict)  # stage name -> its final TrainState
+    # Pieces the layers above build once per experiment (the generator's jitted sampler, shared
+    # by training summaries and the final evaluation: one compilation).
+    built: dict = dataclasses.field(default_factory=dict)
+    _materialized: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, ctx: RunContext) -> Experiment:
+        """UserError (one line) for a dataset, vocabulary or tokenizer the config cannot have."""
+        task = tasks.get_task(config.task)
+        dataset = catalog.open_dataset(config.data)
+        if dataset.modality != task.continuous:
+            raise UserError(
+                f"task {task.name!r} needs a dataset of {task.continuous}s, but "
+                f"{dataset.described} holds {dataset.modality}s"
+            )
+        try:
+            text = text_lib.TextTokenizer(tuple(config.data.text_words.split()))
+        except ValueError as e:
+            raise UserError(f"data.text_words: {e}") from e
+        features = dataset.features(text.words)
+        example = features.map(dataset.example_record())
+        input_shape = tuple(np.asarray(example[task.continuous]).shape)
+        m = dict(config.tokenizer.model)
+        m["strides"] = tuple(tuple(s) for s in m["strides"])
+        try:
+            grid = tuple(latent_shape(input_shape[:-1], m["channel_mult"], m["strides"]))
+        except ValueError as e:
+            raise UserError(f"tokenizer.model: {e}") from e
+        tokenizer = VQVAE(in_channels=input_shape[-1], spatial_dims=len(input_shape) - 1, **m)
+        return cls(config, ctx, task, dataset, text, features, input_shape, grid, tokenizer)
+
+    @property
+    def modality(self) -> Modality:
+        """The continuous modality: what the tokenizer learns (batch key `modality.name`)."""
+        return MODALITIES[self.task.continuous]
+
+    def source(self, split: str) -> tuple[Any, grain.transforms.Map | None]:
+        """(random-access source, transform still to apply) of a split's model examples."""
+        if not self.modality.precompute:
+            return self.dataset.split(split), self.features
+        if split not in self._materialized:  # computed once per experiment
+            self._materialized[split] = pipeline.materialize(
+                self.dataset.split(split),
+                self.features,
+                what=f"{self.config.data.name}/{split} examples",
+            )
+        return self._materialized[split], None
+
+    def train_iterator_factory(self, train_cfg: ml_collections.ConfigDict) -> Callable[[], Any]:
+        """() -> a checkpointable iterator of this process's training batches."""
+        train_source, transform = self.source("train")
+        return lambda: pipeline.make_train_iterator(
+            train_source,
+            global_batch_size=train_cfg.batch_size,
+            seed=self.config.seed,
+            transform=transform,
+            worker_count=self.config.data.worker_count,
+        )
+
+    def batches(self, split: str, batch_size: int, limit: int = 0) -> Iterator[dict[str, Any]]:
+        """One ordered pass over the first `limit` examples of a split (0 = all), as model batches:
+        the one way evaluation, summaries and code precomputation read a split."""
+        split_source, transform = self.source(split)
+        return pipeline.make_eval_batches(
+            split_source, batch_size=batch_size, transform=transform, limit=limit
+        )
+
+    def first_examples(self, split: str, n: int) -> dict[str, np.ndarray]:
+        """The first n examples of a split: the same inputs in every summary of a run."""
+        return next(self.batches(split, n, limit=n))

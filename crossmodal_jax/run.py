@@ -1,0 +1,76 @@
+"""One run of a config: validate → build the Experiment → fit each stage → evaluate → report.
+
+`run(config, workdir)` is what `python -m crossmodal_jax.main` calls; researchers may call it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from crossmodal_jax.config import validation
+from crossmodal_jax.config.workdir import write_resolved_config
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.evaluation.evaluate import evaluate_run
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.logs.report import write_report
+from crossmodal_jax.stages.registry import STAGES
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.loop import fit
+from crossmodal_jax.training.stage import RunContext
+
+log = logging.getLogger("crossmodal_jax")
+
+
+def build_experiment(
+    config: ml_collections.ConfigDict, workdir: str, mesh_shape=None
+) -> Experiment:
+    """The checked Experiment of a config: one-line UserError for anything it cannot run, before
+    anything is compiled or written. `mesh_shape` (default: config.mesh.shape) places it."""
+    try:
+        mesh = sharding.make_mesh(dict(mesh_shape or config.mesh.shape))
+    except ValueError as e:
+        raise UserError(f"config.mesh.shape: {e}") from e
+    rules = sharding.rules_from_config(config.mesh.rules)
+    validation.check_names(config)
+    exp = Experiment.build(config, RunContext(workdir, mesh, rules, config.seed))
+    validation.validate(exp)
+    return exp
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train every stage in `config.stages`, evaluate, write metrics.json; returns the metrics."""
+    t_run = time.perf_counter()
+    exp = build_experiment(config, workdir)  # before the workdir is touched
+    os.makedirs(workdir, exist_ok=True)
+    write_resolved_config(config, workdir)
+    mesh, rules = exp.ctx.mesh, exp.ctx.rules
+    log.info(
+        "mesh %s over %d devices (%s), %d process(es)",
+        dict(mesh.shape),
+        mesh.size,
+        jax.devices()[0].platform,
+        jax.process_count(),
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        for index, name in enumerate(config.stages):
+            spec = STAGES[name](exp)
+            exp.results[name] = fit(spec, exp.ctx, stage_index=index)
+        metrics = evaluate_run(exp) if config.eval.at_end else {}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
+        try:  # a bug in the report must not fail a finished run; its traceback is still logged
+            report = write_report(workdir, config, metrics, time.perf_counter() - t_run)
+        except Exception:
+            log.exception("report.html not written")
+            report = "no report (error above)"
+        log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"), report)
+    return metrics

@@ -1,0 +1,89 @@
+"""The generator's models built from the experiment: a DiT over latent grids (Gaussian
+diffusion) and a DiT over token ids (masked diffusion), and what an X→text DiT attends to."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models.dit import DIT_PRESETS, DiT
+from crossmodal_jax.models.token_dit import TokenDiT
+from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS, TokenFn
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dit_size(m: ml_collections.ConfigDict) -> dict:
+    if m.preset:
+        return dict(DIT_PRESETS[m.preset])
+    return dict(depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
+
+
+def latent_hwc(exp: Experiment) -> tuple[int, int, int]:
+    """The image latent grid and its channels: what Gaussian diffusion generates."""
+    return (*exp.latent_grid, exp.config.tokenizer.model.code_dim)
+
+
+def condition_grid(m: ml_collections.ConfigDict, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid an X→text DiT's condition tokens group by `m.cond_patch`: the source's code grid,
+    or the conv stem's after its first stride (`m.cond_conv_stride`)."""
+    stride = tuple(m.cond_conv_stride) or (1,) * len(grid)
+    return tuple(n // s for n, s in zip(grid, stride, strict=True))
+
+
+def build_dit(exp: Experiment) -> DiT:
+    """The DiT over the tokenizer's latent grid, conditioned on caption tokens."""
+    m = exp.config.generator.model
+    hwc = latent_hwc(exp)
+    return DiT(
+        input_size=hwc[:2],
+        in_channels=hwc[2],
+        patch_size=m.patch_size,
+        mlp_ratio=m.mlp_ratio,
+        cond_vocab_size=exp.text.vocab_size,
+        cond_len=exp.config.data.text_max_len,
+        dtype=DTYPES[m.dtype],
+        remat=m.remat,
+        **_dit_size(m),
+    )
+
+
+def build_token_dit(exp: Experiment) -> TokenDiT:
+    """The DiT over token ids: caption tokens (X→text) or VQ ids (text→image, masked)."""
+    m = exp.config.generator.model
+    num_codes = exp.config.tokenizer.model.num_codes
+    grid = exp.latent_grid
+    text_len = exp.config.data.text_max_len
+    if exp.task.generates_text:
+        sizes = dict(seq_len=text_len, vocab_size=exp.text.vocab_size)
+        cond = dict(cond_vocab_size=num_codes, cond_len=math.prod(grid))
+        if m.cond_input == "vectors":
+            group = math.prod(m.cond_patch)  # () = 1: a code a token
+            cond["cond_len"] = math.prod(condition_grid(m, grid)) // group
+            cond["cond_feature_dim"] = exp.config.tokenizer.model.code_dim * group
+            cond["cond_pool_hidden"] = m.cond_pool_hidden
+            cond["cond_dropout"] = m.cond_dropout
+            if m.cond_conv:  # the stem groups its features (source_condition: none)
+                cond["cond_conv"] = tuple(m.cond_conv)
+                cond["cond_conv_kernel"] = tuple(m.cond_conv_kernel) or 3
+                cond["cond_conv_stride"] = tuple(m.cond_conv_stride) or (1,) * len(grid)
+                cond["cond_grid"] = grid
+                cond["cond_patch"] = tuple(m.cond_patch) or (1,) * len(grid)
+                cond["cond_feature_dim"] = exp.config.tokenizer.model.code_dim
+    else:  # code ids + one extra id, the absorbing mask state
+        sizes = dict(seq_len=math.prod(grid), vocab_size=num_codes + 1)
+        cond = dict(cond_vocab_size=exp.text.vocab_size, cond_len=text_len)
+    return TokenDiT(
+        mlp_ratio=m.mlp_ratio, dtype=DTYPES[m.dtype], remat=m.remat, **sizes, **cond, **_dit_size(m)
+    )
+
+
+def source_condition(exp: Experiment) -> TokenFn:
+    """What an X→text DiT attends to: the source's code ids or code vectors."""
+    m = exp.config.generator.model
+    # With a conv stem the DiT sees the whole grid and groups the stem's features itself.
+    patch = () if m.cond_conv else tuple(m.cond_patch)
+    return SOURCE_CONDITIONS[m.cond_input](exp.tokenizer, exp.task.source, patch)

@@ -1,0 +1,65 @@
+"""The tokenizer stage: a VQ-VAE of the task's continuous modality, trained to reconstruct it."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.logs.pictures import picture_grid, save_png
+from crossmodal_jax.logs.writers import MetricWriter
+from crossmodal_jax.stages.objectives import vqvae_objective
+from crossmodal_jax.training.stage import StageSpec, restore_stage_state
+
+NAME = "tokenizer"
+
+
+def tokenizer_stage(exp: Experiment) -> StageSpec:
+    modality = exp.modality.name
+    model = exp.tokenizer
+    dummy = jnp.zeros((1, *exp.input_shape), jnp.float32)
+    shown = exp.first_examples("test", 8 if modality == "image" else 4)[modality]
+
+    def init_variables(key):
+        params_key, vq_key = jax.random.split(key)
+        return model.init({"params": params_key, "vq": vq_key}, dummy, train=False)
+
+    # Replicated outputs: every process may read them (multi-host safe).
+    reconstruct = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=P())
+
+    def summarize(state, step, writer: MetricWriter):
+        variables = {"params": state.params, **state.model_state}
+        rec = np.asarray(reconstruct(variables, shown))
+        # Top row: inputs; bottom row: reconstructions.
+        grid = picture_grid(modality, np.concatenate([shown, rec]), cols=len(shown))
+        writer.image(step, "reconstructions", grid)
+        if writer.enabled:
+            save_png(os.path.join(exp.ctx.workdir, NAME, f"reconstructions_{step:06d}.png"), grid)
+
+    return StageSpec(
+        name=NAME,
+        train_cfg=exp.config.tokenizer.train,
+        init_variables=init_variables,
+        objective=vqvae_objective(model, data_key=modality),
+        make_iterator=exp.train_iterator_factory(exp.config.tokenizer.train),
+        summarize=summarize,
+    )
+
+
+def tokenizer_variables(exp: Experiment) -> dict:
+    """The trained tokenizer: from this run's results, or restored from the workdir."""
+    state = exp.results.get(NAME)
+    if state is None:
+        state = restore_stage_state(tokenizer_stage(exp), exp.ctx)
+        steps = exp.config.tokenizer.train.steps
+        if int(state.step) < steps:  # e.g. its final checkpoint was broken and set aside
+            raise UserError(
+                f"the tokenizer in {os.path.join(exp.ctx.workdir, NAME)} is trained to step "
+                f"{int(state.step)} of {steps}; add 'tokenizer' to config.stages to finish it"
+            )
+    return {"params": state.params, "vq_stats": state.model_state["vq_stats"]}
