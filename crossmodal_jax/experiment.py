@@ -21,6 +21,7 @@ from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.data.modalities import MODALITIES, Modality
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
+from crossmodal_jax.training import sharding
 from crossmodal_jax.training.stage import RunContext
 
 
@@ -106,3 +107,11 @@ class Experiment:
     def first_examples(self, split: str, n: int) -> dict[str, np.ndarray]:
         """The first n examples of a split: the same inputs in every summary of a run."""
         return next(self.batches(split, n, limit=n))
+
+
+def local_experiment(config: ml_collections.ConfigDict, workdir: str = "") -> Experiment:
+    """The Experiment of a config on this process's devices, data-parallel, without the run's
+    validation: for the sample CLI, benchmarks and notebooks that load a trained workdir."""
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = sharding.rules_from_config(config.mesh.rules)
+    return Experiment.build(config, RunContext(workdir, mesh, rules, config.seed))

@@ -49,20 +49,16 @@ def read_prompts(path: str) -> list[str]:
 
 
 def experiment_of(workdir: str, config):
-    """The Experiment of a trained workdir on this machine's devices (data-parallel), with the
-    sampler settings of the command line. Built without the run's validation: sampling needs
-    neither a training folder nor a prepared TFDS dataset, only the workdir."""
-    from crossmodal_jax.experiment import Experiment
-    from crossmodal_jax.training import sharding
-    from crossmodal_jax.training.stage import RunContext
+    """The Experiment of a trained workdir on this machine's devices, with the sampler settings
+    of the command line (no run validation: sampling needs neither a training folder nor a
+    prepared TFDS dataset, only the workdir)."""
+    from crossmodal_jax.experiment import local_experiment
 
     if _GUIDANCE.value is not None:
         config.generator.sample.guidance = _GUIDANCE.value
     if _STEPS.value is not None:
         config.generator.sample.steps = _STEPS.value
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = sharding.rules_from_config(config.mesh.rules)
-    return Experiment.build(config, RunContext(workdir, mesh, rules, config.seed))
+    return local_experiment(config, workdir)
 
 
 @contextlib.contextmanager
