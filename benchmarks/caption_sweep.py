@@ -17,8 +17,11 @@ import flax.linen as nn
 import jax
 from absl import app, flags
 
-from crossmodal_jax import evaluate, sharding, stages
-from crossmodal_jax.train import RunContext, load_resolved_config
+from crossmodal_jax.config.workdir import load_resolved_config
+from crossmodal_jax.evaluation import evaluate
+from crossmodal_jax.experiment import local_experiment
+from crossmodal_jax.stages.generators import generator_stage
+from crossmodal_jax.training.stage import restore_stage_state
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/img2txt", "A trained X→text workdir.")
 _STEPS = flags.DEFINE_list("steps", ["8", "20", "40"], "MaskGIT step counts.")
@@ -31,19 +34,18 @@ def main(argv) -> None:
     del argv
     config = load_resolved_config(_WORKDIR.value)
     config.eval.num_examples = _NUM.value
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = sharding.rules_from_config(config.mesh.rules)
+    exp = local_experiment(config, _WORKDIR.value)
     rows = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        ctx = RunContext(config=config, workdir=_WORKDIR.value, mesh=mesh, rules=rules, results={})
-        state = stages.restore_stage_state(ctx, "generator", stages.generator_stage(ctx))
+    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
+        state = restore_stage_state(generator_stage(exp), exp.ctx)
         grid = itertools.product(
             map(int, _STEPS.value), _SCHEDULE.value, map(float, _TEMPERATURE.value)
         )
         for steps, schedule, temperature in grid:
             config.generator.sample.update(steps=steps, schedule=schedule, temperature=temperature)
+            exp.built.pop("sampler", None)  # the sampler is built (and jitted) per setting
             t0 = time.perf_counter()
-            metrics, _ = evaluate.caption_test_split(ctx, state)
+            metrics, _ = evaluate.caption_test_split(exp, state)
             row = {
                 "steps": steps,
                 "schedule": schedule,

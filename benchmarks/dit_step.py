@@ -4,9 +4,10 @@
   python benchmarks/dit_step.py --preset=XL --batch=256 --dtype=bfloat16 --peak_tflops=989
 
 The timed step is the shared `train_step` (AdamW, global-norm clipping, weight EMA), built exactly
-as training builds it (`train.abstract_state` / `fresh_state` / `compile_step`, data parallel over
-all devices), with a Gaussian-diffusion eps loss over random latents and an unconditional DiT
-(`cond_ids=None`): the class/text embedding of a conditional DiT is a negligible share of FLOPs.
+as training builds it (`training.stage.abstract_state` and `fresh_state`,
+`training.loop.compile_step`; data parallel over all devices), with a Gaussian-diffusion eps loss
+over random latents and an unconditional DiT (`cond_ids=None`): the class/text embedding of a
+conditional DiT is a negligible share of FLOPs.
 
 FLOPs come from XLA's cost analysis of the compiled step (per device, times the device count):
 "achieved TFLOP/s" is what the hardware ran, MFU = achieved / (--peak_tflops x devices).
@@ -29,11 +30,12 @@ import numpy as np
 from absl import app, flags
 from clu import parameter_overview
 
-from crossmodal_jax import sharding
 from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
-from crossmodal_jax.step import make_optimizer
-from crossmodal_jax.train import RunContext, StageSpec, abstract_state, compile_step, fresh_state
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.loop import compile_step
+from crossmodal_jax.training.stage import RunContext, StageSpec, abstract_state, fresh_state
+from crossmodal_jax.training.step import make_optimizer
 
 _PRESET = flags.DEFINE_enum("preset", "S", list(DIT_PRESETS), "DiT size (the paper's S/B/L/XL).")
 _PATCH = flags.DEFINE_integer("patch", 2, "Patch size over the latent grid.")
@@ -142,7 +144,7 @@ def time_train_step(dit: DiT, batch: int, steps: int) -> dict:
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
     rules = sharding.DEFAULT_RULES
     with tempfile.TemporaryDirectory() as workdir, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        ctx = RunContext(config=None, workdir=workdir, mesh=mesh, rules=rules, results={})
+        ctx = RunContext(workdir, mesh, rules, seed=0)
         spec = diffusion_spec(dit, train_config(steps + 1), batch)
         tx, _ = make_optimizer(spec.train_cfg)
         init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(0), ctx)

@@ -39,11 +39,12 @@ from dit_step import (  # the sibling script; importing it defines the model fla
     train_config,
 )
 
-from crossmodal_jax import sharding
 from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.models.dit import DIT_PRESETS
-from crossmodal_jax.step import make_optimizer
-from crossmodal_jax.train import RunContext, abstract_state, compile_step, fresh_state
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.loop import compile_step
+from crossmodal_jax.training.stage import RunContext, abstract_state, fresh_state
+from crossmodal_jax.training.step import make_optimizer
 
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps of each implementation.")
 EMA_DECAY = 0.9999
@@ -54,7 +55,7 @@ def ours(preset: str, patch: int, latent: int, channels: int, batch: int):
     dit = build_dit(preset, patch, latent, channels, "float32")
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     rules = sharding.DEFAULT_RULES
-    ctx = RunContext(config=None, workdir="", mesh=mesh, rules=rules, results={})
+    ctx = RunContext("", mesh, rules, seed=0)
     spec = diffusion_spec(dit, train_config(1_000_000), batch)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         tx, _ = make_optimizer(spec.train_cfg)

@@ -6,11 +6,11 @@ classifier Fréchet distance, sampling time.
 
 Accuracy is judged by the same train-split SVC as metrics.json; the Fréchet distance and the class
 accuracy of the images generated from the test captions by the same feature classifier
-(evaluate_images.py). Two reference distances in that feature space put the numbers in scale:
-train images vs the test images (as good as a generator can get with this many images) and the
-tokenizer's reconstructions vs the test images (the decoder's ceiling). Last line: one JSON object
-{"per_digit", "reference": {...}, "rows": [{"guidance", "ddim_steps", "accuracy", "classifier_fd",
-"class_accuracy", "seconds"}]}.
+(evaluation/image_generation.py). Two reference distances in that feature space put the numbers
+in scale: train images vs the test images (as good as a generator can get with this many images)
+and the tokenizer's reconstructions vs the test images (the decoder's ceiling). Last line: one
+JSON object {"per_digit", "reference": {...}, "rows": [{"guidance", "ddim_steps", "accuracy",
+"classifier_fd", "class_accuracy", "seconds"}]}.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from crossmodal_jax import evaluate, evaluate_images, image_metrics, sharding, stages
-from crossmodal_jax.train import RunContext, load_resolved_config
+from crossmodal_jax.config.workdir import load_resolved_config
+from crossmodal_jax.evaluation import digits_judge, evaluate, image_generation, image_metrics
+from crossmodal_jax.experiment import Experiment, local_experiment
+from crossmodal_jax.stages.generators import generator_stage, sampler
+from crossmodal_jax.stages.tokenizer import tokenizer_variables
+from crossmodal_jax.training.stage import restore_stage_state
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/vqdit_img", "A trained text→image workdir.")
 _PER_DIGIT = flags.DEFINE_integer("per_digit", 20, "Samples per digit prompt.")
@@ -32,16 +36,14 @@ _GUIDANCE = flags.DEFINE_list("guidance", ["1", "2", "3", "4", "6"], "Guidance s
 _STEPS = flags.DEFINE_list("ddim_steps", ["50"], "DDIM step counts.")
 
 
-def reference_distances(ctx) -> dict[str, float]:
+def reference_distances(exp: Experiment) -> dict[str, float]:
     """Classifier Fréchet distances of train images and of reconstructions to the test images."""
-    config = ctx.config
-    test_x, _ = evaluate_images.split_images(config, "test", config.eval.num_examples)
-    train_x, train_y = evaluate_images.split_images(
-        config, "train", config.eval.classifier_examples
-    )
+    config = exp.config
+    test_x, _ = image_generation.split_images(exp, "test", config.eval.num_examples)
+    train_x, train_y = image_generation.split_images(exp, "train", config.eval.classifier_examples)
     clf = image_metrics.FeatureClassifier(seed=config.seed).fit(train_x, train_y)
     pick = np.random.default_rng(0).choice(len(train_x), len(test_x), replace=False)
-    tokenizer, tok_vars = stages.build_tokenizer(config), stages.tokenizer_variables(ctx)
+    tokenizer, tok_vars = exp.tokenizer, tokenizer_variables(exp)
     recon, _ = jax.jit(lambda x: tokenizer.apply(tok_vars, x, train=False))(test_x)
     recon = np.asarray(recon)
     fd = lambda x: image_metrics.feature_frechet_distance(clf.features(test_x), clf.features(x))
@@ -51,25 +53,32 @@ def reference_distances(ctx) -> dict[str, float]:
     }
 
 
+def sample_accuracy(exp: Experiment, state, per_digit: int) -> dict[str, float]:
+    """The digit judge's accuracy on `per_digit` images of each "the digit <word>" prompt."""
+    prompts, labels = digits_judge.digit_prompts(per_digit)
+    images = evaluate.generate_for_prompts(exp, state, prompts)
+    data_dir = exp.config.data.data_dir or None
+    return digits_judge.digit_accuracy(images, labels, exp.config.data.name, data_dir)
+
+
 def main(argv) -> None:
     del argv
     config = load_resolved_config(_WORKDIR.value)
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = sharding.rules_from_config(config.mesh.rules)
+    exp = local_experiment(config, _WORKDIR.value)
     rows = []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        ctx = RunContext(config=config, workdir=_WORKDIR.value, mesh=mesh, rules=rules, results={})
-        state = stages.restore_stage_state(ctx, "generator", stages.generator_stage(ctx))
-        reference = reference_distances(ctx)
+    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
+        state = restore_stage_state(generator_stage(exp), exp.ctx)
+        reference = reference_distances(exp)
         print(reference)
         for steps in map(int, _STEPS.value):
             for scale in map(float, _GUIDANCE.value):
                 config.generator.sample.update(guidance=scale, steps=steps, sampler="ddim")
-                evaluate.sample_accuracy(ctx, state, 1)  # compile outside the timing
+                exp.built.pop("sampler", None)  # the sampler is built (and jitted) per setting
+                sample_accuracy(exp, state, 1)  # compile outside the timing
                 t0 = time.perf_counter()
-                acc, _ = evaluate.sample_accuracy(ctx, state, _PER_DIGIT.value)
+                acc = sample_accuracy(exp, state, _PER_DIGIT.value)
                 seconds = time.perf_counter() - t0
-                dist = evaluate_images.image_distribution_metrics(ctx, state)
+                dist = image_generation.image_distribution_metrics(exp, state, sampler(exp))
                 row = {
                     "guidance": scale,
                     "ddim_steps": steps,

@@ -32,11 +32,13 @@ from absl import app, flags
 from sample_quality import CLASSIFIERS, fit_classifiers, judge
 from sklearn.datasets import load_digits
 
-from crossmodal_jax import data, evaluate, generator_stages, stages
+from crossmodal_jax import data
+from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError, fail
-from crossmodal_jax.metrics import quiet_library_logs
-from crossmodal_jax.sample import restored_generator
-from crossmodal_jax.train import load_resolved_config
+from crossmodal_jax.evaluation.digits_judge import digit_prompts
+from crossmodal_jax.logs.writers import quiet_library_logs
+from crossmodal_jax.sample import experiment_of, restored_generator
+from crossmodal_jax.stages.generators import sampler
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Trained text→image workdirs, comma-separated.")
 _PER_DIGIT = flags.DEFINE_integer("per_digit", 30, "Samples per digit prompt.")
@@ -49,11 +51,11 @@ FLAGS = flags.FLAGS  # --seed, --batch_size, --guidance, --steps: defined by cro
 class Run:
     """One workdir's restored sampler and the fixed inputs of a pass over all prompts."""
 
-    def __init__(self, workdir: str, config, state, prompts: list[str]):
-        self.workdir, self.config, self.state = workdir, config, state
-        self.generate = generator_stages.image_generator(config)
+    def __init__(self, exp, state, prompts: list[str]):
+        self.workdir, self.config, self.state = exp.ctx.workdir, exp.config, state
+        self.generate = sampler(exp)  # the sample CLI's sampler
         batch = FLAGS.batch_size
-        text_tok = stages.text_tokenizer(config)
+        text_tok, config = exp.text, exp.config
         # The sample CLI's chunks and keys, so the images are the ones users get from it.
         self.chunks = [
             (*text_tok.encode_batch(prompts[s : s + batch], config.data.text_max_len), s)
@@ -132,7 +134,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def compare(workdirs: list[str], per_digit: int, repeats: int) -> list[dict]:
-    prompts, labels = evaluate.digit_prompts(per_digit)
+    prompts, labels = digit_prompts(per_digit)
     configs = [load_resolved_config(w) for w in workdirs]
     if any(c.task != "text2image" for c in configs):
         raise UserError("every workdir must be a text2image run")
@@ -142,8 +144,9 @@ def compare(workdirs: list[str], per_digit: int, repeats: int) -> list[dict]:
     with contextlib.ExitStack() as stack:
         runs = []
         for w, c in zip(workdirs, configs, strict=True):
-            state = stack.enter_context(restored_generator(w, c))  # applies --guidance/--steps
-            runs.append(Run(w, c, state, prompts))
+            exp = experiment_of(w, c)  # applies --guidance/--steps
+            state = stack.enter_context(restored_generator(exp))
+            runs.append(Run(exp, state, prompts))
         firsts = [run.sample() for run in runs]  # compile + run, in order
         images = [im for im, _ in firsts]
         time_alternating(runs, repeats, images)

@@ -19,16 +19,22 @@ from absl import app, flags
 from clu import parameter_overview
 from ml_collections import config_flags
 
-from crossmodal_jax import sharding, stages
-from crossmodal_jax.step import make_optimizer
-from crossmodal_jax.train import RunContext, abstract_state, compile_step, fresh_state
+from crossmodal_jax.errors import UserError, fail
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.run import build_experiment
+from crossmodal_jax.stages.registry import STAGES
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.loop import compile_step
+from crossmodal_jax.training.stage import abstract_state, fresh_state
+from crossmodal_jax.training.step import make_optimizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vqdit_img.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per stage (after one compiling step).")
 
 
-def time_stage(name: str, ctx: RunContext, steps: int) -> dict:
-    spec = stages.STAGE_BUILDERS[name](ctx)
+def time_stage(name: str, exp: Experiment, steps: int) -> dict:
+    ctx = exp.ctx
+    spec = STAGES[name](exp)
     tx, _ = make_optimizer(spec.train_cfg)
     init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(0), ctx)
     state = fresh_state(spec, init_fn, jax.random.key(0))
@@ -46,7 +52,7 @@ def time_stage(name: str, ctx: RunContext, steps: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
-    ctx.results[name] = state
+    exp.results[name] = state  # the generator stage freezes this (untrained) tokenizer
     return {
         "ms_per_step": round(ms, 2),
         "steps_per_sec": round(1000 / ms, 2),
@@ -59,14 +65,16 @@ def time_stage(name: str, ctx: RunContext, steps: int) -> dict:
 def main(argv) -> None:
     del argv
     config = _CONFIG.value
-    mesh = sharding.make_mesh(dict(config.mesh.shape))
-    rules = sharding.rules_from_config(config.mesh.rules)
     results = {}
-    with tempfile.TemporaryDirectory() as workdir, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        ctx = RunContext(config=config, workdir=workdir, mesh=mesh, rules=rules, results={})
-        for name in config.stages:
-            results[name] = time_stage(name, ctx, _STEPS.value)
-            print(f"{name}: {results[name]}")
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            exp = build_experiment(config, workdir)  # config.mesh.shape, checked like a run
+        except UserError as e:
+            fail(str(e))
+        with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
+            for name in config.stages:
+                results[name] = time_stage(name, exp, _STEPS.value)
+                print(f"{name}: {results[name]}")
     print(json.dumps(results))
 
 

@@ -16,12 +16,16 @@ import optax
 import pytest
 
 from configs import vqdit_img
-from crossmodal_jax import data, sharding, validation
-from crossmodal_jax.checkpoint import StageCheckpointer
+from crossmodal_jax import data
+from crossmodal_jax.config import workdir
 from crossmodal_jax.errors import UserError
-from crossmodal_jax.guards import NonFiniteLoss, PreemptionGuard
-from crossmodal_jax.step import init_state, train_step
-from crossmodal_jax.train import RunContext, StageSpec, fit
+from crossmodal_jax.run import build_experiment
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.checkpoint import StageCheckpointer
+from crossmodal_jax.training.guards import NonFiniteLoss, PreemptionGuard
+from crossmodal_jax.training.loop import fit
+from crossmodal_jax.training.stage import RunContext, StageSpec
+from crossmodal_jax.training.step import init_state, train_step
 
 
 def _exploding_objective(params, model_state, batch, key):
@@ -59,13 +63,7 @@ def _toy_fit(tmp_path, **train_overrides):
         ),
     )
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    ctx = RunContext(
-        config=config,
-        workdir=str(tmp_path / "run"),
-        mesh=mesh,
-        rules=sharding.DEFAULT_RULES,
-        results={},
-    )
+    ctx = RunContext(workdir=str(tmp_path / "run"), mesh=mesh, rules=sharding.DEFAULT_RULES, seed=0)
     with jax.set_mesh(mesh), nn.logical_axis_rules(ctx.rules):
         return fit(spec, ctx, stage_index=0), os.path.join(ctx.workdir, "toy")
 
@@ -174,24 +172,23 @@ def test_no_restorable_step_stops_and_moves_nothing(tmp_path):
 def test_impossible_combinations_are_named(tmp_path):
     config = vqdit_img.get_config("smoke")
     config.data.data_dir = str(tmp_path / "data")
-    mesh = sharding.make_mesh({"data": 8})
     config.generator.train.batch_size = 12
     with pytest.raises(
         UserError,
         match=r"generator.train.batch_size=12 is not divisible by the "
         r"data-parallel size .* 8",
     ):
-        validation.check_combinations(config, mesh, str(tmp_path / "run"))
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
     config.generator.train.batch_size = 16
     config.generator.model.patch_size = 3  # the smoke tokenizer's latent grid is 4x4
     with pytest.raises(
         UserError, match=r"the latent grid 4x4 is not divisible by generator.model.patch_size=3"
     ):
-        validation.check_combinations(config, mesh, str(tmp_path / "run"))
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
     config.generator.model.patch_size = 2
     config.stages = ("generator",)
     with pytest.raises(UserError, match="needs a trained tokenizer"):
-        validation.check_combinations(config, mesh, str(tmp_path / "run"))
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
 
 
 def test_config_diff_ignores_safe_keys_only():
@@ -199,9 +196,9 @@ def test_config_diff_ignores_safe_keys_only():
     new = vqdit_img.get_config()
     new.generator.train.steps = 10
     new.eval.samples_per_prompt = 3
-    assert validation.config_diff(old, json.loads(new.to_json_best_effort())) == []
+    assert workdir.config_diff(old, json.loads(new.to_json_best_effort())) == []
     new.tokenizer.model.num_codes = 64
-    assert validation.config_diff(old, json.loads(new.to_json_best_effort())) == [
+    assert workdir.config_diff(old, json.loads(new.to_json_best_effort())) == [
         "tokenizer.model.num_codes: 256 -> 64"
     ]
 
@@ -244,7 +241,7 @@ def test_preemption_is_agreed_by_every_process(monkeypatch):
 
 # --- untrusted input ------------------------------------------------------------------------------
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "crossmodal_jax"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "crossmodal_jax"
 UNPICKLING_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
 
 

@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 from scipy.io import wavfile
 
-from crossmodal_jax import validation
+from crossmodal_jax.config import workdir as workdir_lib
 from crossmodal_jax.data import folders
 from crossmodal_jax.data.pipeline import ImageTextFeatures
 from crossmodal_jax.errors import UserError
+from crossmodal_jax.experiment import local_experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = folders.FolderFormat("image", image_size=8, channels=1, text_max_len=40)
 AUDIO = folders.FolderFormat("audio", text_max_len=40, max_samples=16000)
 VIDEO = folders.FolderFormat("video", image_size=32, channels=1, frames=8, text_max_len=40)
@@ -265,15 +266,15 @@ def test_source_is_cached_until_the_folder_changes(tmp_path):
 
 WRAPPER = """
 import importlib.util
-from crossmodal_jax import config_lib
+from crossmodal_jax.config import blocks
 _spec = importlib.util.spec_from_file_location("_img2txt", {path!r})
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 
 def get_config(arg=None):
     c = _mod.get_config(arg)
-    if "path" not in c.data:  # until configs/img2txt.py calls config_lib.folder_data itself
-        config_lib.folder_data(c.data, "image")
+    if "path" not in c.data:  # until configs/img2txt.py calls blocks.folder_data itself
+        blocks.folder_data(c.data, "image")
     c.data.text_words, c.data.text_max_len = "", 40  # free-form captions: UTF-8 bytes
     return c
 """
@@ -301,8 +302,6 @@ def _main(*args):
 def test_folder_config_gives_model_shapes_without_reading_files(tmp_path, folder_config_file):
     import ml_collections
 
-    from crossmodal_jax import stages
-
     spec = __import__("importlib.util").util.spec_from_file_location("w", folder_config_file)
     module = __import__("importlib.util").util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -310,8 +309,9 @@ def test_folder_config_gives_model_shapes_without_reading_files(tmp_path, folder
     _image_folder(tmp_path / "data", n_train=16)
     config.data.name, config.data.path = "folder", str(tmp_path / "data")
     config = ml_collections.ConfigDict(config.to_dict())
-    assert stages.input_shape(config) == (8, 8, 1)
-    batch = next(iter(stages.test_batches(config, 4)))
+    exp = local_experiment(config)
+    assert exp.input_shape == (8, 8, 1)
+    batch = next(exp.batches("test", 4))
     assert batch["image"].shape == (4, 8, 8, 1) and "label" not in batch
 
 
@@ -338,37 +338,37 @@ def test_workdir_with_checkpoints_but_no_config_json_is_refused(tmp_path):
     workdir = tmp_path / "run"
     (workdir / "tokenizer" / "checkpoints" / "6").mkdir(parents=True)
     with pytest.raises(UserError) as info:
-        validation.check_workdir(None, str(workdir))  # refused before the config is looked at
+        workdir_lib.check_workdir(None, str(workdir))  # refused before the config is looked at
     message = str(info.value)
     assert len(message.splitlines()) == 1
     assert f"workdir {workdir} holds tokenizer checkpoints but no config.json" in message
     (workdir / "config.json").write_text('{"task": "image2')  # cut short by a crash
     with pytest.raises(UserError, match="config.json is unreadable"):
-        validation.check_workdir(None, str(workdir))
+        workdir_lib.check_workdir(None, str(workdir))
     empty = tmp_path / "fresh"
     (empty / "tokenizer" / "checkpoints").mkdir(parents=True)  # no step yet: nothing to check
-    validation.check_workdir(None, str(empty))
+    workdir_lib.check_workdir(None, str(empty))
 
 
 def test_text_to_image_trains_on_an_image_folder(tmp_path):
     """An image folder feeds text→image too: captions are the prompts, images the targets; with
     no class labels the evaluation has no classifier distance (FID needs InceptionV3 weights)."""
     from configs import vqdit_img
-    from crossmodal_jax import evaluate_images, stages
+    from crossmodal_jax.evaluation import image_generation
 
     held = _image_folder(tmp_path / "f")
     config = vqdit_img.get_config("smoke")
     config.data.update(name="folder", path=str(tmp_path / "f"))
-    validation.check_names(config)
-    assert stages.input_shape(config) == (8, 8, 1)
-    batch = next(iter(stages.test_batches(config, 4)))
+    exp = local_experiment(config)
+    assert exp.input_shape == (8, 8, 1)
+    batch = next(exp.batches("test", 4))
     assert set(batch) == {"image", "text", "text_mask"}  # no labels in a folder
     np.testing.assert_allclose(
         batch["image"][..., 0],
         np.stack([held["test"][f"{i:03d}.png"] for i in range(4)]) / 127.5 - 1.0,
         atol=1e-6,
     )
-    captions = stages.text_tokenizer(config).decode_batch(batch["text"])
+    captions = exp.text.decode_batch(batch["text"])
     assert captions == [f"image {i:03d}.png" for i in range(4)]
     images = batch["image"]
-    assert evaluate_images.classifier_metrics(config, images, images, None) == {}
+    assert image_generation.classifier_metrics(exp, images, images, None) == {}

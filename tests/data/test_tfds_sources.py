@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossmodal_jax import stages, validation
+from crossmodal_jax.config import validation
 from crossmodal_jax.data import files, tfds_sources
 from crossmodal_jax.errors import UserError
+from crossmodal_jax.experiment import local_experiment
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NEEDS_TF = pytest.mark.skipif(
     not tfds_sources.tensorflow_installed(), reason='needs tensorflow: pip install -e ".[tfds]"'
 )
@@ -50,6 +51,18 @@ def _fresh_sources(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     yield
     tfds_sources.clear_cache()
+
+
+def _split(config: ml_collections.ConfigDict, split: str):
+    """The split as a run opens it."""
+    return local_experiment(config).dataset.split(split)
+
+
+def _opened(config: ml_collections.ConfigDict):
+    """The experiment of a config with both splits opened, as a run does before anything else."""
+    exp = local_experiment(config)
+    validation.check_data(exp)
+    return exp
 
 
 def _mocked():
@@ -95,16 +108,16 @@ def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
     config = _config(file, name, **overrides)
     spec = tfds_sources.TFDS_DATASETS[name]
     with _mocked():
-        validation.check_names(config)  # opens both splits, as a run does before anything else
-        train, test = stages.source(config, "train"), stages.source(config, "test")
+        exp = _opened(config)
+        train, test = exp.dataset.split("train"), exp.dataset.split("test")
         assert len(train) == len(test) == N
         assert test.split == spec.test_split and train.split == spec.train_split
         record = train[1]
         example = train._inner[1]  # what tfds.data_source returned for it
-        batch = next(iter(stages.test_batches(config, 2)))
-        source, transform = stages.model_source(config, "train")
+        batch = next(exp.batches("test", 2))
+        source, transform = exp.source("train")
         source = pickle.loads(pickle.dumps(source))  # grain workers unpickle the source
-        shape = stages.input_shape(config)
+        shape = exp.input_shape
 
     # Records: the embedded datasets' fields and dtypes, converted to the configured shapes as
     # the folder reader and the sample CLI convert the same pixels from files.
@@ -140,7 +153,7 @@ def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
         assert caption == " ".join(tfds_sources._text(example["text"]).lower().split())
 
     # The model's view: the features of the record, in batches, with the config's input shape.
-    key = stages.task(config).continuous
+    key = exp.task.continuous
     assert transform is None or transform.map(record)[key].shape == shape
     assert batch[key].shape == (2, *shape) and batch["text"].shape == (2, d.text_max_len)
     assert len(source) == N
@@ -148,17 +161,18 @@ def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
     # only mnist's are the digit its caption names (image→text digit-naming accuracy).
     spec = tfds_sources.TFDS_DATASETS[name]
     assert ("label" in batch) == (name in ("mnist", "cifar10", "ucf101")) == spec.has_labels
-    assert stages.labels_are_digits(config) == (name == "mnist")
+    assert exp.dataset.digit_labels == (name == "mnist")
 
 
 def test_mnist_records_keep_the_pixels_and_train_batches_shuffle(tmp_path):
     config = _config("img2txt", "mnist", image_size=28)  # mnist's own size: no resizing
     config.tokenizer.train.batch_size = 2
     with _mocked():
-        source = stages.source(config, "train")
+        exp = local_experiment(config)
+        source = exp.dataset.split("train")
         for i in range(N):
             np.testing.assert_array_equal(source[i]["image"], source._inner[i]["image"])
-        iterator = stages.train_iterator_factory(config, config.tokenizer.train)()
+        iterator = exp.train_iterator_factory(config.tokenizer.train)()
         batches = [next(iterator) for _ in range(4)]  # two epochs
     assert all(b["image"].shape == (2, 28, 28, 1) for b in batches)
     labels = sorted(int(y) for b in batches[:2] for y in b["label"])
@@ -184,7 +198,7 @@ def test_class_names_become_captions():
 
 def test_unprepared_dataset_says_how_to_prepare_it_and_writes_nothing(tmp_path):
     config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"))
-    message = _one_line(validation.check_names, config)  # no mock: tfds really looks
+    message = _one_line(_opened, config)  # no mock: tfds really looks
     assert f"tfds dataset 'mnist' in {tmp_path / 'tfds'} (data.data_dir) is not prepared" in message
     assert "tfds.builder('mnist'" in message and "download_and_prepare()" in message
     assert "file_format='array_record'" in message
@@ -199,11 +213,11 @@ def test_unprepared_dataset_says_how_to_prepare_it_and_writes_nothing(tmp_path):
     ],
 )
 def test_unknown_tfds_name_is_one_line(tfds_name, expected):
-    assert expected in _one_line(validation.check_names, _config("img2txt", tfds_name))
+    assert expected in _one_line(local_experiment, _config("img2txt", tfds_name))
 
 
 def test_dataset_of_another_modality_is_refused():
-    message = _one_line(validation.check_names, _config("img2txt", "librispeech"))
+    message = _one_line(local_experiment, _config("img2txt", "librispeech"))
     assert (
         "task 'image2text' needs a dataset of images, but data.tfds_name='librispeech'" in message
     )
@@ -212,27 +226,27 @@ def test_dataset_of_another_modality_is_refused():
 def test_captions_must_fit_the_caption_tokenizer():
     with _mocked():
         # cifar10 class names are not words of img2txt's digit vocabulary ...
-        message = _one_line(stages.source, _config("img2txt", "cifar10"), "train")
+        message = _one_line(_split, _config("img2txt", "cifar10"), "train")
         assert "caption 'a photo of an airplane' has the word 'photo'" in message
         assert 'data.text_words=""' in message
         # ... and with bytes, 8 tokens do not hold them.
         config = _config("img2txt", "cifar10", text_words="")
         assert "is 22 UTF-8 bytes; data.text_max_len=8 holds 7" in _one_line(
-            stages.source, config, "train"
+            _split, config, "train"
         )
 
 
 @NEEDS_TF
 def test_free_text_captions_need_the_byte_tokenizer():
     with _mocked():
-        message = _one_line(stages.source, _config("speech2txt", "librispeech"), "train")
+        message = _one_line(_split, _config("speech2txt", "librispeech"), "train")
     assert "'librispeech' has free-form captions" in message
 
 
 def test_dataset_that_needs_tensorflow_says_how_to_install_it():
     with mock.patch.object(tfds_sources, "tensorflow_installed", return_value=False):
         config = _config("speech2txt", "librispeech", text_words="")
-        message = _one_line(stages.source, config, "train")
+        message = _one_line(_split, config, "train")
     assert message == (
         "tfds dataset 'librispeech' needs tensorflow to decode its audio, which is not "
         'installed: pip install -e ".[tfds]"'
@@ -268,8 +282,7 @@ def test_prepared_mnist_is_read_without_mocks(tmp_path):
     pytest.importorskip("importlib_resources")  # tfds 4.9.10 prepares with it, undeclared
     _prepare_fake_mnist(tmp_path / "tfds", "array_record")
     config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"), image_size=28)
-    validation.check_names(config)
-    source = pickle.loads(pickle.dumps(stages.source(config, "test")))
+    source = pickle.loads(pickle.dumps(_opened(config).dataset.split("test")))
     assert len(source) == 2
     records = sorted((source[i] for i in range(2)), key=lambda r: int(r["label"]))
     assert [r["caption"] for r in records] == [b"the digit six", b"the digit seven"]
@@ -281,5 +294,5 @@ def test_mnist_prepared_without_random_access_is_one_line(tmp_path):
     pytest.importorskip("importlib_resources")
     _prepare_fake_mnist(tmp_path / "tfds", "tfrecord")
     config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"))
-    message = _one_line(stages.source, config, "train")
+    message = _one_line(_split, config, "train")
     assert "is stored as tfrecord, which has no random access; delete " in message

@@ -291,7 +291,7 @@ def test_masked_mean_weighting_averages_ce_over_masked_positions():
 
 def test_word_ids_count_the_spaces_before_each_byte():
     from crossmodal_jax.data import text as text_tok
-    from crossmodal_jax.objectives import word_ids
+    from crossmodal_jax.stages.objectives import word_ids
 
     ids, _ = text_tok.encode_batch(["the digit one"], 16)
     expected = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]  # "the ", "digit ", "one"+EOS+PAD

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from crossmodal_jax import data, image_metrics
+from crossmodal_jax import data
+from crossmodal_jax.evaluation import image_metrics
 
 
 def _random_spd(rng, d):

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from configs import vqdit_img
-from crossmodal_jax.metrics import save_png
-from crossmodal_jax.report import write_report
+from crossmodal_jax.logs.pictures import save_png
+from crossmodal_jax.logs.report import write_report
 
 METRICS = {
     "test_psnr_db": 17.25,

@@ -317,7 +317,7 @@ def test_evaluation_reports_fid_and_inception_score_from_the_configured_file(npz
     """evaluate_images.inception_metrics with eval.inception_weights: FID of two different sets
     is positive; the score lies in [1, 1008] (identical sets give 0: test_image_metrics.py)."""
     from configs import vqdit_img
-    from crossmodal_jax import evaluate_images
+    from crossmodal_jax.evaluation import image_generation as evaluate_images
 
     config = vqdit_img.get_config("smoke")
     assert evaluate_images.inception_metrics(config, None, None) == {}  # no weights: no FID

@@ -8,7 +8,7 @@ import pytest
 
 from crossmodal_jax.models import VQVAE, DiT, DiTBlock, latent_shape
 from crossmodal_jax.models.layers import patchify, sincos_2d, timestep_embedding, unpatchify
-from crossmodal_jax.sharding import DEFAULT_RULES, logical_shardings, make_mesh
+from crossmodal_jax.training.sharding import DEFAULT_RULES, logical_shardings, make_mesh
 
 B, L = 2, 5
 

@@ -11,7 +11,13 @@ from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.layers import conv
 from crossmodal_jax.models.token_dit import TokenDiT
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape
-from crossmodal_jax.sharding import CONV_IN, CONV_OUT, DEFAULT_RULES, logical_shardings, make_mesh
+from crossmodal_jax.training.sharding import (
+    CONV_IN,
+    CONV_OUT,
+    DEFAULT_RULES,
+    logical_shardings,
+    make_mesh,
+)
 
 B, L, V, CL, CV = 2, 6, 7, 4, 11  # batch, target length, vocab, condition length/vocab
 

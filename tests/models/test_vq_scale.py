@@ -10,9 +10,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from crossmodal_jax import sharding
 from crossmodal_jax.models.vq import VectorQuantizer
 from crossmodal_jax.models.vq_ops import kmeans_plus_plus, nearest_codes, nearest_codes_chunked
+from crossmodal_jax.training import sharding
 
 K, D, N = 16, 4, 64
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crossmodal_jax.augment import (
+from crossmodal_jax.stages.augment import (
     affine_warp,
     code_shift,
     compose,

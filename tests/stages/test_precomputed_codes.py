@@ -7,10 +7,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from crossmodal_jax import generator_stages, sharding, stages
-from crossmodal_jax.objectives import SOURCE_CODES, source_code_ids
-from crossmodal_jax.step import make_optimizer
-from crossmodal_jax.train import RunContext, abstract_state, fresh_state
+from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.stages import precompute, tokenizer
+from crossmodal_jax.stages.objectives import SOURCE_CODES, source_code_ids
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.stage import RunContext, abstract_state, fresh_state
+from crossmodal_jax.training.step import make_optimizer
 
 
 def _smoke_config(tmp_path):
@@ -27,17 +29,14 @@ def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path)
     config = _smoke_config(tmp_path)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     rules = sharding.rules_from_config(config.mesh.rules)
-    ctx = RunContext(
-        config=config, workdir=str(tmp_path / "run"), mesh=mesh, rules=rules, results={}
-    )
+    ctx = RunContext(workdir=str(tmp_path / "run"), mesh=mesh, rules=rules, seed=config.seed)
+    exp = Experiment.build(config, ctx)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        spec = stages.tokenizer_stage(ctx)
+        spec = tokenizer.tokenizer_stage(exp)
         tx, _ = make_optimizer(spec.train_cfg)
         init_fn, _, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
-        ctx.results["tokenizer"] = fresh_state(spec, init_fn, jax.random.key(0))  # untrained
-        make_iterator = generator_stages.precomputed_codes_iterator_factory(
-            ctx, stages.build_tokenizer(config)
-        )
+        exp.results["tokenizer"] = fresh_state(spec, init_fn, jax.random.key(0))  # untrained
+        make_iterator = precompute.precomputed_codes_iterator_factory(exp, exp.tokenizer)
         it = make_iterator()
         first = [next(it) for _ in range(2)]
         saved = it.get_state()
@@ -50,13 +49,13 @@ def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path)
                 np.testing.assert_array_equal(a[k], b[k])
         # Every record pairs a training source's code ids, as the tokenizer gives them, with
         # that source's caption.
-        train_source, transform = stages.model_source(config, "train")
+        train_source, transform = exp.source("train")
         examples = [transform.map(train_source[i]) for i in range(len(train_source))]
         images = np.stack([ex["image"] for ex in examples])
         pad = -len(images) % 8  # whole batches over the 8 test devices
         images = np.concatenate([images, images[:pad]])
-        tokenizer, tok_vars = stages.build_tokenizer(config), stages.tokenizer_variables(ctx)
-        ids = np.asarray(source_code_ids(tokenizer, tok_vars, images))[: len(examples)]
+        tok_vars = tokenizer.tokenizer_variables(exp)
+        ids = np.asarray(source_code_ids(exp.tokenizer, tok_vars, images))[: len(examples)]
         pairs = {(i.tobytes(), ex["text"].tobytes()) for i, ex in zip(ids, examples, strict=True)}
         for batch in first:
             for code_ids, text in zip(batch[SOURCE_CODES], batch["text"], strict=True):

@@ -1,7 +1,7 @@
 """With fsdp > 1, the project's logical axis rules leave no large parameter replicated.
 
 Shapes only (jax.eval_shape): realistic sizes cost nothing. The rules are the config's
-(config_lib.mesh().rules), the ones every run uses.
+(blocks.mesh().rules), the ones every run uses.
 """
 
 import flax.linen as nn
@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from crossmodal_jax import config_lib
+from crossmodal_jax.config import blocks
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
 from crossmodal_jax.models.layers import dense
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.sharding import (
+from crossmodal_jax.training.sharding import (
     DEFAULT_RULES,
     EMBED,
     MLP,
@@ -29,7 +29,7 @@ FSDP_MESHES = [
     pytest.param({"fsdp": 4, "tensor": 2}, id="fsdp4xtensor2"),
     pytest.param({"fsdp": -1}, id="fsdp8"),
 ]
-RULES = rules_from_config(config_lib.mesh().rules)
+RULES = rules_from_config(blocks.mesh().rules)
 
 
 def _abstract_variables(model: nn.Module, *args, **kwargs):

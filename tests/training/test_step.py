@@ -10,14 +10,15 @@ import optax
 import pytest
 
 from configs import vqdit_img
-from crossmodal_jax import sharding
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.objectives import gaussian_diffusion_objective, vqvae_objective
-from crossmodal_jax.step import ema_update, init_state, make_optimizer, train_step
-from crossmodal_jax.train import RunContext, StageSpec, abstract_state, compile_step, fresh_state
+from crossmodal_jax.stages.objectives import gaussian_diffusion_objective, vqvae_objective
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.loop import compile_step
+from crossmodal_jax.training.stage import RunContext, StageSpec, abstract_state, fresh_state
+from crossmodal_jax.training.step import ema_update, init_state, make_optimizer, train_step
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -75,7 +76,7 @@ def _batch(rng, n=8, text_len=32):
 
 def _run_steps(spec, mesh, rules, batch_np, steps=2):
     """Init + `steps` shared train steps on `mesh`, exactly as the training loop does it."""
-    ctx = RunContext(config=None, workdir="", mesh=mesh, rules=rules, results={})
+    ctx = RunContext(workdir="", mesh=mesh, rules=rules, seed=0)
     tx, _ = make_optimizer(spec.train_cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(1), ctx)
