@@ -3,48 +3,22 @@ sample, errors."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from cli_helpers import DEVICES, ROOT, read_jsonl, run_cli
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = "--config=configs/vqdit_img.py:smoke"
 
 
-# Fake CPU devices of a CLI run: data-parallel (8-device sharding: test_step.py). Every CLI test
-# uses the same count, so the runs share compiled programs through the suite's compilation cache.
-DEVICES = 2
-
-
-def run_cli(module, *args, timeout=600):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
-    return subprocess.run(
-        [sys.executable, "-m", f"crossmodal_jax.{module}", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
-    data_dir = str(tmp_path_factory.mktemp("data"))
-    flags = [SMOKE, f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
-    first = run_cli("main", *flags)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return workdir, flags, first
+@pytest.fixture
+def smoke_run(smoke_workdir):
+    return smoke_workdir(SMOKE.removeprefix("--config="))
 
 
 def test_smoke_run_writes_every_artifact(smoke_run):
@@ -83,8 +57,11 @@ def test_smoke_run_writes_every_artifact(smoke_run):
     assert "ETA" in first.stdout
 
 
-def test_rerun_resumes_at_saved_step(smoke_run):
-    workdir, flags, _ = smoke_run
+def test_rerun_resumes_at_saved_step(smoke_run, tmp_path):
+    shared, flags, _ = smoke_run
+    workdir = str(tmp_path / "run")  # trained further: a copy of the shared smoke run
+    shutil.copytree(shared, workdir)
+    flags = [f"--workdir={workdir}" if f.startswith("--workdir=") else f for f in flags]
     again = run_cli("main", *flags, "--config.generator.train.steps=10")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[tokenizer] already trained (6/6 steps)" in again.stdout
@@ -128,10 +105,9 @@ def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
     assert f"over {DEVICES} devices (cpu), 2 process(es)" in two.stdout
     assert "[p1]" in two.stdout
     for stage in ("tokenizer", "generator"):
-        # The first row of each step: test_rerun_resumes_at_saved_step may have logged more.
-        one = {}
-        for row in read_jsonl(os.path.join(workdir, stage, "metrics.jsonl")):
-            one.setdefault(row["step"], row)
+        one = {
+            row["step"]: row for row in read_jsonl(os.path.join(workdir, stage, "metrics.jsonl"))
+        }
         rows = read_jsonl(two_dir / stage / "metrics.jsonl")
         assert [r["step"] for r in rows] == [2, 4, 6], stage
         for row_two in rows:

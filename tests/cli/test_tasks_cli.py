@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
+from cli_helpers import read_jsonl, run_cli
 from PIL import Image
-from test_cli import read_jsonl, run_cli
 
 TEXT_CONFIGS = {
     "img2txt": "configs/img2txt.py:smoke",
@@ -16,23 +16,10 @@ TEXT_CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module", params=sorted(TEXT_CONFIGS))
-def text_run(request, tmp_path_factory, data_dir):
-    name = request.param
-    workdir = str(tmp_path_factory.mktemp(name) / "run")
-    result = run_cli(
-        "main",
-        f"--config={TEXT_CONFIGS[name]}",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return name, workdir
+@pytest.fixture(params=sorted(TEXT_CONFIGS))
+def text_run(request, smoke_workdir):
+    workdir, _, _ = smoke_workdir(TEXT_CONFIGS[request.param])
+    return request.param, workdir
 
 
 def test_text_task_trains_both_stages_and_scores_captions(text_run):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from crossmodal_jax.errors import CheckpointError, UserError
-from crossmodal_jax.models import inception
+from crossmodal_jax.models import inception, inception_weights
 
 # Every forward runs 2 images at 32x32 resized to 107 (one compile for the file). 107 leaves 2x2
 # maps at Mixed_7b/7c, where E_1's count_include_pad=False average and E_2's max pool differ from
@@ -27,7 +27,7 @@ def _random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
     offsets make every image's features nearly the same constant)."""
     rng = np.random.default_rng(seed)
     out = {}
-    for name, shape in inception.torch_state_dict_shapes().items():
+    for name, shape in inception_weights.torch_state_dict_shapes().items():
         if name.endswith(("bn.weight", "running_var")):
             out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
             continue
@@ -55,7 +55,7 @@ def npz_path(state_dict, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def variables(npz_path):
-    return inception.load_inception_params(npz_path)
+    return inception_weights.load_inception_params(npz_path)
 
 
 def _images(n: int, size: int, seed: int = 1) -> np.ndarray:
@@ -63,7 +63,7 @@ def _images(n: int, size: int, seed: int = 1) -> np.ndarray:
 
 
 def test_state_dict_names_and_shapes():
-    shapes = inception.torch_state_dict_shapes()
+    shapes = inception_weights.torch_state_dict_shapes()
     # Literal names/shapes of pytorch-fid's file (5 tensors per BasicConv2d, 94 of them, + fc).
     assert shapes["Conv2d_1a_3x3.conv.weight"] == (32, 3, 3, 3)
     assert shapes["Conv2d_1a_3x3.bn.running_mean"] == (32,)
@@ -135,7 +135,7 @@ def test_missing_key(state_dict):
     sd = dict(state_dict)
     del sd["Mixed_6c.branch7x7dbl_3.bn.running_var"]
     with pytest.raises(CheckpointError) as e:
-        inception.convert_state_dict(sd, source="w.npz")
+        inception_weights.convert_state_dict(sd, source="w.npz")
     _one_line_error(e, "w.npz", "Mixed_6c.branch7x7dbl_3.bn.running_var", "(160,)")
 
 
@@ -145,7 +145,7 @@ def test_wrong_shape(state_dict, tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, **sd)
     with pytest.raises(CheckpointError) as e:
-        inception.load_inception_params(path)
+        inception_weights.load_inception_params(path)
     _one_line_error(
         e, str(path), "Mixed_5b.branch_pool.conv.weight", "(64, 192, 1, 1)", "(32, 192, 1, 1)"
     )
@@ -155,24 +155,24 @@ def test_torchvision_imagenet_weights_are_named(state_dict):
     sd = dict(state_dict)
     sd["fc.weight"] = np.zeros((1000, 2048), np.float32)
     with pytest.raises(CheckpointError) as e:
-        inception.convert_state_dict(sd)
-    _one_line_error(e, "fc.weight", "torchvision", inception.WEIGHTS_FILE)
+        inception_weights.convert_state_dict(sd)
+    _one_line_error(e, "fc.weight", "torchvision", inception_weights.WEIGHTS_FILE)
 
 
 def test_extra_key_and_num_batches_tracked(state_dict):
     sd = dict(state_dict)
     sd["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.array(0, np.int64)  # ignored
-    assert inception.convert_state_dict(sd)["params"]["fc"]["kernel"].shape == (2048, 1008)
+    assert inception_weights.convert_state_dict(sd)["params"]["fc"]["kernel"].shape == (2048, 1008)
     sd["AuxLogits.fc.weight"] = np.zeros((1008, 768), np.float32)
     with pytest.raises(CheckpointError) as e:
-        inception.convert_state_dict(sd)
+        inception_weights.convert_state_dict(sd)
     _one_line_error(e, "AuxLogits.fc.weight", "(1008, 768)")
 
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nowhere" / "pt_inception.pth"
     with pytest.raises(UserError) as e:
-        inception.load_inception_params(path)
+        inception_weights.load_inception_params(path)
     _one_line_error(e, str(path), "no such file")
 
 
@@ -181,7 +181,7 @@ def test_pth_without_torch_says_how_to_convert(tmp_path, monkeypatch):
     path.write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(CheckpointError) as e:
-        inception.load_inception_params(path)
+        inception_weights.load_inception_params(path)
     _one_line_error(e, str(path), ".npz", "np.savez", "torch.load")
 
 
@@ -305,25 +305,25 @@ def test_pth_with_torch_equals_npz(variables, state_dict, tmp_path):
     torch = pytest.importorskip("torch")
     sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
     sd["Mixed_5b.branch1x1.bn.num_batches_tracked"] = torch.tensor(0)
-    path = tmp_path / inception.WEIGHTS_FILE
+    path = tmp_path / inception_weights.WEIGHTS_FILE
     torch.save(sd, path)
-    got = inception.load_inception_params(path)
+    got = inception_weights.load_inception_params(path)
     assert jax.tree.structure(got) == jax.tree.structure(variables)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_evaluation_reports_fid_and_inception_score_from_the_configured_file(npz_path, monkeypatch):
-    """evaluate_images.inception_metrics with eval.inception_weights: FID of two different sets
+    """image_generation.inception_metrics with eval.inception_weights: FID of two different sets
     is positive; the score lies in [1, 1008] (identical sets give 0: test_image_metrics.py)."""
     from configs import vqdit_img
-    from crossmodal_jax.evaluation import image_generation as evaluate_images
+    from crossmodal_jax.evaluation import image_generation
 
     config = vqdit_img.get_config("smoke")
-    assert evaluate_images.inception_metrics(config, None, None) == {}  # no weights: no FID
+    assert image_generation.inception_metrics(config, None, None) == {}  # no weights: no FID
     config.eval.inception_weights = str(npz_path)
     small = functools.partial(inception.inception_outputs, batch_size=2, resize_to=RESIZE)
     monkeypatch.setattr(inception, "inception_outputs", small)  # the test's compiled size
     real, other = _images(4, 32, seed=3), _images(4, 32, seed=4)  # the shape compiled above
-    metrics = evaluate_images.inception_metrics(config, real, other)
+    metrics = image_generation.inception_metrics(config, real, other)
     assert metrics["test_fid"] > 0.0 and 1.0 <= metrics["test_inception_score"] <= 1008.0
