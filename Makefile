@@ -7,14 +7,21 @@ CONFIG ?= configs/vqdit_img.py
 
 .PHONY: demo test lint format install install-system-deps clean
 
-# Virtual environment with the package, its test extras, the bench extra (torch CPU + diffusers
-# for the DiT equivalence test), the tfds extra (tensorflow, for the TFDS audio/video source
-# tests) and the video extra (PyAV, .mp4 inputs); redone when pyproject.toml changes.
+# Virtual environments, redone when pyproject.toml changes: the core package alone for the demo;
+# for the tests also the test extras, the bench extra (torch CPU + diffusers + vector-quantize-
+# pytorch, for the peer-equality tests), the tfds extra (tensorflow, for the TFDS audio/video
+# source tests) and the video extra (PyAV, .mp4 inputs).
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,bench,tfds,video]"
-	touch $@
+	touch $@ $(VENV)/.core
 
 install: $(VENV)/.installed
 
@@ -31,9 +38,9 @@ install-system-deps:
 	    exit 1; \
 	  fi; }
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.core
 	$(PY) -m crossmodal_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
-	@echo "Artifacts in $(WORKDIR): samples.png, metrics.json, tokenizer/ and generator/ (TensorBoard: $(VENV)/bin/tensorboard --logdir $(WORKDIR) if installed)"
+	@echo "Artifacts in $(WORKDIR): report.html, samples.png, metrics.json, tokenizer/ and generator/ (docs: README 'What the demo leaves')"
 
 # Two pytest workers (pytest-xdist), whole files per worker: the suite is mostly XLA compilation,
 # which runs on one core, so two workers keep both CI cores busy.

@@ -54,7 +54,7 @@ def test_smoke_run_writes_every_artifact(smoke_run):
     assert os.path.isfile(os.path.join(workdir, "generator", "samples_000006.png"))
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["task"] == "text2image"
-    assert "ETA" in first.stdout
+    assert "ETA" in first
 
 
 def test_rerun_resumes_at_saved_step(smoke_run, tmp_path):
