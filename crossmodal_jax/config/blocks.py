@@ -226,7 +226,7 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     # that evaluate separately). A later run of the same workdir can evaluate it.
     c.at_end = True
     # text→image: train images the small feature classifier learns from (0 = all); its hidden
-    # layer is the space of the classifier Fréchet distance (evaluate_images.py).
+    # layer is the space of the classifier Fréchet distance (evaluation/image_generation.py).
     c.classifier_examples = 10000
     # text→image: InceptionV3 weights of pytorch-fid (.npz, or .pth with torch installed) for
     # FID and Inception Score; "" = none (nothing is downloaded).

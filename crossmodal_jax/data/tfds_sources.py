@@ -7,7 +7,7 @@ the ``array_record`` file format, the one with random access) is a one-line ``Us
 says how to prepare it, raised when the source is built, before anything is written.
 
 Records follow the embedded datasets and ``folders.py``, so the feature transforms of
-``stages.py`` apply unchanged: ``{"image": uint8 [S,S,C], "label", "caption"}``,
+``data/modalities.py`` apply unchanged: ``{"image": uint8 [S,S,C], "label", "caption"}``,
 ``{"audio": int16 [T] at 16 kHz, "caption"}``, ``{"video": uint8 [F,S,S,C], "label", "caption"}``;
 images and frames are converted by the helpers of ``files.py`` (the sample CLI's), to
 ``data.image_size`` squared with ``data.channels``, clips to their centre ``data.frames``.

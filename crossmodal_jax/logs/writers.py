@@ -1,4 +1,4 @@
-"""What a user sees while a stage trains: metrics.jsonl, TensorBoard scalars/images, a progress line.
+"""Where a stage's scalars, images and texts go: `<stage>/metrics.jsonl` and TensorBoard events.
 
 Only process 0 writes; other processes get a writer that does nothing, so callers need no `if`.
 TensorBoard events come from tensorboardX (clu's writers import tensorflow, which we do not install).
@@ -13,8 +13,6 @@ from typing import Any
 
 import jax
 import numpy as np
-
-log = logging.getLogger("crossmodal_jax")
 
 
 def quiet_library_logs() -> None:

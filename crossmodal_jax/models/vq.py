@@ -9,7 +9,7 @@ receives the decoder's gradient through the straight-through estimator.
 Under jit the batch is the global batch (GSPMD splits it over the data axes and inserts the
 all-reduce for every batch sum), so the EMA statistics, restarts and data-dependent seeding are
 global and bitwise identical on every replica, as long as the "vq" rng is the same everywhere
-(train.py passes fold_in(run key, step)). No explicit psum is needed. The maths is in vq_ops.py.
+(the training step passes fold_in(run key, step)). No explicit psum is needed. The maths is in vq_ops.py.
 """
 
 from __future__ import annotations

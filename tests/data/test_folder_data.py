@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from scipy.io import wavfile
 
-from crossmodal_jax.config import workdir as workdir_lib
 from crossmodal_jax.data import folders
 from crossmodal_jax.data.pipeline import ImageTextFeatures
 from crossmodal_jax.errors import UserError
@@ -332,22 +331,6 @@ def test_main_on_a_broken_folder_fails_in_one_line_and_writes_no_workdir(
     assert len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith(f"error: {tmp_path / 'data' / 'test' / '002.png'}: cannot read")
     assert not workdir.exists()
-
-
-def test_workdir_with_checkpoints_but_no_config_json_is_refused(tmp_path):
-    workdir = tmp_path / "run"
-    (workdir / "tokenizer" / "checkpoints" / "6").mkdir(parents=True)
-    with pytest.raises(UserError) as info:
-        workdir_lib.check_workdir(None, str(workdir))  # refused before the config is looked at
-    message = str(info.value)
-    assert len(message.splitlines()) == 1
-    assert f"workdir {workdir} holds tokenizer checkpoints but no config.json" in message
-    (workdir / "config.json").write_text('{"task": "image2')  # cut short by a crash
-    with pytest.raises(UserError, match="config.json is unreadable"):
-        workdir_lib.check_workdir(None, str(workdir))
-    empty = tmp_path / "fresh"
-    (empty / "tokenizer" / "checkpoints").mkdir(parents=True)  # no step yet: nothing to check
-    workdir_lib.check_workdir(None, str(empty))
 
 
 def test_text_to_image_trains_on_an_image_folder(tmp_path):

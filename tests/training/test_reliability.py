@@ -17,9 +17,7 @@ import pytest
 
 from configs import vqdit_img
 from crossmodal_jax import data
-from crossmodal_jax.config import workdir
 from crossmodal_jax.errors import UserError
-from crossmodal_jax.run import build_experiment
 from crossmodal_jax.training import sharding
 from crossmodal_jax.training.checkpoint import StageCheckpointer
 from crossmodal_jax.training.guards import NonFiniteLoss, PreemptionGuard
@@ -167,40 +165,6 @@ def test_no_restorable_step_stops_and_moves_nothing(tmp_path):
     assert message.startswith(f"no checkpoint in {directory} can be restored (newest: step 2")
     assert sorted(os.listdir(directory)) == ["1", "2"]
     assert not os.path.exists(tmp_path / "stage" / "broken_checkpoints")
-
-
-def test_impossible_combinations_are_named(tmp_path):
-    config = vqdit_img.get_config("smoke")
-    config.data.data_dir = str(tmp_path / "data")
-    config.generator.train.batch_size = 12
-    with pytest.raises(
-        UserError,
-        match=r"generator.train.batch_size=12 is not divisible by the "
-        r"data-parallel size .* 8",
-    ):
-        build_experiment(config, str(tmp_path / "run"), {"data": 8})
-    config.generator.train.batch_size = 16
-    config.generator.model.patch_size = 3  # the smoke tokenizer's latent grid is 4x4
-    with pytest.raises(
-        UserError, match=r"the latent grid 4x4 is not divisible by generator.model.patch_size=3"
-    ):
-        build_experiment(config, str(tmp_path / "run"), {"data": 8})
-    config.generator.model.patch_size = 2
-    config.stages = ("generator",)
-    with pytest.raises(UserError, match="needs a trained tokenizer"):
-        build_experiment(config, str(tmp_path / "run"), {"data": 8})
-
-
-def test_config_diff_ignores_safe_keys_only():
-    old = json.loads(vqdit_img.get_config().to_json_best_effort())
-    new = vqdit_img.get_config()
-    new.generator.train.steps = 10
-    new.eval.samples_per_prompt = 3
-    assert workdir.config_diff(old, json.loads(new.to_json_best_effort())) == []
-    new.tokenizer.model.num_codes = 64
-    assert workdir.config_diff(old, json.loads(new.to_json_best_effort())) == [
-        "tokenizer.model.num_codes: 256 -> 64"
-    ]
 
 
 # --- preemption flag ------------------------------------------------------------------------------

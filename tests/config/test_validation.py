@@ -1,0 +1,121 @@
+"""Config checks before anything runs: names, impossible combinations, the workdir's config."""
+
+import json
+
+import pytest
+
+from configs import vqdit_img
+from crossmodal_jax import tasks
+from crossmodal_jax.config import workdir as workdir_lib
+from crossmodal_jax.data.modalities import MODALITIES
+from crossmodal_jax.errors import UserError
+from crossmodal_jax.run import build_experiment
+from crossmodal_jax.stages.generators import processes_for
+
+
+def test_every_task_names_a_tokenizer_modality_and_a_process():
+    for task in tasks.TASKS.values():
+        assert task.continuous in MODALITIES
+        assert processes_for(task.target)
+    with pytest.raises(UserError, match="unknown task 'image2sound'"):
+        tasks.get_task("image2sound")
+
+
+def _config(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfg", f"configs/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("smoke")
+
+
+@pytest.mark.parametrize(
+    "config_name, key, value, message",
+    [
+        ("img2txt", "generator.diffusion.process", "gaussian", "cannot generate text"),
+        ("img2txt", "data.name", "moving_digits", "needs a dataset of images"),
+        ("video2txt", "generator.diffusion.schedule", "cubic", "unknown masking schedule"),
+        ("img2txt", "generator.model.cond_input", "pixels", "unknown condition input"),
+        ("video2txt", "tokenizer.model.strides", ((2, 2, 2),), "tokenizer.model"),
+        (
+            "img2txt",
+            "generator.model.cond_patch",
+            (3, 1),
+            "cond_patch=.3, 1. must have one divisor",
+        ),
+        ("img2txt", "generator.source_shift", (1, 1, 1), "source_shift=.1, 1, 1. needs 2 entries"),
+        ("img2txt", "data.text_words", "one two one", "data.text_words: text vocabulary has rep"),
+        ("speech2txt", "generator.diffusion.word_mask_prob", 0.5, "each token is already a word"),
+        ("img2txt", "generator.code_shift", (1, 1), "code_shift needs generator.precompute_codes"),
+        ("speech2txt", "generator.source_shift", (8, 0), "use generator.code_shift .in codes."),
+        ("speech2txt", "generator.code_shift", (1, 0, 0), "needs 2 non-negative entries"),
+        ("img2txt", "generator.source_affine", (10.0,), "must be .largest angle in degrees"),
+        ("video2txt", "generator.source_affine", (10.0, 0.1), "source_affine warps sources"),
+        ("video2txt", "generator.model.cond_conv_kernel", (3, 3), "needs 3 sizes >= 1, one per"),
+        ("img2txt", "generator.model.cond_conv", (8, 0), "cond_conv=.8, 0. needs widths >= 1"),
+        ("img2txt", "generator.model.cond_conv_stride", (2, 2), "cond_conv_stride needs generat"),
+    ],
+)
+def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):
+    config = _config(config_name)
+    config.data.data_dir = str(tmp_path / "data")
+    section, _, field = key.rpartition(".")
+    node = config
+    for part in section.split("."):
+        node = node[part]
+    with node.ignore_type():
+        node[field] = value
+    with pytest.raises(UserError, match=message) as err:
+        build_experiment(config, str(tmp_path / "run"))
+    assert "\n" not in str(err.value)
+
+
+def test_impossible_combinations_are_named(tmp_path):
+    config = vqdit_img.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "data")
+    config.generator.train.batch_size = 12
+    with pytest.raises(
+        UserError,
+        match=r"generator.train.batch_size=12 is not divisible by the "
+        r"data-parallel size .* 8",
+    ):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+    config.generator.train.batch_size = 16
+    config.generator.model.patch_size = 3  # the smoke tokenizer's latent grid is 4x4
+    with pytest.raises(
+        UserError, match=r"the latent grid 4x4 is not divisible by generator.model.patch_size=3"
+    ):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+    config.generator.model.patch_size = 2
+    config.stages = ("generator",)
+    with pytest.raises(UserError, match="needs a trained tokenizer"):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+
+
+def test_config_diff_ignores_safe_keys_only():
+    old = json.loads(vqdit_img.get_config().to_json_best_effort())
+    new = vqdit_img.get_config()
+    new.generator.train.steps = 10
+    new.eval.samples_per_prompt = 3
+    assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == []
+    new.tokenizer.model.num_codes = 64
+    assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == [
+        "tokenizer.model.num_codes: 256 -> 64"
+    ]
+
+
+def test_workdir_with_checkpoints_but_no_config_json_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    (workdir / "tokenizer" / "checkpoints" / "6").mkdir(parents=True)
+    with pytest.raises(UserError) as info:
+        workdir_lib.check_workdir(None, str(workdir))  # refused before the config is looked at
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert f"workdir {workdir} holds tokenizer checkpoints but no config.json" in message
+    (workdir / "config.json").write_text('{"task": "image2')  # cut short by a crash
+    with pytest.raises(UserError, match="config.json is unreadable"):
+        workdir_lib.check_workdir(None, str(workdir))
+    empty = tmp_path / "fresh"
+    (empty / "tokenizer" / "checkpoints").mkdir(parents=True)  # no step yet: nothing to check
+    workdir_lib.check_workdir(None, str(empty))
