@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from crossmodal_jax.data import digits, moving_digits, spoken_digits
+from crossmodal_jax.data import digits, moving_digits, moving_shapes, shapes, spoken_digits
 
 DATA_DIR_ENV = "CROSSMODAL_DATA_DIR"
 _ND_KEY = "__nd__"
@@ -58,6 +58,22 @@ DATASETS: dict[str, DatasetSpec] = {
         generate=moving_digits.generate_split,
         modality="video",
         image_max_value=moving_digits.IMAGE_MAX_VALUE,
+    ),
+    "shapes": DatasetSpec(
+        name=shapes.NAME,
+        version=shapes.VERSION,
+        splits=shapes.SPLITS,
+        generate=shapes.generate_split,
+        modality="image",
+        image_max_value=shapes.IMAGE_MAX_VALUE,
+    ),
+    "moving_shapes": DatasetSpec(
+        name=moving_shapes.NAME,
+        version=moving_shapes.VERSION,
+        splits=moving_shapes.SPLITS,
+        generate=moving_shapes.generate_split,
+        modality="video",
+        image_max_value=moving_shapes.IMAGE_MAX_VALUE,
     ),
     "spoken_digits": DatasetSpec(
         name=spoken_digits.NAME,
