@@ -23,7 +23,14 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from crossmodal_jax.data import digits, moving_digits, moving_shapes, shapes, spoken_digits
+from crossmodal_jax.data import (
+    digits,
+    moving_digits,
+    moving_shapes,
+    shapes,
+    spoken_digits,
+    spoken_shapes,
+)
 
 DATA_DIR_ENV = "CROSSMODAL_DATA_DIR"
 _ND_KEY = "__nd__"
@@ -80,6 +87,20 @@ DATASETS: dict[str, DatasetSpec] = {
         version=spoken_digits.VERSION,
         splits=spoken_digits.SPLITS,
         generate=spoken_digits.generate_split,
+        modality="audio",
+    ),
+    "spoken_shapes": DatasetSpec(
+        name=spoken_shapes.NAME,
+        version=spoken_shapes.VERSION,
+        splits=spoken_shapes.SPLITS,
+        generate=spoken_shapes.generate_split,
+        modality="audio",
+    ),
+    "spoken_shapes_smoke": DatasetSpec(
+        name=spoken_shapes.SMOKE_NAME,
+        version=spoken_shapes.VERSION,
+        splits=spoken_shapes.SPLITS,
+        generate=spoken_shapes.generate_smoke_split,
         modality="audio",
     ),
     "spoken_digits_smoke": DatasetSpec(

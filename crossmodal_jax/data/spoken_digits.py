@@ -41,7 +41,8 @@ SNR_DB_RANGE = (20.0, 40.0)
 _SEED = 20240603
 _SPLIT_IDS = {"train": 0, "test": 1}
 _INSTALL_HINT = (
-    "espeak-ng is needed to build the spoken_digits dataset but was not found on PATH; install it "
+    "espeak-ng is needed to build the spoken datasets (spoken_digits, spoken_shapes) but was not "
+    "found on PATH; install it "
     "with `apt-get install espeak-ng` (Debian/Ubuntu), `brew install espeak-ng` (macOS), or "
     "`make install-system-deps`"
 )
@@ -152,7 +153,7 @@ def make_record(u: Utterance, clean: np.ndarray) -> dict:
     }
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
     # espeak-ng is a subprocess, so threads overlap fine; 2-4 keeps a small machine usable.
     return min(4, max(2, os.cpu_count() or 2))
 
@@ -172,7 +173,7 @@ def generate_split(split: str, count: int | None = None, workers: int | None = N
         def build(u: Utterance) -> dict:
             return make_record(u, synthesize(u, workdir, binary))
 
-        with ThreadPool(workers or _default_workers()) as pool:
+        with ThreadPool(workers or default_workers()) as pool:
             # imap keeps index order whatever the completion order.
             return list(pool.imap(build, utterances, chunksize=8))
 

@@ -169,3 +169,20 @@ def test_shapes_are_embedded_datasets_with_a_novel_split(tmp_path):
         sources.get_source("shapes", "valid", tmp_path)
     with pytest.raises(ValueError, match="unknown split 'novel' for dataset 'digits'"):
         sources.get_source("digits", "novel", tmp_path)
+
+
+def test_spoken_shapes_read_the_scenes_captions_in_held_out_voices():
+    from crossmodal_jax.data import spoken_digits, spoken_shapes
+
+    for split in shapes.SPLITS:
+        u = spoken_shapes.utterance(split, 3)
+        assert u.text == shapes.example(split, 3)["caption"].decode()
+        assert u.variant in spoken_shapes.VOICES[split]
+        assert 130 <= u.speed <= 190 and 30 <= u.pitch <= 70 and 20 <= u.snr_db <= 40
+    assert set(spoken_shapes.VOICES["novel"]) == set(spoken_digits.VARIANTS["test"])
+    assert not set(spoken_shapes.VOICES["train"]) & set(spoken_shapes.VOICES["test"])
+    records = spoken_shapes.generate_split("novel", count=2)
+    assert [r["caption"] for r in records] == [
+        shapes.example("novel", i)["caption"] for i in (0, 1)
+    ]
+    assert all(r["audio"].dtype == np.int16 and len(r["audio"]) > 8000 for r in records)
