@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from crossmodal_jax import tasks
 from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError, fail, one_line
 from crossmodal_jax.logs.writers import quiet_library_logs
@@ -114,7 +115,6 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
 
 def list_input_files(folder: str, config) -> list[str]:
     """The folder's inputs of the task's source modality, sorted by file name."""
-    from crossmodal_jax import tasks
     from crossmodal_jax.data import files
     from crossmodal_jax.data.modalities import MODALITIES
 
@@ -178,8 +178,6 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     try:
         config = load_resolved_config(_WORKDIR.value)
-        from crossmodal_jax import tasks
-
         runner = RUNNERS[tasks.get_task(config.task).target]
         paths = runner(_WORKDIR.value, config, _INPUT.value, _OUTPUT.value)
     except UserError as e:
