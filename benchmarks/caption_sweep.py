@@ -20,7 +20,7 @@ from absl import app, flags
 from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.evaluation import evaluate
 from crossmodal_jax.experiment import local_experiment
-from crossmodal_jax.stages.generators import generator_stage
+from crossmodal_jax.stages.generators import generator_stage, sampler
 from crossmodal_jax.training.stage import restore_stage_state
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/img2txt", "A trained X→text workdir.")
@@ -43,7 +43,7 @@ def main(argv) -> None:
         )
         for steps, schedule, temperature in grid:
             config.generator.sample.update(steps=steps, schedule=schedule, temperature=temperature)
-            exp.built.pop("sampler", None)  # the sampler is built (and jitted) per setting
+            sampler(exp, rebuild=True)  # built (and jitted) per setting
             t0 = time.perf_counter()
             metrics, _ = evaluate.caption_test_split(exp, state)
             row = {

@@ -42,3 +42,12 @@ def test_bad_tokenizer_strides_and_vocabulary_are_one_line():
     config.data.text_words = "one one"
     with pytest.raises(UserError, match="^data.text_words: text vocabulary has repeated words"):
         local_experiment(config)
+
+
+def test_a_sweep_rebuilds_the_sampler_from_the_changed_settings():
+    exp = local_experiment(vqdit_img.get_config("smoke"))
+    first = sampler(exp)
+    exp.config.generator.sample.guidance = 2.0
+    assert sampler(exp) is first  # settings are read when the sampler is built ...
+    rebuilt = sampler(exp, rebuild=True)  # ... so a sweep rebuilds it
+    assert rebuilt is not first and sampler(exp) is rebuilt

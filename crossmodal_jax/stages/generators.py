@@ -214,9 +214,10 @@ def generator_stage(exp: Experiment) -> StageSpec:
     return generator_entry(exp).stage(exp)
 
 
-def sampler(exp: Experiment) -> Callable:
+def sampler(exp: Experiment, *, rebuild: bool = False) -> Callable:
     """The experiment's jitted sampler, built once: training summaries, the final evaluation and
-    the sample CLI call the same compiled function (batches padded to one shape)."""
-    if "sampler" not in exp.built:
+    the sample CLI call the same compiled function (batches padded to one shape). `rebuild=True`
+    builds it anew from the config's current `generator.sample` (sweeps that change it)."""
+    if rebuild or "sampler" not in exp.built:
         exp.built["sampler"] = generator_entry(exp).sampler(exp)
     return exp.built["sampler"]
