@@ -51,3 +51,29 @@ def test_a_sweep_rebuilds_the_sampler_from_the_changed_settings():
     assert sampler(exp) is first  # settings are read when the sampler is built ...
     rebuilt = sampler(exp, rebuild=True)  # ... so a sweep rebuilds it
     assert rebuilt is not first and sampler(exp) is rebuilt
+
+
+def test_the_shapes_world_feeds_a_tokenizer_and_is_evaluated_on_novel_too(tmp_path):
+    import flax.linen as nn
+    import jax
+
+    from configs import img2txt
+    from crossmodal_jax.evaluation.tokenizer_metrics import reconstruction_metrics
+
+    config = img2txt.get_config("smoke")
+    config.data.update(name="shapes", data_dir=str(tmp_path), text_words="", text_max_len=40)
+    config.eval.update(num_examples=16, batch_size=16)
+    exp = local_experiment(config)
+    assert exp.dataset.splits == ("train", "test", "novel")
+    assert exp.input_shape == (32, 32, 3) and exp.latent_grid == (32, 32)
+    batch = exp.first_examples("novel", 4)
+    assert (
+        batch["image"].shape == (4, 32, 32, 3)
+        and -1 <= batch["image"].min() < batch["image"].max() <= 1
+    )
+    x = batch["image"][:1]
+    keys = {"params": jax.random.key(0), "vq": jax.random.key(1)}
+    variables = nn.meta.unbox(exp.tokenizer.init(keys, x, train=False))
+    with jax.set_mesh(exp.ctx.mesh):  # as in a run
+        metrics = reconstruction_metrics(exp, variables, "novel")
+    assert {"novel_psnr_db", "novel_codebook_usage", "dead_codes"} <= set(metrics)

@@ -30,6 +30,7 @@ class Dataset:
     has_labels: bool  # records carry a class label (batches then have "label")
     digit_labels: bool  # the label is the digit the caption names (digit-naming accuracy)
     described: str  # how the config names it, for messages: "data.name='digits'"
+    splits: tuple[str, ...]  # e.g. ("train", "test"), or with the shapes world's "novel"
     open_split: Callable[[str], Any]  # split name -> random-access source
     # One record of the training shapes without reading the data (folders, TFDS: from the config,
     # so sampling needs neither the training folder nor the prepared dataset); None: train[0].
@@ -60,6 +61,7 @@ def _embedded(data_cfg: ml_collections.ConfigDict) -> Dataset:
         has_labels=True,
         digit_labels=True,  # the embedded datasets' labels are digits
         described=f"data.name={data_cfg.name!r}",
+        splits=spec.splits,
         open_split=lambda split: sources.get_source(
             data_cfg.name, split, data_cfg.data_dir or None
         ),
@@ -76,6 +78,7 @@ def _folder(data_cfg: ml_collections.ConfigDict) -> Dataset:
         has_labels=False,
         digit_labels=False,
         described=f"data.name={data_cfg.name!r}",
+        splits=folders.SPLITS,
         # Validated file by file on first use, then cached by the folder module.
         open_split=lambda split: folders.get_source(data_cfg, split),
         blank_record=lambda: folders.example_record(fmt),
@@ -92,6 +95,7 @@ def _tfds(data_cfg: ml_collections.ConfigDict) -> Dataset:
         has_labels=spec.has_labels,
         digit_labels=spec.digit_labels,
         described=f"data.tfds_name={data_cfg.tfds_name!r}",
+        splits=("train", "test"),
         # Opened (is it prepared?) once per process, then cached by the tfds module.
         open_split=lambda split: tfds_sources.get_source(data_cfg, split),
         blank_record=lambda: tfds_sources.example_record(data_cfg),

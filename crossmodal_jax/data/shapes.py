@@ -88,8 +88,15 @@ def inside(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, s: fl
 
 
 def coverage(shape: str, cx: float, cy: float, s: float) -> np.ndarray:
-    """Fraction of each pixel's 16 sub-pixel centres inside the shape: float64 [32, 32]."""
-    return inside(shape, _X, _Y, cx, cy, s).mean(axis=-1)
+    """Fraction of each pixel's 16 sub-pixel centres inside the shape: float64 [32, 32]. Only
+    the pixels of the shape's bounding square are tested (every shape lies inside it)."""
+    h = s / 2
+    r0, r1 = max(0, int(np.floor(cy - h))), min(CANVAS, int(np.floor(cy + h)) + 1)
+    c0, c1 = max(0, int(np.floor(cx - h))), min(CANVAS, int(np.floor(cx + h)) + 1)
+    out = np.zeros((CANVAS, CANVAS))
+    box = (slice(r0, r1), slice(c0, c1))
+    out[box] = inside(shape, _X[box], _Y[box], cx, cy, s).mean(axis=-1)
+    return out
 
 
 def render(objects: list[dict]) -> np.ndarray:

@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 
-from crossmodal_jax.evaluation import digits_judge
+from crossmodal_jax.evaluation import digits_judge, shapes_judge
 from crossmodal_jax.evaluation.image_generation import image_distribution_metrics
 from crossmodal_jax.evaluation.text_metrics import digit_naming_accuracy, text_metrics
 from crossmodal_jax.evaluation.tokenizer_metrics import reconstruction_metrics
@@ -37,13 +37,17 @@ def generate_for_prompts(exp: Experiment, generator_state, prompts: list[str]) -
     )
 
 
-def caption_test_split(exp: Experiment, generator_state) -> tuple[dict[str, float], list[dict]]:
-    """Caption the test split (or its first eval.num_examples) and score the captions."""
+def caption_test_split(
+    exp: Experiment, generator_state, split: str = "test"
+) -> tuple[dict[str, float], list[dict]]:
+    """Caption a split (or its first eval.num_examples) and score the captions (`<split>_...`):
+    BLEU, ROUGE-L, WER, CER, exact match; digit naming on the digits datasets, the accuracy of
+    each attribute on the shapes world's."""
     config = exp.config
     generate = sampler(exp)
     key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SALT)
     hyps, refs, labels = [], [], []
-    batches = exp.batches("test", config.eval.batch_size, limit=config.eval.num_examples)
+    batches = exp.batches(split, config.eval.batch_size, limit=config.eval.num_examples)
     for i, batch in enumerate(batches):
         ids = generate(
             generator_state.ema_params,
@@ -56,9 +60,12 @@ def caption_test_split(exp: Experiment, generator_state) -> tuple[dict[str, floa
         labels += list(batch["label"]) if "label" in batch else [None] * len(batch["text"])
     multi = digits_judge.MULTI_REFERENCES.get(config.data.name)
     references = [multi(r, y) if multi else [r] for r, y in zip(refs, labels, strict=True)]
-    metrics = {f"test_{k}": v for k, v in text_metrics(hyps, references).items()}
+    metrics = {f"{split}_{k}": v for k, v in text_metrics(hyps, references).items()}
     if labels[0] is not None and exp.dataset.digit_labels:  # which digit each input shows
-        metrics["test_digit_accuracy"] = digit_naming_accuracy(hyps, labels)
+        metrics[f"{split}_digit_accuracy"] = digit_naming_accuracy(hyps, labels)
+    if config.data.name in shapes_judge.DATASETS:
+        attributes = shapes_judge.attribute_accuracy(hyps, refs)
+        metrics.update({f"{split}_attribute_accuracy/{k}": v for k, v in attributes.items()})
     rows = [
         {"index": i, "text": h, "reference": r}
         for i, (h, r) in enumerate(zip(hyps, refs, strict=True))
@@ -66,8 +73,8 @@ def caption_test_split(exp: Experiment, generator_state) -> tuple[dict[str, floa
     return metrics, rows
 
 
-def _write_caption_results(exp: Experiment, metrics: dict, rows: list[dict]) -> None:
-    path = os.path.join(exp.ctx.workdir, "test_captions.jsonl")
+def _write_caption_results(exp: Experiment, split: str, metrics: dict, rows: list[dict]) -> None:
+    path = os.path.join(exp.ctx.workdir, f"{split}_captions.jsonl")
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     table = examples_table(
@@ -76,9 +83,9 @@ def _write_caption_results(exp: Experiment, metrics: dict, rows: list[dict]) -> 
     writer = MetricWriter(os.path.join(exp.ctx.workdir, "eval"))
     step = int(exp.config.generator.train.steps)
     writer.scalars(step, metrics)
-    writer.text(step, "test captions", table)
+    writer.text(step, f"{split} captions", table)
     writer.close()
-    log.info("test captions (all %d in %s):\n%s", len(rows), path, table)
+    log.info("%s captions (all %d in %s):\n%s", split, len(rows), path, table)
 
 
 def _image_metrics(exp: Experiment, state) -> dict[str, float]:
@@ -106,16 +113,22 @@ def _image_metrics(exp: Experiment, state) -> dict[str, float]:
 
 
 def evaluate_run(exp: Experiment) -> dict[str, float]:
-    """Metrics of every trained stage on the test split; writes sample grids or captions."""
+    """Metrics of every trained stage on the test split, and on the `novel` split where the
+    dataset has one (the shapes world); writes sample grids or captions."""
+    splits = [s for s in ("test", "novel") if s in exp.dataset.splits]
     metrics: dict[str, float] = {}
     if "tokenizer" in exp.results or "generator" in exp.results:
-        metrics.update(reconstruction_metrics(exp, tokenizer_variables(exp)))
+        tok_vars = tokenizer_variables(exp)
+        for split in splits:
+            metrics.update(reconstruction_metrics(exp, tok_vars, split))
     if "generator" not in exp.results:
         return metrics
     state = exp.results["generator"]
     if not exp.task.generates_text:
         return {**metrics, **_image_metrics(exp, state)}
-    caption_metrics, rows = caption_test_split(exp, state)
-    if jax.process_index() == 0:
-        _write_caption_results(exp, caption_metrics, rows)
-    return {**metrics, **caption_metrics}
+    for split in splits:
+        caption_metrics, rows = caption_test_split(exp, state, split)
+        if jax.process_index() == 0:
+            _write_caption_results(exp, split, caption_metrics, rows)
+        metrics.update(caption_metrics)
+    return metrics

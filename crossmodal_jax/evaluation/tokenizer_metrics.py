@@ -15,9 +15,11 @@ from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages.objectives import psnr
 
 
-def reconstruction_metrics(exp: Experiment, tok_vars: dict) -> dict[str, float]:
+def reconstruction_metrics(
+    exp: Experiment, tok_vars: dict, split: str = "test"
+) -> dict[str, float]:
     """Per-input PSNR (mean), MSE, and codebook usage/perplexity over the whole split's codes
-    (or over its first eval.num_examples)."""
+    (or over its first eval.num_examples), keyed `<split>_...`; and the codebook's dead codes."""
     tokenizer = exp.tokenizer
 
     @partial(jax.jit, out_shardings=P())  # replicated: readable on every process
@@ -29,7 +31,7 @@ def reconstruction_metrics(exp: Experiment, tok_vars: dict) -> dict[str, float]:
 
     mses, indices = [], []
     cfg = exp.config.eval
-    for batch in exp.batches("test", cfg.batch_size, limit=cfg.num_examples):
+    for batch in exp.batches(split, cfg.batch_size, limit=cfg.num_examples):
         mse, idx = run(batch[exp.modality.name])
         mses.append(np.asarray(mse))
         indices.append(np.asarray(idx).reshape(-1))
@@ -37,15 +39,17 @@ def reconstruction_metrics(exp: Experiment, tok_vars: dict) -> dict[str, float]:
     idx = jnp.asarray(np.concatenate(indices))
     k = tokenizer.num_codes
     return {
-        "test_psnr_db": float(np.mean(psnr(mse))),
-        "test_recon_mse": float(np.mean(mse)),
-        "test_codebook_usage": float(codebook_usage(idx, k)),
-        "test_codebook_perplexity": float(codebook_perplexity(idx, k)),
+        f"{split}_psnr_db": float(np.mean(psnr(mse))),
+        f"{split}_recon_mse": float(np.mean(mse)),
+        f"{split}_codebook_usage": float(codebook_usage(idx, k)),
+        f"{split}_codebook_perplexity": float(codebook_perplexity(idx, k)),
         # Codes the EMA considers dead (restart candidates) and codes no test latent uses.
         "dead_codes": float(
             dead_code_count(
                 tok_vars["vq_stats"]["quantizer"]["cluster_size"], tokenizer.dead_code_threshold
             )
         ),
-        "test_unused_codes": float(k - np.count_nonzero(np.bincount(np.asarray(idx), minlength=k))),
+        f"{split}_unused_codes": float(
+            k - np.count_nonzero(np.bincount(np.asarray(idx), minlength=k))
+        ),
     }

@@ -1,0 +1,83 @@
+"""What a caption of the shapes world states, and how many of its attributes a generated caption
+gets right: the per-attribute accuracy of X→text on `shapes`, `moving_shapes` and `spoken_shapes`.
+
+A caption parses into count, colours, shapes, and size and position (one object), relation (two
+objects) or direction (a moving object). A generated caption that does not parse gets every
+attribute wrong; an attribute its reference does not state is not scored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from crossmodal_jax.data import moving_shapes, shapes
+
+_COLOR = "|".join(shapes.COLORS)
+_SHAPE = "|".join(shapes.SHAPES)
+_GRAMMARS = (
+    re.compile(
+        rf"^a (?P<size>small|large) (?P<color>{_COLOR}) (?P<shape>{_SHAPE}) "
+        rf"at (?P<position>{'|'.join(shapes.POSITIONS.values())})$"
+    ),
+    re.compile(
+        rf"^a (?P<color>{_COLOR}) (?P<shape>{_SHAPE}) (?P<relation>{'|'.join(shapes.RELATIONS)}) "
+        rf"a (?P<color2>{_COLOR}) (?P<shape2>{_SHAPE})$"
+    ),
+    re.compile(
+        rf"^a (?P<color>{_COLOR}) (?P<shape>{_SHAPE}) "
+        rf"moves (?P<direction>{'|'.join(moving_shapes.DIRECTIONS)})$"
+    ),
+)
+ATTRIBUTES = ("count", "color", "shape", "size", "position", "relation", "direction")
+# Datasets whose captions this judge reads.
+DATASETS = ("shapes", "moving_shapes", "spoken_shapes", "spoken_shapes_smoke")
+
+
+def caption_words() -> tuple[str, ...]:
+    """Every word the shapes world's captions use (a word vocabulary for the caption tokenizer)."""
+    words = ["a", "at", "of", "moves", *shapes.SIZES, *shapes.COLORS, *shapes.SHAPES]
+    words += [
+        w for phrase in (*shapes.POSITIONS.values(), *shapes.RELATIONS) for w in phrase.split()
+    ]
+    words += list(moving_shapes.DIRECTIONS)
+    return tuple(dict.fromkeys(words))
+
+
+def parse(caption: str) -> dict[str, object] | None:
+    """The attributes a caption states ({"count": 1, "color": ("red",), ...}); None if it follows
+    none of the grammars."""
+    text = " ".join(caption.lower().split())
+    for grammar in _GRAMMARS:
+        m = grammar.match(text)
+        if not m:
+            continue
+        g = m.groupdict()
+        out: dict[str, object] = {}
+        if "color2" in g:
+            out.update(count=2, color=(g["color"], g["color2"]), shape=(g["shape"], g["shape2"]))
+        else:
+            out.update(count=1, color=(g["color"],), shape=(g["shape"],))
+        out.update({k: g[k] for k in ("size", "position", "relation", "direction") if k in g})
+        return out
+    return None
+
+
+def attribute_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Per attribute, the fraction of examples whose generated caption states it as the reference
+    does (over the examples whose reference states it), and `parsed`: the fraction that parse."""
+    refs = [parse(r) for r in references]
+    if any(r is None for r in refs):
+        bad = references[[r is None for r in refs].index(True)]
+        raise ValueError(f"reference caption {bad!r} is not a shapes-world caption")
+    hyps = [parse(h) for h in hypotheses]
+    out = {"parsed": float(np.mean([h is not None for h in hyps]))}
+    for attr in ATTRIBUTES:
+        hits = [
+            (h or {}).get(attr) == r[attr] for h, r in zip(hyps, refs, strict=True) if attr in r
+        ]
+        if hits:
+            out[attr] = float(np.mean(hits))
+    return out
