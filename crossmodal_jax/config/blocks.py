@@ -146,6 +146,9 @@ def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
     c.lookup_dim = 0  # >0: look codes up in a learned low dim (0 = in code_dim)
     c.codebook_init = "random"  # "random" | "batch" | "kmeans++": first batch
     c.lookup_chunk_size = 0  # >0: argmin over codebook chunks (bounds memory)
+    # VQGAN's self-attention block at the lowest resolution of encoder and decoder: every code
+    # sees the whole input (many-object RGB scenes), at the cost of attention over the grid.
+    c.mid_attention = False
     c.update(overrides)
     return c
 

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crossmodal_jax.models.layers import conv, group_norm
+from crossmodal_jax.models.layers import SelfAttention, conv, group_norm
 from crossmodal_jax.models.vq import VectorQuantizer
 from crossmodal_jax.training.sharding import BATCH, CONV_OUT
 
@@ -92,6 +92,24 @@ class ResBlock(nn.Module):
         return nn.with_logical_constraint(skip + h, act_axes(nd))
 
 
+class AttnBlock(nn.Module):
+    """VQGAN's self-attention at the lowest resolution: GroupNorm, one attention over every
+    latent position (any number of spatial axes), residual. Lets a code see the whole input, which
+    local convolutions cannot (a 32x32 scene's objects are far apart)."""
+
+    num_heads: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxSxC: jax.Array) -> jax.Array:
+        shape, nd = x_BxSxC.shape, x_BxSxC.ndim - 2
+        h = group_norm(shape[-1], dtype=self.dtype, name="norm")(x_BxSxC)
+        h_BxLxC = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(
+            h.reshape(shape[0], -1, shape[-1])
+        )
+        return nn.with_logical_constraint(x_BxSxC + h_BxLxC.reshape(shape), act_axes(nd))
+
+
 class Encoder(nn.Module):
     """[B, *spatial, C] -> z_e [B, *latent_grid, code_dim]; strides[l] after level l."""
 
@@ -100,6 +118,7 @@ class Encoder(nn.Module):
     num_res_blocks: int
     code_dim: int
     strides: Strides
+    mid_attention: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -124,6 +143,8 @@ class Encoder(nn.Module):
                 h = nn.with_logical_constraint(h, act_axes(nd))
         width = h.shape[-1]
         h = ResBlock(width, dtype=self.dtype, name="mid_block")(h)
+        if self.mid_attention:
+            h = AttnBlock(dtype=self.dtype, name="mid_attn")(h)
         h = nn.silu(group_norm(width, dtype=self.dtype, name="norm_out")(h))
         return conv(self.code_dim, 1, ndim=nd, dtype=self.dtype, name="conv_out")(h)
 
@@ -144,6 +165,7 @@ class Decoder(nn.Module):
     num_res_blocks: int
     out_channels: int
     strides: Strides
+    mid_attention: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -152,6 +174,8 @@ class Decoder(nn.Module):
         width = self.channels * self.channel_mult[-1]
         h = conv(width, 3, ndim=nd, dtype=self.dtype, name="conv_in")(z_BxSxD.astype(self.dtype))
         h = ResBlock(width, dtype=self.dtype, name="mid_block")(h)
+        if self.mid_attention:
+            h = AttnBlock(dtype=self.dtype, name="mid_attn")(h)
         levels = len(self.channel_mult)
         for level in reversed(range(levels)):
             width = self.channels * self.channel_mult[level]
@@ -194,6 +218,7 @@ class VQVAE(nn.Module):
     lookup_chunk_size: int = 0
     spatial_dims: int = 2
     strides: tuple[tuple[int, ...], ...] = ()
+    mid_attention: bool = False  # VQGAN's self-attention block at the lowest resolution
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -205,6 +230,7 @@ class VQVAE(nn.Module):
             self.num_res_blocks,
             self.code_dim,
             self.level_strides,
+            mid_attention=self.mid_attention,
             dtype=self.dtype,
         )
         self.quantizer = VectorQuantizer(
@@ -226,6 +252,7 @@ class VQVAE(nn.Module):
             self.num_res_blocks,
             self.in_channels,
             self.level_strides,
+            mid_attention=self.mid_attention,
             dtype=self.dtype,
         )
 
