@@ -49,6 +49,18 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def check_prompts(text, prompts: list[str]) -> None:
+    """A prompt with a word outside the caption tokenizer's vocabulary is one line naming the line
+    and the word (the model would read it as the unknown word)."""
+    for line, prompt in enumerate(prompts, start=1):
+        unknown = text.unknown_words(prompt)
+        if unknown:
+            raise UserError(
+                f"prompt line {line} ({prompt!r}): the word {unknown[0]!r} is not in the "
+                "vocabulary this model was trained with (data.text_words)"
+            )
+
+
 def experiment_of(workdir: str, config):
     """The Experiment of a trained workdir on this machine's devices, with the sampler settings
     of the command line (no run validation: sampling needs neither a training folder nor a
@@ -89,6 +101,7 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     from crossmodal_jax.stages.generators import sampler
 
     exp = experiment_of(workdir, config)
+    check_prompts(exp.text, prompts)
     with restored_generator(exp) as state:
         generate = sampler(exp)
         os.makedirs(output, exist_ok=True)

@@ -120,3 +120,17 @@ def test_masked_text_to_image_runs_and_samples(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["000000.png", "000001.png"]
     assert np.asarray(Image.open(out / "000000.png")).shape == (8, 8)
+
+
+def test_a_prompt_word_outside_the_vocabulary_is_one_line():
+    from crossmodal_jax.data.text import TextTokenizer
+    from crossmodal_jax.errors import UserError
+    from crossmodal_jax.sample import check_prompts
+
+    words = TextTokenizer(("a", "red", "circle"))
+    check_prompts(words, ["a red circle"])
+    with pytest.raises(
+        UserError, match=r"^prompt line 2 \('a red cirle'\): the word 'cirle' is not"
+    ):
+        check_prompts(words, ["a red circle", "a red cirle"])
+    check_prompts(TextTokenizer(), ["any text at all"])  # bytes: every prompt is readable
