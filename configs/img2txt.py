@@ -1,7 +1,7 @@
 """Image→text on the embedded `digits`: a VQ-VAE tokenizer of the images, then a DiT that writes the
 caption by masked (absorbing-state) diffusion over its words, conditioned on the image's codes.
 
-Run (≈11 minutes on 2 CPU cores; docs/results.md):
+Run (≈10 minutes on 2 CPU cores; docs/results.md):
   python -m crossmodal_jax.main --config=configs/img2txt.py --workdir=runs/img2txt
 Caption a folder of .png files with the trained run:
   python -m crossmodal_jax.sample --workdir=runs/img2txt --input=FOLDER --output=OUT
