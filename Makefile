@@ -46,7 +46,7 @@ demo: $(VENV)/.core
 # which runs on one core, so two workers keep both CI cores busy.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed install-system-deps
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check crossmodal_jax configs tests benchmarks
