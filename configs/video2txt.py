@@ -2,7 +2,7 @@
 tokenizes the 8-frame clips, then a DiT writes `the digit <word> moves <direction>` by masked
 diffusion over the caption's words, conditioned on the clip's codes.
 
-Run (≈12 minutes on 2 CPU cores; docs/results.md):
+Run (≈10–12 minutes on 2 CPU cores; docs/results.md):
   python -m crossmodal_jax.main --config=configs/video2txt.py --workdir=runs/video2txt
 Caption a folder of .gif / .npy clips with the trained run:
   python -m crossmodal_jax.sample --workdir=runs/video2txt --input=FOLDER --output=OUT
