@@ -1,5 +1,7 @@
 """DiT (adaLN-Zero, conditioning, CFG drop), VQ-VAE shapes/gradients, layers, annotations."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -262,9 +264,7 @@ def test_mid_attention_block_equals_its_definition():
             num_codes=8,
             mid_attention=attention,
         )
-        params = model.init(
-            {"params": jax.random.key(0), "vq": jax.random.key(1)},
-            jnp.zeros((1, 8, 8, 3)),
-            train=False,
-        )["params"]
+        keys = {"params": jax.random.key(0), "vq": jax.random.key(1)}
+        x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+        params = jax.eval_shape(functools.partial(model.init, train=False), keys, x)["params"]
         assert ("mid_attn" in params["encoder"]) == ("mid_attn" in params["decoder"]) == attention
