@@ -257,23 +257,23 @@ def convert_diffusers_state_dict(
     Without a config the diffusers defaults apply (norm_eps 1e-5), the head count comes from
     the DiT presets and the input size from `sample_size` only if given.
     """
-    config = dict(config or {})
+    settings = dict(config or {})  # diffusers' config.json, not ours
     for key, want in (
         ("norm_type", "ada_norm_zero"),
         ("activation_fn", "gelu-approximate"),
         ("norm_elementwise_affine", False),
     ):
-        if config.get(key, want) != want:
-            raise CheckpointError(f"diffusers DiT with {key}={config[key]!r} is not supported")
+        if settings.get(key, want) != want:
+            raise CheckpointError(f"diffusers DiT with {key}={settings[key]!r} is not supported")
     params, kwargs = convert_facebook_state_dict(
         diffusers_to_facebook(state_dict),
-        num_heads=config.get("num_attention_heads"),
-        input_size=config.get("sample_size"),
+        num_heads=settings.get("num_attention_heads"),
+        input_size=settings.get("sample_size"),
         source="diffusers state dict",
         t_freq_shift=1.0,
-        mlp_norm_eps=float(config.get("norm_eps", 1e-5)),
+        mlp_norm_eps=float(settings.get("norm_eps", 1e-5)),
     )
-    n = config.get("num_embeds_ada_norm")
+    n = settings.get("num_embeds_ada_norm")
     if n is not None and n != kwargs["num_classes"]:
         raise CheckpointError(
             f"diffusers DiT: num_embeds_ada_norm={n} but the label table has "
