@@ -62,11 +62,15 @@ SEEN = tuple(p for p in PAIRS if p not in HELD_OUT)
 NOVEL = tuple(p for p in PAIRS if p in HELD_OUT)
 
 _SUB = (np.arange(4) + 0.5) / 4  # sub-pixel centre offsets inside a pixel
-# Sub-pixel centres of the whole canvas: x, y of shape [32, 32, 16] (pixel row, column, sample).
-_X = (np.arange(CANVAS)[None, :, None, None] + _SUB[None, None, None, :]).repeat(CANVAS, 0)
-_Y = (np.arange(CANVAS)[:, None, None, None] + _SUB[None, None, :, None]).repeat(CANVAS, 1)
-_X = np.broadcast_to(_X, (CANVAS, CANVAS, 4, 4)).reshape(CANVAS, CANVAS, 16)
-_Y = np.broadcast_to(_Y, (CANVAS, CANVAS, 4, 4)).reshape(CANVAS, CANVAS, 16)
+# Sub-pixel centres of the canvas, [row i, column j, 16 samples (l, k)]: x = j + (k + 0.5)/4 and
+# y = i + (l + 0.5)/4.
+_PIX = np.arange(CANVAS)
+_X = np.broadcast_to(_PIX[None, :, None, None] + _SUB, (CANVAS, CANVAS, 4, 4)).reshape(
+    CANVAS, CANVAS, 16
+)
+_Y = np.broadcast_to(_PIX[:, None, None, None] + _SUB[:, None], (CANVAS, CANVAS, 4, 4)).reshape(
+    CANVAS, CANVAS, 16
+)
 
 
 def inside(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, s: float) -> np.ndarray:
