@@ -153,6 +153,25 @@ def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def shapes_tokenizer(**model_overrides) -> ml_collections.ConfigDict:
+    """The tokenizer stage of the shapes world's 32×32 RGB scenes (text→image and image→text): a
+    VQ-VAE with two downsamplings to an 8×8 grid of codes and VQGAN's self-attention block at that
+    resolution, so every code sees the whole scene."""
+    c = ml_collections.ConfigDict()
+    c.model = tokenizer_model(
+        channels=32,
+        channel_mult=(1, 2, 2),
+        code_dim=8,
+        num_codes=256,
+        mid_attention=True,
+        **model_overrides,
+    )
+    c.train = train(
+        steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=1000
+    )
+    return c
+
+
 def generator_model(**overrides) -> ml_collections.ConfigDict:
     """DiT of stage 2 (models/dit.py for latent grids, models/token_dit.py for token ids)."""
     c = ml_collections.ConfigDict()
@@ -231,6 +250,10 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     # text→image: train images the small feature classifier learns from (0 = all); its hidden
     # layer is the space of the classifier Fréchet distance (evaluation/image_generation.py).
     c.classifier_examples = 10000
+    # text→image on the shapes world: the attribute detector's renders and Adam steps
+    # (evaluation/shapes_detector.py); trained once per machine, cached beside the datasets.
+    c.detector_examples = 20000
+    c.detector_steps = 1500
     # text→image: InceptionV3 weights of pytorch-fid (.npz, or .pth with torch installed) for
     # FID and Inception Score; "" = none (nothing is downloaded).
     c.inception_weights = ""
@@ -256,9 +279,9 @@ def generator(
     # X→text: random rotation and scaling of image and clip sources in training: (largest angle
     # in degrees, largest relative scale change), e.g. (10.0, 0.1); (0.0, 0.0) = none.
     c.source_affine = (0.0, 0.0)
-    # X→text: run the frozen tokenizer over the training sources once, before training, instead
-    # of in every step. Then source_shift cannot apply (the sources are gone); code_shift
-    # translates the grid of code ids instead, per axis, in codes.
+    # Run the frozen tokenizer over the training set once, before training, instead of in every
+    # step (the sources of X→text, the images of text→image). Then source_shift cannot apply
+    # (the sources are gone); code_shift translates the grid of code ids instead, per axis.
     c.precompute_codes = False
     c.code_shift = ()
     c.diffusion = diffusion(process, **(diffusion_overrides or {}))

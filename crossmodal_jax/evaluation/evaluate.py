@@ -58,7 +58,7 @@ def caption_test_split(
         hyps += exp.text.decode_batch(np.asarray(ids))
         refs += exp.text.decode_batch(batch["text"])
         labels += list(batch["label"]) if "label" in batch else [None] * len(batch["text"])
-    multi = digits_judge.MULTI_REFERENCES.get(config.data.name)
+    multi = {**digits_judge.MULTI_REFERENCES, **shapes_judge.MULTI_REFERENCES}.get(config.data.name)
     references = [multi(r, y) if multi else [r] for r, y in zip(refs, labels, strict=True)]
     metrics = {f"{split}_{k}": v for k, v in text_metrics(hyps, references).items()}
     if labels[0] is not None and exp.dataset.digit_labels:  # which digit each input shows

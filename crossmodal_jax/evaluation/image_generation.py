@@ -1,10 +1,15 @@
-"""Distribution metrics of a text→image run on the test split.
+"""Distribution metrics of a text→image run on the test split (and the `novel` split where the
+dataset has one).
 
-Each test caption is turned into one image; the generated set is compared with the test images:
+Each caption of the split is turned into one image; the generated set is compared with the real:
   - `test_classifier_fd`: Fréchet distance in the hidden layer of a small MLP trained on the train
     split (image_metrics.FeatureClassifier), offline, for every dataset with class labels, with the
     MLP's accuracy on the generated images (`test_sample_class_accuracy`: does the image show the
     class its caption names?) and on the real test images (its ceiling);
+  - on the shapes world, the detector trained on renders (shapes_detector.py) reads every image
+    instead: `<split>_sample_attribute_accuracy/<attribute>` (and `/all`: every attribute its
+    caption states), its ceiling on the real images `<split>_real_attribute_accuracy/all`, and
+    `<split>_classifier_fd` in its hidden layer;
   - `test_fid`, `test_inception_score`: with InceptionV3 when `eval.inception_weights` names the
     weights file (models/inception.py); nothing is downloaded.
 """
@@ -17,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from crossmodal_jax.evaluation import image_metrics
+from crossmodal_jax.evaluation import image_metrics, shapes_detector, shapes_judge
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models import inception, inception_weights
 from crossmodal_jax.stages.samplers import generate_in_batches
@@ -39,18 +44,21 @@ def split_images(exp: Experiment, split: str, limit: int) -> tuple[np.ndarray, n
     return np.concatenate(images), np.concatenate(labels) if has_labels else None
 
 
-def generate_test_split(
-    exp: Experiment, generator_state, generate
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(real test images, one image generated from each one's caption, labels or None).
+def generate_split(
+    exp: Experiment, generator_state, generate, split: str = "test"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """(real images of a split, one image generated from each one's caption, labels or None,
+    the captions).
 
     Batches are padded to `eval.batch_size`, so the sampler compiles once.
     """
     config = exp.config
     key = jax.random.fold_in(jax.random.key(config.seed), _TEST_SPLIT_SALT)
+    if split != "test":  # another split, other noise
+        key = jax.random.fold_in(key, exp.dataset.splits.index(split))
     size = config.eval.batch_size
-    real, fake, labels = [], [], []
-    for i, batch in enumerate(exp.batches("test", size, limit=config.eval.num_examples)):
+    real, fake, labels, captions = [], [], [], []
+    for i, batch in enumerate(exp.batches(split, size, limit=config.eval.num_examples)):
         images = generate_in_batches(
             generate,
             generator_state,
@@ -62,8 +70,9 @@ def generate_test_split(
         real.append(batch["image"])
         fake.append(images)
         labels.append(batch.get("label"))
+        captions += exp.text.decode_batch(batch["text"])
     labels_np = np.concatenate(labels) if all(y is not None for y in labels) else None
-    return np.concatenate(real), np.concatenate(fake), labels_np
+    return np.concatenate(real), np.concatenate(fake), labels_np, captions
 
 
 def classifier_metrics(
@@ -88,6 +97,29 @@ def classifier_metrics(
     }
 
 
+def shapes_metrics(
+    exp: Experiment, split: str, real: np.ndarray, fake: np.ndarray, captions: list[str]
+) -> dict[str, float]:
+    """What the shapes detector reads in the generated and the real images of a split."""
+    config = exp.config
+    params = shapes_detector.load_or_train(
+        config.data.data_dir or None, config.eval.detector_examples, config.eval.detector_steps
+    )
+    real_features, real_read = shapes_detector.read_images(params, real)
+    fake_features, fake_read = shapes_detector.read_images(params, fake)
+    fake_acc = shapes_judge.attribute_accuracy(fake_read, captions)
+    fake_acc.pop("parsed")  # a detector's reading always parses
+    return {
+        f"{split}_classifier_fd": image_metrics.feature_frechet_distance(
+            real_features, fake_features
+        ),
+        **{f"{split}_sample_attribute_accuracy/{k}": v for k, v in fake_acc.items()},
+        f"{split}_real_attribute_accuracy/all": shapes_judge.attribute_accuracy(
+            real_read, captions
+        )["all"],
+    }
+
+
 def inception_metrics(config, real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     """FID and Inception Score with the user's InceptionV3 weights; {} without a weights file."""
     if not config.eval.inception_weights:
@@ -104,11 +136,20 @@ def inception_metrics(config, real: np.ndarray, fake: np.ndarray) -> dict[str, f
 
 
 def image_distribution_metrics(exp: Experiment, generator_state, generate) -> dict[str, float]:
-    """Every distribution metric of the text→image generator on the test split."""
-    start = time.perf_counter()
-    real, fake, labels = generate_test_split(exp, generator_state, generate)
-    log.info("generated %d test-split images in %.1f s", len(fake), time.perf_counter() - start)
-    return {
-        **classifier_metrics(exp, real, fake, labels),
-        **inception_metrics(exp.config, real, fake),
-    }
+    """Every distribution metric of the text→image generator on the test split, and on the
+    novel split of the shapes world."""
+    metrics: dict[str, float] = {}
+    shapes_world = exp.config.data.name in shapes_judge.DATASETS
+    for split in ("test", "novel") if shapes_world else ("test",):
+        start = time.perf_counter()
+        real, fake, labels, captions = generate_split(exp, generator_state, generate, split)
+        log.info(
+            "generated %d %s-split images in %.1f s", len(fake), split, time.perf_counter() - start
+        )
+        if shapes_world:
+            metrics.update(shapes_metrics(exp, split, real, fake, captions))
+        else:
+            metrics.update(classifier_metrics(exp, real, fake, labels))
+        if split == "test":
+            metrics.update(inception_metrics(exp.config, real, fake))
+    return metrics

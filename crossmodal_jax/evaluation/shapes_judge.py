@@ -4,6 +4,13 @@ gets right: the per-attribute accuracy of X→text on `shapes`, `moving_shapes` 
 A caption parses into count, colours, shapes, and size and position (one object), relation (two
 objects) or direction (a moving object). A generated caption that does not parse gets every
 attribute wrong; an attribute its reference does not state is not scored.
+
+A two-object scene has two right captions: `a red circle left of a blue square` and its converse
+`a blue square right of a red circle` show the same picture (the objects never overlap, so nothing
+in the image says which was drawn first). Captions are therefore compared in canonical form
+(`canonical`: relation `left of` or `above`, the objects in that order), and the converse is a
+reference of every two-object image (`MULTI_REFERENCES`). Speech is not ambiguous: a transcript is
+scored against the words spoken.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ _GRAMMARS = (
     ),
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "position", "relation", "direction")
+CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 # Datasets whose captions this judge reads.
 DATASETS = ("shapes", "moving_shapes", "spoken_shapes", "spoken_shapes_smoke")
 
@@ -65,14 +73,40 @@ def parse(caption: str) -> dict[str, object] | None:
     return None
 
 
-def attribute_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Per attribute, the fraction of examples whose generated caption states it as the reference
-    does (over the examples whose reference states it), and `parsed`: the fraction that parse."""
-    refs = [parse(r) for r in references]
+def canonical(parsed: dict[str, object] | None) -> dict[str, object] | None:
+    """A parsed caption with a two-object relation written as `left of` or `above` (the objects
+    swapped where it said `right of` or `below`): one form per picture."""
+    if parsed is None or parsed.get("relation") not in ("right of", "below"):
+        return parsed
+    return {
+        **parsed,
+        "color": tuple(reversed(parsed["color"])),
+        "shape": tuple(reversed(parsed["shape"])),
+        "relation": CONVERSE[parsed["relation"]],
+    }
+
+
+def converse(caption: str) -> str:
+    """`a X <relation> a Y` -> `a Y <converse relation> a X`; other captions unchanged."""
+    p = parse(caption)
+    if p is None or "relation" not in p:
+        return caption
+    (c1, c2), (s1, s2) = p["color"], p["shape"]
+    return f"a {c2} {s2} {CONVERSE[p['relation']]} a {c1} {s1}"
+
+
+def attribute_accuracy(
+    hypotheses: Sequence[str | dict | None], references: Sequence[str]
+) -> dict[str, float]:
+    """Per attribute, the fraction of examples whose hypothesis states it as the reference does
+    (over the examples whose reference states it), in canonical form; `all`: every attribute the
+    reference states is right; `parsed`: the fraction of hypotheses that parse. A hypothesis is a
+    caption, or the attributes a detector read off an image (a dict like `parse`'s, or None)."""
+    refs = [canonical(parse(r)) for r in references]
     if any(r is None for r in refs):
         bad = references[[r is None for r in refs].index(True)]
         raise ValueError(f"reference caption {bad!r} is not a shapes-world caption")
-    hyps = [parse(h) for h in hypotheses]
+    hyps = [canonical(h if h is None or isinstance(h, dict) else parse(h)) for h in hypotheses]
     out = {"parsed": float(np.mean([h is not None for h in hyps]))}
     for attr in ATTRIBUTES:
         hits = [
@@ -80,4 +114,21 @@ def attribute_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> 
         ]
         if hits:
             out[attr] = float(np.mean(hits))
+    out["all"] = float(
+        np.mean(
+            [
+                h is not None and all(h.get(k) == v for k, v in r.items())
+                for h, r in zip(hyps, refs, strict=True)
+            ]
+        )
+    )
     return out
+
+
+def _references(caption: str, label: int) -> list[str]:
+    converse_caption = converse(caption)
+    return [caption] if converse_caption == caption else [caption, converse_caption]
+
+
+# Datasets whose examples have several right captions (evaluate.py scores against all of them).
+MULTI_REFERENCES = {"shapes": _references}

@@ -24,7 +24,7 @@ from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.stages import builders, summaries
 from crossmodal_jax.stages.augment import code_shift, compose, source_affine, source_shift
 from crossmodal_jax.stages.objectives import (
-    SOURCE_CODES,
+    TOKENIZER_CODES,
     gaussian_diffusion_objective,
     masked_diffusion_objective,
     text_tokens,
@@ -70,11 +70,14 @@ def gaussian_image_stage(exp: Experiment) -> StageSpec:
         prediction=diff.prediction,
         cond_drop=diff.cond_drop,
     )
+    make_iterator = exp.train_iterator_factory(exp.config.generator.train)
+    if exp.config.generator.precompute_codes:
+        make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
     return _stage(
         exp,
         init_variables=init_variables,
         objective=objective,
-        make_iterator=exp.train_iterator_factory(exp.config.generator.train),
+        make_iterator=make_iterator,
         frozen_state=frozen,
         summarize=summaries.image_summary(exp, sampler(exp)),
     )
@@ -109,12 +112,13 @@ def masked_stage(exp: Experiment) -> StageSpec:
             source_affine(exp.task.source, *gen.source_affine),
         )
         if gen.precompute_codes:
-            make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
-            augment = code_shift(SOURCE_CODES, gen.code_shift)
+            augment = code_shift(TOKENIZER_CODES, gen.code_shift)
     else:
         target = vq_tokens(exp.tokenizer, exp.task.continuous)
         condition, mask_id = text_tokens(), exp.tokenizer.num_codes
         summarize = summaries.image_summary(exp, sampler(exp))
+    if gen.precompute_codes:
+        make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
 
     def init_variables(key):
         ids = jnp.zeros((1, dit.seq_len), jnp.int32)

@@ -55,10 +55,25 @@ def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
     return loss_fn
 
 
+# Batch key of the code ids [B, *grid] of the modality the tokenizer encodes (the source of X→text,
+# the target of text→image) when the generator stage computed them once before training
+# (generator.precompute_codes): then the step does not run the tokenizer.
+TOKENIZER_CODES = "tokenizer_codes"
+
+
 def encode_latents(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
     """Quantized latents of the frozen tokenizer: the continuous targets of Gaussian diffusion."""
     z_q, _ = tokenizer.apply(tokenizer_vars, x, method=VQVAE.tokenize)
     return jax.lax.stop_gradient(z_q)
+
+
+def batch_latents(tokenizer: VQVAE, tokenizer_vars: Any, batch: dict, key: str) -> jax.Array:
+    """The quantized latents of batch[key]: the codebook vectors of the batch's precomputed
+    TOKENIZER_CODES when it has them (the same z_q, without running the encoder), else encoded."""
+    if TOKENIZER_CODES in batch:
+        z_q = tokenizer.apply(tokenizer_vars, batch[TOKENIZER_CODES], method=VQVAE.lookup)
+        return jax.lax.stop_gradient(z_q)
+    return encode_latents(tokenizer, tokenizer_vars, batch[key])
 
 
 def normalize_latents(z: jax.Array, stats: dict) -> jax.Array:
@@ -92,7 +107,7 @@ def gaussian_diffusion_objective(
 
     def loss_fn(params, model_state, batch, key):
         drop_key, loss_key = jax.random.split(key)
-        z = encode_latents(tokenizer, model_state["tokenizer"], batch[target_key])
+        z = batch_latents(tokenizer, model_state["tokenizer"], batch, target_key)
         z = normalize_latents(z, model_state["latents"])
         cond_ids = batch[cond_key]
         cond_mask = drop_condition(batch[f"{cond_key}_mask"], drop_key, cond_drop)
@@ -127,11 +142,6 @@ def text_tokens(key: str = "text") -> TokenFn:
     return lambda model_state, batch: (batch[key], batch[f"{key}_mask"])
 
 
-# Batch key of the source's code ids [B, *grid] when the generator stage computed them once
-# before training (generator.precompute_codes): then the step does not run the tokenizer.
-SOURCE_CODES = "source_codes"
-
-
 def source_code_ids(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
     """The frozen tokenizer's code ids of x: i32[B, *grid]."""
     _, ids = tokenizer.apply(tokenizer_vars, x, method=VQVAE.tokenize)
@@ -139,15 +149,15 @@ def source_code_ids(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.
 
 
 def vq_tokens(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
-    """Code ids of the frozen tokenizer for batch[key] (or the batch's precomputed SOURCE_CODES),
+    """Code ids of the frozen tokenizer for batch[key] (or the batch's precomputed TOKENIZER_CODES),
     flattened to [B, tokens]; mask all ones. Ids cannot be grouped: `patch` must be empty (same
     signature as `vq_vectors`)."""
     if any(p != 1 for p in patch):
         raise ValueError(f"code ids cannot be grouped (patch={patch}); use vectors")
 
     def tokens(model_state, batch):
-        if SOURCE_CODES in batch:
-            ids = batch[SOURCE_CODES]
+        if TOKENIZER_CODES in batch:
+            ids = batch[TOKENIZER_CODES]
         else:
             ids = source_code_ids(tokenizer, model_state["tokenizer"], batch[key])
         ids = ids.reshape(ids.shape[0], -1)
@@ -158,20 +168,14 @@ def vq_tokens(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenF
 
 def vq_vectors(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenFn:
     """Quantized code vectors of the frozen tokenizer for batch[key] (or for the batch's
-    precomputed SOURCE_CODES), grouped into tokens of `patch` codes each (`group_codes`; () = one
+    precomputed TOKENIZER_CODES), grouped into tokens of `patch` codes each (`group_codes`; () = one
     code a token): [B, tokens, features], and a mask of ones. The same codes as `vq_tokens`,
     given to the DiT as their codebook vectors. Grouping shortens the DiT's sequence by
     prod(patch) (the spectrogram's 4 mel codes of a time step become one token) at no loss of
     what the DiT sees."""
 
     def vectors(model_state, batch):
-        if SOURCE_CODES in batch:  # the codebook vectors of precomputed ids: the same z_q
-            z_q = tokenizer.apply(
-                model_state["tokenizer"], batch[SOURCE_CODES], method=VQVAE.lookup
-            )
-            z_q = jax.lax.stop_gradient(z_q)
-        else:
-            z_q = encode_latents(tokenizer, model_state["tokenizer"], batch[key])
+        z_q = batch_latents(tokenizer, model_state["tokenizer"], batch, key)
         z_q = group_codes(z_q, tuple(patch))
         return z_q, jnp.ones(z_q.shape[:2], jnp.int32)
 

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from crossmodal_jax.data import pipeline
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.stages.objectives import SOURCE_CODES, encode_latents, source_code_ids
+from crossmodal_jax.stages.objectives import TOKENIZER_CODES, encode_latents, source_code_ids
 from crossmodal_jax.stages.tokenizer import tokenizer_variables
 from crossmodal_jax.training import sharding
 
@@ -46,8 +46,9 @@ def latent_statistics(exp: Experiment, tok_vars: dict, num_batches: int = 8) -> 
 
 
 def precomputed_codes_iterator_factory(exp: Experiment, tokenizer: VQVAE) -> Callable[[], Any]:
-    """Train batches {SOURCE_CODES, "text", "text_mask"}: the frozen tokenizer's code ids of every
-    training source, computed once when training starts (generator.precompute_codes).
+    """Train batches {TOKENIZER_CODES, "text", "text_mask"}: the frozen tokenizer's code ids of every
+    training example's continuous modality (the source of X→text, the image of text→image),
+    computed once when training starts (generator.precompute_codes).
 
     Running the tokenizer's encoder inside every step costs more than the small text DiT (speech:
     ~0.2 s of a ~0.25 s step on 2 cores); the codes never change, so compute them once, as DiT
@@ -55,7 +56,7 @@ def precomputed_codes_iterator_factory(exp: Experiment, tokenizer: VQVAE) -> Cal
     those of every stage (the records are a random-access list, like `data.materialize`).
     """
     config = exp.config
-    source_key = exp.task.source
+    source_key = exp.task.continuous
     size = config.eval.batch_size
 
     def make_iterator():
@@ -66,11 +67,15 @@ def precomputed_codes_iterator_factory(exp: Experiment, tokenizer: VQVAE) -> Cal
             n = len(batch[source_key])
             ids = np.asarray(encode(tok_vars, pipeline.pad_batch(batch[source_key], size)))[:n]
             records += [
-                {SOURCE_CODES: ids[i], "text": batch["text"][i], "text_mask": batch["text_mask"][i]}
+                {
+                    TOKENIZER_CODES: ids[i],
+                    "text": batch["text"][i],
+                    "text_mask": batch["text_mask"][i],
+                }
                 for i in range(n)
             ]
         log.info(
-            "[generator] code ids of %d training sources in %.1f s (generator.precompute_codes)",
+            "[generator] code ids of %d training examples in %.1f s (generator.precompute_codes)",
             len(records),
             time.perf_counter() - start,
         )

@@ -28,7 +28,7 @@ def test_the_word_vocabulary_holds_every_caption():
 
 def test_attribute_accuracy_scores_each_stated_attribute():
     refs = ["a small red square at top left", "a red circle left of a blue square"]
-    hyps = ["a large red square at top left", "a red circle right of a blue cross"]
+    hyps = ["a large red square at top left", "a red circle above a blue cross"]
     acc = shapes_judge.attribute_accuracy(hyps, refs)
     assert acc["parsed"] == 1.0 and acc["count"] == 1.0 and acc["color"] == 1.0
     assert acc["size"] == 0.0 and acc["position"] == 1.0  # over the one-object example only
@@ -38,3 +38,25 @@ def test_attribute_accuracy_scores_each_stated_attribute():
     assert garbled["parsed"] == 0.5 and garbled["size"] == 0.0 and garbled["count"] == 0.5
     with pytest.raises(ValueError, match="'the digit one' is not a shapes-world caption"):
         shapes_judge.attribute_accuracy(["x"], ["the digit one"])
+
+
+def test_a_two_object_caption_and_its_converse_are_the_same_picture():
+    caption = "a red circle left of a blue square"
+    assert shapes_judge.converse(caption) == "a blue square right of a red circle"
+    assert shapes_judge.converse(shapes_judge.converse(caption)) == caption
+    assert shapes_judge.converse("a small red square at top") == "a small red square at top"
+    acc = shapes_judge.attribute_accuracy([shapes_judge.converse(caption)], [caption])
+    assert acc["all"] == acc["relation"] == acc["color"] == 1.0
+    swapped = "a blue circle left of a red square"  # colours bound to the wrong shapes
+    acc = shapes_judge.attribute_accuracy([swapped], [caption])
+    assert acc["relation"] == 1.0 and acc["color"] == 0.0 and acc["all"] == 0.0
+    refs = shapes_judge.MULTI_REFERENCES["shapes"](caption, 0)
+    assert refs == [caption, "a blue square right of a red circle"]
+
+
+def test_detector_outputs_are_scored_like_parsed_captions():
+    stated = {"count": 1, "color": ("red",), "shape": ("square",), "size": "small"}
+    acc = shapes_judge.attribute_accuracy(
+        [{**stated, "position": "top"}, None], ["a small red square at top"] * 2
+    )
+    assert acc["all"] == 0.5 and acc["parsed"] == 0.5 and acc["position"] == 0.5

@@ -8,20 +8,21 @@ import jax
 import numpy as np
 
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.stages import precompute, tokenizer
-from crossmodal_jax.stages.objectives import SOURCE_CODES, source_code_ids
+from crossmodal_jax.stages import generators, precompute, tokenizer
+from crossmodal_jax.stages.objectives import TOKENIZER_CODES, source_code_ids
 from crossmodal_jax.training import sharding
 from crossmodal_jax.training.stage import RunContext, abstract_state, fresh_state
 from crossmodal_jax.training.step import make_optimizer
 
 
-def _smoke_config(tmp_path):
-    spec = importlib.util.spec_from_file_location("cfg", "configs/img2txt.py")
+def _smoke_config(tmp_path, path="configs/img2txt.py"):
+    spec = importlib.util.spec_from_file_location("cfg", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("smoke")
     config.data.data_dir = str(tmp_path / "data")
-    config.generator.update(precompute_codes=True, source_shift=(), source_affine=(0.0, 0.0))
+    if config.task != "text2image":
+        config.generator.update(precompute_codes=True, source_shift=(), source_affine=(0.0, 0.0))
     return config
 
 
@@ -44,7 +45,7 @@ def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path)
         resumed = make_iterator()
         resumed.set_state(saved)
         for a, b in zip(later, [next(resumed) for _ in range(2)], strict=True):
-            assert a.keys() == {SOURCE_CODES, "text", "text_mask"}
+            assert a.keys() == {TOKENIZER_CODES, "text", "text_mask"}
             for k in a:
                 np.testing.assert_array_equal(a[k], b[k])
         # Every record pairs a training source's code ids, as the tokenizer gives them, with
@@ -58,5 +59,32 @@ def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path)
         ids = np.asarray(source_code_ids(exp.tokenizer, tok_vars, images))[: len(examples)]
         pairs = {(i.tobytes(), ex["text"].tobytes()) for i, ex in zip(ids, examples, strict=True)}
         for batch in first:
-            for code_ids, text in zip(batch[SOURCE_CODES], batch["text"], strict=True):
+            for code_ids, text in zip(batch[TOKENIZER_CODES], batch["text"], strict=True):
                 assert (code_ids.tobytes(), text.tobytes()) in pairs
+
+
+def test_text_to_image_trains_on_precomputed_codes_as_on_the_encoded_images(tmp_path):
+    config = _smoke_config(tmp_path, "configs/vqdit_img.py")
+    config.generator.precompute_codes = True
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = sharding.rules_from_config(config.mesh.rules)
+    ctx = RunContext(workdir=str(tmp_path / "run"), mesh=mesh, rules=rules, seed=config.seed)
+    exp = Experiment.build(config, ctx)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        spec = tokenizer.tokenizer_stage(exp)
+        tx, _ = make_optimizer(spec.train_cfg)
+        init_fn, _, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
+        exp.results["tokenizer"] = fresh_state(spec, init_fn, jax.random.key(0))
+        gen = generators.gaussian_image_stage(exp)
+        gen_init, _, _ = abstract_state(
+            gen, make_optimizer(gen.train_cfg)[0], jax.random.key(1), ctx
+        )
+        params = fresh_state(gen, gen_init, jax.random.key(1)).params
+        batch = exp.first_examples("train", 8)
+        ids = source_code_ids(exp.tokenizer, tokenizer.tokenizer_variables(exp), batch["image"])
+        text = {"text": batch["text"], "text_mask": batch["text_mask"]}
+        key = jax.random.key(2)
+        encoded, _ = gen.objective(params, gen.frozen_state, {"image": batch["image"], **text}, key)
+        looked_up, _ = gen.objective(params, gen.frozen_state, {TOKENIZER_CODES: ids, **text}, key)
+        np.testing.assert_allclose(looked_up, encoded, rtol=1e-6)
+        assert TOKENIZER_CODES in next(gen.make_iterator())

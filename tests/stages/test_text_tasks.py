@@ -8,7 +8,7 @@ from flax import linen as nn
 
 from crossmodal_jax.models.token_dit import TokenDiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.stages.objectives import SOURCE_CODES, source_code_ids, vq_tokens, vq_vectors
+from crossmodal_jax.stages.objectives import TOKENIZER_CODES, source_code_ids, vq_tokens, vq_vectors
 
 
 def _token_dit(feature_dim, pool_hidden=0):
@@ -79,7 +79,7 @@ def test_precomputed_code_ids_give_the_condition_of_encoding_in_the_step(make):
     in_step, mask = condition(model_state, {"image": x})
     ids = source_code_ids(tokenizer, model_state["tokenizer"], x)
     assert ids.shape == (3, 4, 4) and ids.dtype == jnp.int32
-    cached, cached_mask = condition(model_state, {SOURCE_CODES: ids})  # no source in the batch
+    cached, cached_mask = condition(model_state, {TOKENIZER_CODES: ids})  # no source in the batch
     np.testing.assert_allclose(cached, in_step, atol=1e-6)
     np.testing.assert_array_equal(cached_mask, mask)
 
