@@ -45,7 +45,7 @@ def main(argv) -> None:
             config.generator.sample.update(steps=steps, schedule=schedule, temperature=temperature)
             sampler(exp, rebuild=True)  # built (and jitted) per setting
             t0 = time.perf_counter()
-            metrics, _ = evaluate.caption_test_split(exp, state)
+            metrics, _, _ = evaluate.caption_test_split(exp, state)
             row = {
                 "steps": steps,
                 "schedule": schedule,

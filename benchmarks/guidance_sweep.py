@@ -3,6 +3,11 @@ classifier Fréchet distance, sampling time.
 
   python benchmarks/guidance_sweep.py --workdir=runs/vqdit_img [--per_digit=20] \
       [--guidance=1,2,3,4,6] [--ddim_steps=10,25,50]
+  python benchmarks/guidance_sweep.py --workdir=runs/shapes_t2i --num_examples=300
+
+On the shapes world a row holds what metrics.json reports there instead (the detector's
+all-attributes accuracy and classifier Fréchet distance on the first `num_examples` test and
+novel captions).
 
 Accuracy is judged by the same train-split SVC as metrics.json; the Fréchet distance and the class
 accuracy of the images generated from the test captions by the same feature classifier
@@ -24,7 +29,13 @@ import numpy as np
 from absl import app, flags
 
 from crossmodal_jax.config.workdir import load_resolved_config
-from crossmodal_jax.evaluation import digits_judge, evaluate, image_generation, image_metrics
+from crossmodal_jax.evaluation import (
+    digits_judge,
+    evaluate,
+    image_generation,
+    image_metrics,
+    shapes_judge,
+)
 from crossmodal_jax.experiment import Experiment, local_experiment
 from crossmodal_jax.stages.generators import generator_stage, sampler
 from crossmodal_jax.stages.tokenizer import tokenizer_variables
@@ -34,6 +45,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/vqdit_img", "A trained text→im
 _PER_DIGIT = flags.DEFINE_integer("per_digit", 20, "Samples per digit prompt.")
 _GUIDANCE = flags.DEFINE_list("guidance", ["1", "2", "3", "4", "6"], "Guidance scales.")
 _STEPS = flags.DEFINE_list("ddim_steps", ["50"], "DDIM step counts.")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", 0, "Captions per split for the distribution metrics (0 = the config's)."
+)
 
 
 def reference_distances(exp: Experiment) -> dict[str, float]:
@@ -61,13 +75,42 @@ def sample_accuracy(exp: Experiment, state, per_digit: int) -> dict[str, float]:
     return digits_judge.digit_accuracy(images, labels, exp.config.data.name, data_dir)
 
 
+def shapes_sweep(exp: Experiment, state) -> None:
+    """Rows of the detector's scores (test and novel) per guidance scale and DDIM step count."""
+    rows = []
+    for steps in map(int, _STEPS.value):
+        for scale in map(float, _GUIDANCE.value):
+            exp.config.generator.sample.update(guidance=scale, steps=steps, sampler="ddim")
+            t0 = time.perf_counter()
+            dist = image_generation.image_distribution_metrics(
+                exp, state, sampler(exp, rebuild=True)
+            )
+            row = {
+                "guidance": scale,
+                "ddim_steps": steps,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            for split in ("test", "novel"):
+                row[f"{split}_all"] = round(dist[f"{split}_sample_attribute_accuracy/all"], 4)
+                row[f"{split}_color"] = round(dist[f"{split}_sample_attribute_accuracy/color"], 4)
+                row[f"{split}_shape"] = round(dist[f"{split}_sample_attribute_accuracy/shape"], 4)
+                row[f"{split}_classifier_fd"] = round(dist[f"{split}_classifier_fd"], 2)
+            print(row, flush=True)
+            rows.append(row)
+    print(json.dumps({"num_examples": exp.config.eval.num_examples, "rows": rows}))
+
+
 def main(argv) -> None:
     del argv
     config = load_resolved_config(_WORKDIR.value)
+    if _NUM_EXAMPLES.value:
+        config.eval.num_examples = _NUM_EXAMPLES.value
     exp = local_experiment(config, _WORKDIR.value)
     rows = []
     with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
         state = restore_stage_state(generator_stage(exp), exp.ctx)
+        if config.data.name in shapes_judge.DATASETS:
+            return shapes_sweep(exp, state)
         reference = reference_distances(exp)
         print(reference)
         for steps in map(int, _STEPS.value):

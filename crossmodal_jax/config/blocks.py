@@ -159,16 +159,14 @@ def shapes_tokenizer(**model_overrides) -> ml_collections.ConfigDict:
     resolution, so every code sees the whole scene."""
     c = ml_collections.ConfigDict()
     c.model = tokenizer_model(
-        channels=32,
-        channel_mult=(1, 2, 2),
+        channels=16,
+        channel_mult=(1, 2, 4),
         code_dim=8,
         num_codes=256,
         mid_attention=True,
         **model_overrides,
     )
-    c.train = train(
-        steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=1000
-    )
+    c.train = train(steps=800, batch_size=32, learning_rate=2e-3, warmup_steps=50, images_every=400)
     return c
 
 
@@ -211,9 +209,10 @@ def diffusion(process: str, **overrides) -> ml_collections.ConfigDict:
     c.process = process  # "gaussian" (continuous VQ latents) | "masked" (token ids)
     # gaussian: "linear" | "cosine" noise schedule; masked: "linear" | "cosine" | "sine" masking.
     c.schedule = "cosine"
-    c.loss_weighting = (
-        "elbo"  # masked: "elbo" (MDLM) | "masked_mean" (MaskGIT; diffusion/masked.py)
-    )
+    # gaussian: "uniform" (DDPM's simple loss) | "min_snr" (min-SNR-γ, Hang et al. 2023);
+    # masked: "elbo" (MDLM) | "masked_mean" (MaskGIT). diffusion/gaussian.py, diffusion/masked.py.
+    c.loss_weighting = "uniform" if process == "gaussian" else "elbo"
+    c.min_snr_gamma = 5.0  # gaussian, loss_weighting="min_snr": the SNR at which weights clip
     c.timesteps = 1000  # T of the Gaussian forward process (masked time is continuous)
     c.prediction = "v"  # Gaussian only: "eps" | "v"
     c.cond_drop = 0.1  # probability of dropping the condition (trains classifier-free guidance)

@@ -59,7 +59,7 @@ def _embedded(data_cfg: ml_collections.ConfigDict) -> Dataset:
         modality=spec.modality,
         image_max_value=spec.image_max_value,
         has_labels=True,
-        digit_labels=True,  # the embedded datasets' labels are digits
+        digit_labels=spec.digit_labels,
         described=f"data.name={data_cfg.name!r}",
         splits=spec.splits,
         open_split=lambda split: sources.get_source(

@@ -47,6 +47,9 @@ class DatasetSpec:
     modality: str  # the non-text field: "image" | "audio" | "video" (picks the feature transform)
     # Raw pixel value meaning "full ink/intensity"; pipelines scale by it. None: no images/videos.
     image_max_value: int | None = None
+    # The record's label is the digit its caption names (scored as digit naming); the shapes
+    # world's records carry what their captions state instead (evaluation/shapes_judge.py).
+    digit_labels: bool = True
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -71,6 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
         version=shapes.VERSION,
         splits=shapes.SPLITS,
         generate=shapes.generate_split,
+        digit_labels=False,
         modality="image",
         image_max_value=shapes.IMAGE_MAX_VALUE,
     ),
@@ -79,6 +83,7 @@ DATASETS: dict[str, DatasetSpec] = {
         version=moving_shapes.VERSION,
         splits=moving_shapes.SPLITS,
         generate=moving_shapes.generate_split,
+        digit_labels=False,
         modality="video",
         image_max_value=moving_shapes.IMAGE_MAX_VALUE,
     ),
@@ -94,6 +99,7 @@ DATASETS: dict[str, DatasetSpec] = {
         version=spoken_shapes.VERSION,
         splits=spoken_shapes.SPLITS,
         generate=spoken_shapes.generate_split,
+        digit_labels=False,
         modality="audio",
     ),
     "spoken_shapes_smoke": DatasetSpec(
@@ -101,6 +107,7 @@ DATASETS: dict[str, DatasetSpec] = {
         version=spoken_shapes.VERSION,
         splits=spoken_shapes.SPLITS,
         generate=spoken_shapes.generate_smoke_split,
+        digit_labels=False,
         modality="audio",
     ),
     "spoken_digits_smoke": DatasetSpec(

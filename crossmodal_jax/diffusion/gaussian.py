@@ -176,16 +176,42 @@ def eps_from_x0(s: GaussianSchedule, xt: Array, t: Array, x0: Array) -> Array:
     )
 
 
+# Loss weightings over timesteps: "uniform" (the simple DDPM loss) or "min_snr" (Hang et al. 2023,
+# min-SNR-γ: each timestep's loss weighted as an x0-prediction loss clipped at SNR γ, which stops the
+# nearly clean timesteps from dominating and speeds up convergence).
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+
+def min_snr_weight(s: GaussianSchedule, t: Array, prediction: str, gamma: float) -> Array:
+    """Per-example weight of min-SNR-γ: min(SNR, γ) / SNR for eps-prediction, min(SNR, γ) /
+    (SNR + 1) for v-prediction (SNR = abar / (1 − abar)): the loss then equals a γ-clipped
+    SNR-weighted x0 error."""
+    abar = s.alphas_cumprod[t]
+    snr = abar / (1.0 - abar)
+    clipped = jnp.minimum(snr, gamma)
+    return clipped / snr if prediction == "eps" else clipped / (snr + 1.0)
+
+
 def training_loss(
-    s: GaussianSchedule, model_fn: ModelFn, x0: Array, key: Array, *, prediction: str
+    s: GaussianSchedule,
+    model_fn: ModelFn,
+    x0: Array,
+    key: Array,
+    *,
+    prediction: str,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
 ) -> tuple[Array, dict[str, Array]]:
-    """Simple DDPM loss: t ~ U{0..T-1}, eps ~ N(0, I), MSE between model_fn(x_t, t) and the target.
+    """Simple DDPM loss: t ~ U{0..T-1}, eps ~ N(0, I), MSE between model_fn(x_t, t) and the target,
+    per example weighted by `weighting` (LOSS_WEIGHTINGS).
 
     The squared error is averaged over the non-batch axes first (per-example MSE), then over the
-    batch. Returns (loss, aux) with aux = {"mse_per_example": f32[B], "t": i32[B]}; the per-example
-    values let callers plot the loss against t or reweight it.
+    batch. Returns (loss, aux) with aux = {"mse_per_example": f32[B], "t": i32[B]} (unweighted);
+    the per-example values let callers plot the loss against t or reweight it.
     """
     check_prediction(prediction)
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}")
     key_t, key_noise = jax.random.split(key)
     batch = x0.shape[0]
     t = jax.random.randint(key_t, (batch,), 0, s.num_timesteps, dtype=jnp.int32)
@@ -196,7 +222,11 @@ def training_loss(
     target = model_target(s, x0, t, noise, prediction)
     sq_err = jnp.square(out - target).reshape(batch, -1)
     mse_per_example = jnp.mean(sq_err, axis=1)
-    return jnp.mean(mse_per_example), {"mse_per_example": mse_per_example, "t": t}
+    weight = 1.0
+    if weighting == "min_snr":
+        weight = min_snr_weight(s, t, prediction, min_snr_gamma)
+    loss = jnp.mean(weight * mse_per_example)
+    return loss, {"mse_per_example": mse_per_example, "t": t}
 
 
 # --- classifier-free guidance ---------------------------------------------------------------------

@@ -16,7 +16,12 @@ from crossmodal_jax.evaluation.image_generation import image_distribution_metric
 from crossmodal_jax.evaluation.text_metrics import digit_naming_accuracy, text_metrics
 from crossmodal_jax.evaluation.tokenizer_metrics import reconstruction_metrics
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.logs.pictures import examples_table, picture_grid, save_png
+from crossmodal_jax.logs.pictures import (
+    captioned_pictures,
+    examples_table,
+    picture_grid,
+    save_png,
+)
 from crossmodal_jax.logs.writers import MetricWriter
 from crossmodal_jax.stages.generators import sampler
 from crossmodal_jax.stages.samplers import generate_in_batches
@@ -26,6 +31,7 @@ log = logging.getLogger("crossmodal_jax")
 
 # Fold-in of the run seed for the evaluation's sampling noise.
 _EVAL_SALT = 10**9
+_SHOWN = 12  # X→text: inputs shown with their captions in DIR/<split>_captions.png
 
 
 def generate_for_prompts(exp: Experiment, generator_state, prompts: list[str]) -> np.ndarray:
@@ -39,14 +45,14 @@ def generate_for_prompts(exp: Experiment, generator_state, prompts: list[str]) -
 
 def caption_test_split(
     exp: Experiment, generator_state, split: str = "test"
-) -> tuple[dict[str, float], list[dict]]:
+) -> tuple[dict[str, float], list[dict], np.ndarray]:
     """Caption a split (or its first eval.num_examples) and score the captions (`<split>_...`):
     BLEU, ROUGE-L, WER, CER, exact match; digit naming on the digits datasets, the accuracy of
-    each attribute on the shapes world's."""
+    each attribute on the shapes world's. Also returns the rows of captions and the first inputs."""
     config = exp.config
     generate = sampler(exp)
     key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SALT)
-    hyps, refs, labels = [], [], []
+    hyps, refs, labels, shown = [], [], [], None
     batches = exp.batches(split, config.eval.batch_size, limit=config.eval.num_examples)
     for i, batch in enumerate(batches):
         ids = generate(
@@ -56,6 +62,8 @@ def caption_test_split(
             jax.random.fold_in(key, i),
         )
         hyps += exp.text.decode_batch(np.asarray(ids))
+        if shown is None:  # the first inputs, for the picture of captions
+            shown = np.asarray(batch[exp.task.source][:_SHOWN])
         refs += exp.text.decode_batch(batch["text"])
         labels += list(batch["label"]) if "label" in batch else [None] * len(batch["text"])
     multi = {**digits_judge.MULTI_REFERENCES, **shapes_judge.MULTI_REFERENCES}.get(config.data.name)
@@ -70,13 +78,22 @@ def caption_test_split(
         {"index": i, "text": h, "reference": r}
         for i, (h, r) in enumerate(zip(hyps, refs, strict=True))
     ]
-    return metrics, rows
+    return metrics, rows, shown
 
 
-def _write_caption_results(exp: Experiment, split: str, metrics: dict, rows: list[dict]) -> None:
+def _write_caption_results(
+    exp: Experiment, split: str, metrics: dict, rows: list[dict], shown: np.ndarray
+) -> None:
     path = os.path.join(exp.ctx.workdir, f"{split}_captions.jsonl")
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    picture = captioned_pictures(
+        exp.task.continuous,
+        shown,
+        [r["text"] for r in rows[: len(shown)]],
+        [r["reference"] for r in rows[: len(shown)]],
+    )
+    save_png(os.path.join(exp.ctx.workdir, f"{split}_captions.png"), picture)
     table = examples_table(
         [str(r["index"]) for r in rows], [r["text"] for r in rows], [r["reference"] for r in rows]
     )
@@ -127,8 +144,8 @@ def evaluate_run(exp: Experiment) -> dict[str, float]:
     if not exp.task.generates_text:
         return {**metrics, **_image_metrics(exp, state)}
     for split in splits:
-        caption_metrics, rows = caption_test_split(exp, state, split)
+        caption_metrics, rows, shown = caption_test_split(exp, state, split)
         if jax.process_index() == 0:
-            _write_caption_results(exp, split, caption_metrics, rows)
+            _write_caption_results(exp, split, caption_metrics, rows, shown)
         metrics.update(caption_metrics)
     return metrics

@@ -100,7 +100,8 @@ def attribute_accuracy(
 ) -> dict[str, float]:
     """Per attribute, the fraction of examples whose hypothesis states it as the reference does
     (over the examples whose reference states it), in canonical form; `all`: every attribute the
-    reference states is right; `parsed`: the fraction of hypotheses that parse. A hypothesis is a
+    reference states is right (and `all_one_object`, `all_two_objects`: the same over each kind of
+    scene, where both occur); `parsed`: the fraction of hypotheses that parse. A hypothesis is a
     caption, or the attributes a detector read off an image (a dict like `parse`'s, or None)."""
     refs = [canonical(parse(r)) for r in references]
     if any(r is None for r in refs):
@@ -114,14 +115,15 @@ def attribute_accuracy(
         ]
         if hits:
             out[attr] = float(np.mean(hits))
-    out["all"] = float(
-        np.mean(
-            [
-                h is not None and all(h.get(k) == v for k, v in r.items())
-                for h, r in zip(hyps, refs, strict=True)
-            ]
-        )
-    )
+    right = [
+        h is not None and all(h.get(k) == v for k, v in r.items())
+        for h, r in zip(hyps, refs, strict=True)
+    ]
+    out["all"] = float(np.mean(right))
+    for count, name in ((1, "all_one_object"), (2, "all_two_objects")):
+        kind = [ok for ok, r in zip(right, refs, strict=True) if r["count"] == count]
+        if kind and len(kind) < len(refs):  # both kinds present: each one's share
+            out[name] = float(np.mean(kind))
     return out
 
 

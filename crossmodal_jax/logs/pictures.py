@@ -43,6 +43,31 @@ def picture_grid(modality: str, x: np.ndarray, cols: int) -> np.ndarray:
     return image_grid(pictures, cols=cols, upscale=upscale)
 
 
+def captioned_pictures(
+    modality: str, x: np.ndarray, captions: Sequence[str], references: Sequence[str]
+) -> np.ndarray:
+    """One row per input: its picture, then the generated caption, and below it the reference
+    in grey (uint8 [H, W, 3]); a wrong caption is drawn in red."""
+    from PIL import Image, ImageDraw
+
+    pictures = MODALITIES[modality].to_pictures(x)
+    upscale = max(1, MIN_SHOWN_SIDE // min(pictures.shape[1:3]))
+    pictures = pictures.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    if pictures.shape[-1] == 1:
+        pictures = np.repeat(pictures, 3, axis=-1)
+    n, h, w, _ = pictures.shape
+    text_w, row_h = 8 * max(len(t) for t in (*captions, *references)) + 16, max(h, 34) + 4
+    canvas = Image.new("RGB", (w + text_w, n * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (picture, caption, ref) in enumerate(zip(pictures, captions, references, strict=True)):
+        y = i * row_h + 2
+        canvas.paste(Image.fromarray(picture), (0, y))
+        color = (0, 0, 0) if caption == ref else (200, 0, 0)
+        draw.text((w + 8, y + 2), caption, fill=color)
+        draw.text((w + 8, y + 18), ref, fill=(128, 128, 128))
+    return np.asarray(canvas)
+
+
 def examples_table(
     inputs: Sequence[str], hypotheses: Sequence[str], references: Sequence[str], n: int = 8
 ) -> str:

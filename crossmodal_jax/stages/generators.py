@@ -69,6 +69,8 @@ def gaussian_image_stage(exp: Experiment) -> StageSpec:
         gaussian.make_schedule(diff.schedule, diff.timesteps),
         prediction=diff.prediction,
         cond_drop=diff.cond_drop,
+        weighting=diff.loss_weighting,
+        min_snr_gamma=diff.min_snr_gamma,
     )
     make_iterator = exp.train_iterator_factory(exp.config.generator.train)
     if exp.config.generator.precompute_codes:
@@ -194,6 +196,7 @@ PROCESSES: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "gaussian": {
         "diffusion.schedule": ("noise schedule", tuple(gaussian.SCHEDULES)),
         "diffusion.prediction": ("prediction", tuple(gaussian.PREDICTIONS)),
+        "diffusion.loss_weighting": ("loss weighting", gaussian.LOSS_WEIGHTINGS),
         "sample.sampler": ("sampler", tuple(SAMPLERS)),
     },
     "masked": {

@@ -97,6 +97,8 @@ def gaussian_diffusion_objective(
     *,
     prediction: str,
     cond_drop: float,
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
     target_key: str = "image",
     cond_key: str = "text",
 ) -> Objective:
@@ -115,7 +117,15 @@ def gaussian_diffusion_objective(
         def model_fn(xt, t):
             return dit.apply({"params": params}, xt, t, cond_ids, cond_mask, train=True)
 
-        loss, _ = gaussian.training_loss(schedule, model_fn, z, loss_key, prediction=prediction)
+        loss, _ = gaussian.training_loss(
+            schedule,
+            model_fn,
+            z,
+            loss_key,
+            prediction=prediction,
+            weighting=weighting,
+            min_snr_gamma=min_snr_gamma,
+        )
         return loss, (model_state, {})
 
     return loss_fn

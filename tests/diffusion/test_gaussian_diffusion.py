@@ -334,3 +334,30 @@ def test_ddim_timesteps():
     assert len(set(gs.ddim_timesteps(50, 50).tolist())) == 50
     with pytest.raises(ValueError, match="num_steps"):
         gs.ddim_timesteps(50, 51)
+
+
+def test_min_snr_weighting_is_a_clipped_snr_weighted_x0_loss():
+    s = gd.make_schedule("cosine", 1000)
+    key = jax.random.key(3)
+    x0, noise, out = jax.random.normal(key, (3, 8, 4, 4, 2))
+    t = jnp.arange(0, 1000, 125, dtype=jnp.int32)
+    xt = gd.q_sample(s, x0, t, noise)
+    abar = s.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    gamma = 5.0
+    for prediction in ("eps", "v"):
+        x0_hat, _ = gd.predict_x0_eps(s, xt, t, out, prediction)
+        x0_err = jnp.mean(jnp.square(x0_hat - x0).reshape(8, -1), axis=1)
+        target = gd.model_target(s, x0, t, noise, prediction)
+        err = jnp.mean(jnp.square(out - target).reshape(8, -1), axis=1)
+        w = gd.min_snr_weight(s, t, prediction, gamma)
+        np.testing.assert_allclose(w * err, jnp.minimum(snr, gamma) * x0_err, rtol=2e-4, atol=1e-6)
+    # The loss uses it; the uniform loss does not.
+    model_fn = lambda x, t: jnp.zeros_like(x)
+    uniform, aux = gd.training_loss(s, model_fn, x0[0], key, prediction="v")
+    weighted, aux2 = gd.training_loss(s, model_fn, x0[0], key, prediction="v", weighting="min_snr")
+    np.testing.assert_allclose(uniform, jnp.mean(aux["mse_per_example"]), rtol=1e-6)
+    w = gd.min_snr_weight(s, aux2["t"], "v", 5.0)
+    np.testing.assert_allclose(weighted, jnp.mean(w * aux2["mse_per_example"]), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown loss weighting 'elbo'"):
+        gd.training_loss(s, model_fn, x0[0], key, prediction="v", weighting="elbo")

@@ -33,6 +33,9 @@ def test_attribute_accuracy_scores_each_stated_attribute():
     assert acc["parsed"] == 1.0 and acc["count"] == 1.0 and acc["color"] == 1.0
     assert acc["size"] == 0.0 and acc["position"] == 1.0  # over the one-object example only
     assert acc["relation"] == 0.0 and acc["shape"] == 0.5  # the cross is wrong
+    assert acc["all"] == 0.0 and acc["all_one_object"] == 0.0 and acc["all_two_objects"] == 0.0
+    acc = shapes_judge.attribute_accuracy([refs[0], hyps[1]], refs)
+    assert acc["all"] == 0.5 and acc["all_one_object"] == 1.0 and acc["all_two_objects"] == 0.0
     assert "direction" not in acc
     garbled = shapes_judge.attribute_accuracy(["red red red", refs[1]], refs)
     assert garbled["parsed"] == 0.5 and garbled["size"] == 0.0 and garbled["count"] == 0.5
