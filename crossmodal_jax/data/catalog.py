@@ -15,7 +15,7 @@ from typing import Any
 import grain
 import ml_collections
 
-from crossmodal_jax.data import folders, sources, tfds_sources
+from crossmodal_jax.data import folders, shapes, sources, tfds_sources
 from crossmodal_jax.data.modalities import MODALITIES
 from crossmodal_jax.errors import UserError
 
@@ -49,6 +49,8 @@ class Dataset:
     def features(self, words: tuple[str, ...]) -> grain.transforms.Map:
         """The record -> model batch transform; batches have "label" only where records do."""
         transform = MODALITIES[self.modality].features(self.data_cfg, self.image_max_value, words)
+        if self.data_cfg.canonical_captions:
+            transform = shapes.CanonicalCaptions(transform)
         return transform if self.has_labels else folders.WithoutLabel(transform)
 
 

@@ -21,6 +21,7 @@ Held-out (colour, shape) pairs (`HELD_OUT`) never appear in the `train` and `tes
 
 from __future__ import annotations
 
+import grain
 import numpy as np
 
 CANVAS = 32
@@ -53,6 +54,8 @@ POSITIONS = {
 }
 # Relation word -> (axis the first object is offset along: 0 = x, 1 = y; sign of first − second).
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+# The relation that says the same of the two objects swapped.
+CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 PAIR_SIZE = 10  # side of both objects of a two-object scene (and of moving_shapes' object)
 PAIR_CENTRE_RANGE = (5.0, 27.0)  # centres of two-object scenes lie inside this square
 PAIR_DISTANCE = (12.0, 18.0)  # along the relation's axis
@@ -111,6 +114,33 @@ def render(objects: list[dict]) -> np.ndarray:
         painted = cov[..., None] * np.asarray(COLORS[obj["color"]], np.float64)
         canvas = np.where(cov[..., None] > 0, painted, canvas)
     return np.rint(canvas).astype(np.uint8)
+
+
+def canonical_caption(caption: str) -> str:
+    """`a X right of a Y` -> `a Y left of a X`, `a X below a Y` -> `a Y above a X`; every other
+    caption unchanged. A two-object picture has two right captions (nothing in it shows which
+    object came first); this is one of them, the same for both."""
+    for relation in ("right of", "below"):
+        first, marker, second = caption.partition(f" {relation} a ")
+        if marker and first.startswith("a "):
+            return f"a {second} {CONVERSE[relation]} {first}"
+    return caption
+
+
+class CanonicalCaptions(grain.transforms.Map):
+    """A record transform (grain Map protocol) that trains on one caption per picture: the
+    record's caption in canonical form, then `inner` (data.canonical_captions)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def map(self, element: dict) -> dict:
+        caption = element["caption"]
+        text = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+        return self.inner.map({**element, "caption": canonical_caption(text).encode("utf-8")})
+
+    def __repr__(self) -> str:
+        return f"CanonicalCaptions({self.inner!r})"
 
 
 def pair_class(color: str, shape: str) -> int:

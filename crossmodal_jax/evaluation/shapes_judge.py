@@ -39,7 +39,7 @@ _GRAMMARS = (
     ),
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "position", "relation", "direction")
-CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+CONVERSE = shapes.CONVERSE
 # Datasets whose captions this judge reads.
 DATASETS = ("shapes", "moving_shapes", "spoken_shapes", "spoken_shapes_smoke")
 

@@ -186,3 +186,24 @@ def test_spoken_shapes_read_the_scenes_captions_in_held_out_voices():
         shapes.example("novel", i)["caption"] for i in (0, 1)
     ]
     assert all(r["audio"].dtype == np.int16 and len(r["audio"]) > 8000 for r in records)
+
+
+def test_the_canonical_caption_is_the_same_for_both_captions_of_a_picture():
+    assert shapes.canonical_caption("a red circle right of a blue square") == (
+        "a blue square left of a red circle"
+    )
+    assert shapes.canonical_caption("a red circle below a blue square") == (
+        "a blue square above a red circle"
+    )
+    for caption in ("a blue square left of a red circle", "a small red square at top right"):
+        assert shapes.canonical_caption(caption) == caption
+
+    class Echo:
+        def map(self, element):
+            return element
+
+    record = shapes.example("train", 3)
+    out = shapes.CanonicalCaptions(Echo()).map(
+        {**record, "caption": b"a red cross below a cyan circle"}
+    )
+    assert out["caption"] == b"a cyan circle above a red cross"

@@ -63,3 +63,11 @@ def test_detector_outputs_are_scored_like_parsed_captions():
         [{**stated, "position": "top"}, None], ["a small red square at top"] * 2
     )
     assert acc["all"] == 0.5 and acc["parsed"] == 0.5 and acc["position"] == 0.5
+
+
+def test_the_judges_canonical_form_is_the_datasets_canonical_caption():
+    for i in range(100):
+        caption = shapes.example("train", i)["caption"].decode()
+        for c in (caption, shapes_judge.converse(caption)):
+            expected = shapes_judge.parse(shapes.canonical_caption(c))
+            assert shapes_judge.canonical(shapes_judge.parse(c)) == expected
