@@ -137,10 +137,10 @@ def inception_metrics(config, real: np.ndarray, fake: np.ndarray) -> dict[str, f
 
 def image_distribution_metrics(exp: Experiment, generator_state, generate) -> dict[str, float]:
     """Every distribution metric of the text→image generator on the test split, and on the
-    novel split of the shapes world."""
+    `novel` split where the dataset has one (the shapes world)."""
     metrics: dict[str, float] = {}
     shapes_world = exp.config.data.name in shapes_judge.DATASETS
-    for split in ("test", "novel") if shapes_world else ("test",):
+    for split in [s for s in ("test", "novel") if s in exp.dataset.splits]:
         start = time.perf_counter()
         real, fake, labels, captions = generate_split(exp, generator_state, generate, split)
         log.info(

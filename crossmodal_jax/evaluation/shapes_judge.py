@@ -39,7 +39,6 @@ _GRAMMARS = (
     ),
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "position", "relation", "direction")
-CONVERSE = shapes.CONVERSE
 # Datasets whose captions this judge reads.
 DATASETS = ("shapes", "moving_shapes", "spoken_shapes", "spoken_shapes_smoke")
 
@@ -82,7 +81,7 @@ def canonical(parsed: dict[str, object] | None) -> dict[str, object] | None:
         **parsed,
         "color": tuple(reversed(parsed["color"])),
         "shape": tuple(reversed(parsed["shape"])),
-        "relation": CONVERSE[parsed["relation"]],
+        "relation": shapes.CONVERSE[parsed["relation"]],
     }
 
 
@@ -92,7 +91,7 @@ def converse(caption: str) -> str:
     if p is None or "relation" not in p:
         return caption
     (c1, c2), (s1, s2) = p["color"], p["shape"]
-    return f"a {c2} {s2} {CONVERSE[p['relation']]} a {c1} {s1}"
+    return f"a {c2} {s2} {shapes.CONVERSE[p['relation']]} a {c1} {s1}"
 
 
 def attribute_accuracy(

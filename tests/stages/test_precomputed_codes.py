@@ -26,17 +26,26 @@ def _smoke_config(tmp_path, path="configs/img2txt.py"):
     return config
 
 
-def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path):
-    config = _smoke_config(tmp_path)
+def _experiment(config, tmp_path):
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     rules = sharding.rules_from_config(config.mesh.rules)
     ctx = RunContext(workdir=str(tmp_path / "run"), mesh=mesh, rules=rules, seed=config.seed)
-    exp = Experiment.build(config, ctx)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        spec = tokenizer.tokenizer_stage(exp)
-        tx, _ = make_optimizer(spec.train_cfg)
-        init_fn, _, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
-        exp.results["tokenizer"] = fresh_state(spec, init_fn, jax.random.key(0))  # untrained
+    return Experiment.build(config, ctx)
+
+
+def _fresh(spec, ctx, seed):
+    """A stage's freshly initialised (untrained) state, sharded as a run shards it."""
+    init_fn, _, _ = abstract_state(
+        spec, make_optimizer(spec.train_cfg)[0], jax.random.key(seed), ctx
+    )
+    return fresh_state(spec, init_fn, jax.random.key(seed))
+
+
+def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path):
+    config = _smoke_config(tmp_path)
+    exp = _experiment(config, tmp_path)
+    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
+        exp.results["tokenizer"] = _fresh(tokenizer.tokenizer_stage(exp), exp.ctx, 0)  # untrained
         make_iterator = precompute.precomputed_codes_iterator_factory(exp, exp.tokenizer)
         it = make_iterator()
         first = [next(it) for _ in range(2)]
@@ -66,20 +75,11 @@ def test_precomputed_codes_are_the_tokenizers_and_the_iterator_resumes(tmp_path)
 def test_text_to_image_trains_on_precomputed_codes_as_on_the_encoded_images(tmp_path):
     config = _smoke_config(tmp_path, "configs/vqdit_img.py")
     config.generator.precompute_codes = True
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = sharding.rules_from_config(config.mesh.rules)
-    ctx = RunContext(workdir=str(tmp_path / "run"), mesh=mesh, rules=rules, seed=config.seed)
-    exp = Experiment.build(config, ctx)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        spec = tokenizer.tokenizer_stage(exp)
-        tx, _ = make_optimizer(spec.train_cfg)
-        init_fn, _, _ = abstract_state(spec, tx, jax.random.key(0), ctx)
-        exp.results["tokenizer"] = fresh_state(spec, init_fn, jax.random.key(0))
+    exp = _experiment(config, tmp_path)
+    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
+        exp.results["tokenizer"] = _fresh(tokenizer.tokenizer_stage(exp), exp.ctx, 0)
         gen = generators.gaussian_image_stage(exp)
-        gen_init, _, _ = abstract_state(
-            gen, make_optimizer(gen.train_cfg)[0], jax.random.key(1), ctx
-        )
-        params = fresh_state(gen, gen_init, jax.random.key(1)).params
+        params = _fresh(gen, exp.ctx, 1).params
         batch = exp.first_examples("train", 8)
         ids = source_code_ids(exp.tokenizer, tokenizer.tokenizer_variables(exp), batch["image"])
         text = {"text": batch["text"], "text_mask": batch["text_mask"]}
