@@ -20,7 +20,8 @@ rate loses nothing, and it lets the sampler (masked_samplers.py) pick any unmask
 simply tell the model the fraction still masked: a model trained with one schedule can be sampled
 with another.
 
-Sampling (MaskGIT-style confidence unmasking) lives in `masked_samplers.py`.
+Sampling (MaskGIT-style confidence unmasking) lives in `masked_samplers.py`; remasking,
+semi-autoregressive and confidence-threshold decoding in `masked_decoding.py`.
 """
 
 from __future__ import annotations
