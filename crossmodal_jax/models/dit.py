@@ -1,16 +1,18 @@
-"""Diffusion Transformer with adaLN-Zero blocks (Peebles & Xie, 2023) and in-context conditions.
+"""Diffusion Transformer with adaLN-Zero blocks (Peebles & Xie, 2023) and token conditions.
 
 The source modality arrives as token ids (UTF-8 bytes, class ids, VQ ids of another modality)
-with a 0/1 mask. They are embedded and placed in front of the patch tokens; all tokens share the
-adaLN-Zero blocks and attend jointly, with padded condition positions masked as keys. The adaLN
+with a 0/1 mask. They are embedded; by default (`conditioning="in_context"`) they are placed in
+front of the patch tokens, all tokens share the adaLN-Zero blocks and attend jointly, with padded
+condition positions masked as keys. `conditioning="cross_attention"` or `"mmdit"` reads them
+through cross-attention or SD3's joint attention instead (conditioning.py). The adaLN
 vector is c = t_embedding + Dense(masked mean of the condition embeddings), or a learned null
 vector when an example's mask is all zero (classifier-free-guidance drop): such an example sees
 no condition token at all, so it is truly unconditional.
 
 Input embedding (`PatchEmbed`) and output head (`FinalLayer`) are separate modules so that a
 token-id target mode (embedding in, logits out; token_dit.TokenDiT) can replace them; the part in
-between (condition vector, joint blocks) is shared through `make_blocks`, `condition_vector` and
-`joint_blocks`.
+between (condition vector, blocks) is shared through `condition_vector` and conditioning.py's
+`make_blocks` and `run_blocks`.
 
 `remat=True` recomputes each block's activations in the backward pass (nn.remat): same values and
 gradients, activation memory of one block instead of `depth`. `dtype` is the compute dtype;
@@ -23,10 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from crossmodal_jax.models.conditioning import TOKEN_AXES, adaln_norm, make_blocks, run_blocks
 from crossmodal_jax.models.layers import (
     ZEROS,
-    Mlp,
-    SelfAttention,
     TimestepEmbedder,
     dense,
     embed,
@@ -36,7 +37,7 @@ from crossmodal_jax.models.layers import (
     sincos_2d,
     unpatchify,
 )
-from crossmodal_jax.training.sharding import BATCH, EMBED, MLP, SEQ
+from crossmodal_jax.training.sharding import EMBED, MLP
 
 DIT_PRESETS: dict[str, dict[str, int]] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),
@@ -44,43 +45,6 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
     "L": dict(depth=24, hidden_size=1024, num_heads=16),
     "XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
-
-TOKEN_AXES = (BATCH, SEQ, EMBED)
-
-
-def _layer_norm(dtype: jnp.dtype, name: str, eps: float = 1e-6) -> nn.LayerNorm:
-    # No affine parameters: adaLN supplies the per-example scale and shift.
-    return nn.LayerNorm(epsilon=eps, use_bias=False, use_scale=False, dtype=dtype, name=name)
-
-
-class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block; the identity at init (zero-initialised gates)."""
-
-    hidden_size: int
-    num_heads: int
-    mlp_ratio: float = 4.0
-    dtype: jnp.dtype = jnp.float32
-    # eps of the pre-MLP LayerNorm: diffusers' DiT uses its config's norm_eps (1e-5 by default)
-    # there, facebookresearch/DiT 1e-6 like every other norm.
-    mlp_norm_eps: float = 1e-6
-
-    @nn.compact
-    def __call__(
-        self, x_BxLxD: jax.Array, c_BxD: jax.Array, key_mask_BxL: jax.Array | None = None
-    ) -> jax.Array:
-        mod_Bx6D = dense(
-            6 * self.hidden_size, (EMBED, MLP), dtype=self.dtype, kernel_init=ZEROS, name="adaLN"
-        )(nn.silu(c_BxD))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod_Bx6D, 6, -1)
-
-        h = modulate(_layer_norm(self.dtype, "norm1")(x_BxLxD), shift_msa, scale_msa)
-        h = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(h, key_mask_BxL)
-        x_BxLxD = nn.with_logical_constraint(x_BxLxD + gate_msa[:, None, :] * h, TOKEN_AXES)
-
-        norm2 = _layer_norm(self.dtype, "norm2", self.mlp_norm_eps)
-        h = modulate(norm2(x_BxLxD), shift_mlp, scale_mlp)
-        h = Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
-        return nn.with_logical_constraint(x_BxLxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
 
 
 class PatchEmbed(nn.Module):
@@ -112,7 +76,7 @@ class FinalLayer(nn.Module):
             2 * self.hidden_size, (EMBED, MLP), dtype=self.dtype, kernel_init=ZEROS, name="adaLN"
         )(nn.silu(c_BxD))
         shift, scale = jnp.split(mod, 2, axis=-1)
-        h = modulate(_layer_norm(self.dtype, "norm")(x_BxTxD), shift, scale)
+        h = modulate(adaln_norm(self.dtype, "norm")(x_BxTxD), shift, scale)
         return dense(
             self.out_features, (EMBED, None), dtype=self.dtype, kernel_init=ZEROS, name="linear"
         )(h)
@@ -217,26 +181,6 @@ class LabelEmbedder(nn.Module):
         return table(labels_B)
 
 
-RematDiTBlock = nn.remat(DiTBlock)
-
-
-def make_blocks(
-    depth: int,
-    hidden_size: int,
-    num_heads: int,
-    mlp_ratio: float,
-    dtype: jnp.dtype,
-    remat: bool = False,
-    mlp_norm_eps: float = 1e-6,
-) -> list[nn.Module]:
-    """`depth` DiT blocks for a setup(); rematerialised ones keep the same parameter names."""
-    block_cls = RematDiTBlock if remat else DiTBlock
-    return [
-        block_cls(hidden_size, num_heads, mlp_ratio, dtype=dtype, mlp_norm_eps=mlp_norm_eps)
-        for _ in range(depth)
-    ]
-
-
 def condition_vector(
     t_embed: nn.Module,
     cond_embed: nn.Module,
@@ -266,31 +210,6 @@ def condition_vector(
     return t_vec + vec, tokens, cond_mask_BxL
 
 
-def joint_blocks(
-    blocks: list[nn.Module],
-    x_BxTxD: jax.Array,
-    c_BxD: jax.Array,
-    cond_tokens_BxLxD: jax.Array | None,
-    cond_mask_BxL: jax.Array | None,
-) -> jax.Array:
-    """[condition tokens | target tokens] -> blocks -> target tokens [B, T, D].
-
-    Condition and target tokens attend jointly; masked condition positions are masked as keys,
-    so they cannot influence any output.
-    """
-    num_target = x_BxTxD.shape[1]
-    if cond_tokens_BxLxD is None:
-        h, key_mask = x_BxTxD, None
-    else:
-        h = jnp.concatenate([cond_tokens_BxLxD.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
-        target_mask = jnp.ones((x_BxTxD.shape[0], num_target), jnp.float32)
-        key_mask = jnp.concatenate([cond_mask_BxL.astype(jnp.float32), target_mask], axis=1)
-    h = nn.with_logical_constraint(h, TOKEN_AXES)
-    for block in blocks:
-        h = block(h, c_BxD, key_mask)
-    return h[:, -num_target:]
-
-
 class DiT(nn.Module):
     """Diffusion Transformer over a latent grid [B, h, w, C] with token-id conditions.
 
@@ -303,7 +222,8 @@ class DiT(nn.Module):
     num_classes or an all-zero mask row selects the null label. `out_channels` (0: in_channels)
     lets learn-sigma checkpoints output [eps | variance] with 2C channels. `t_freq_shift`,
     `pos_embed_col_first` and `mlp_norm_eps` reproduce PyTorch DiT variants exactly (see
-    torch_convert.py); their defaults are this project's own layout.
+    torch_convert.py); their defaults are this project's own layout. `conditioning` picks how
+    the condition tokens reach the patch tokens (conditioning.CONDITIONINGS).
     """
 
     input_size: tuple[int, int]
@@ -322,6 +242,7 @@ class DiT(nn.Module):
     t_freq_shift: float = 0.0
     pos_embed_col_first: bool = False
     mlp_norm_eps: float = 1e-6
+    conditioning: str = "in_context"  # a key of conditioning.CONDITIONINGS
 
     def setup(self):
         h, w = self.input_size
@@ -346,6 +267,7 @@ class DiT(nn.Module):
             self.dtype,
             self.remat,
             self.mlp_norm_eps,
+            self.conditioning,
         )
         out_c = self.out_channels or self.in_channels
         self.final_layer = FinalLayer(self.hidden_size, p * p * out_c, dtype=self.dtype)
@@ -389,5 +311,5 @@ class DiT(nn.Module):
         del train  # no dropout; kept so every model shares one call signature
         c_BxD, cond_tokens, cond_mask = self.condition(t_B, cond_ids_BxL, cond_mask_BxL)
         x_tokens = self.embed_input(x_BxHxWxC)
-        h = joint_blocks(self.blocks, x_tokens, c_BxD, cond_tokens, cond_mask)
+        h = run_blocks(self.conditioning, self.blocks, x_tokens, c_BxD, cond_tokens, cond_mask)
         return self.output_head(h, c_BxD)

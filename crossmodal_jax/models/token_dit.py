@@ -3,7 +3,8 @@
 The target is a sequence of ids (text bytes, or VQ ids of an image/video flattened to [B, L]);
 some of them are the mask token. The model predicts, for every position, logits over the
 `vocab_size` ids. Everything between the input embedding and the output head is the
-DiT's: adaLN-Zero blocks, in-context condition tokens with their 0/1 key mask, the pooled
+DiT's: adaLN-Zero blocks, condition tokens with their 0/1 key mask (in context, through
+cross-attention or MMDiT joint attention: `conditioning`, see conditioning.py), the pooled
 condition + timestep vector in adaLN, the null vector for an all-zero mask (dit.py).
 
 The vocabulary includes the absorbing mask token (text: data.text.MASK_ID; VQ ids: num_codes,
@@ -19,14 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.models.condition_stem import ConditionStem
-from crossmodal_jax.models.dit import (
-    TOKEN_AXES,
-    ConditionEmbedder,
-    FinalLayer,
-    condition_vector,
-    joint_blocks,
-    make_blocks,
-)
+from crossmodal_jax.models.conditioning import TOKEN_AXES, make_blocks, run_blocks
+from crossmodal_jax.models.dit import ConditionEmbedder, FinalLayer, condition_vector
 from crossmodal_jax.models.layers import TimestepEmbedder, embed, partitioned
 from crossmodal_jax.training.sharding import EMBED
 
@@ -62,6 +57,7 @@ class TokenDiT(nn.Module):
     cond_patch: tuple[int, ...] = ()
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    conditioning: str = "in_context"  # a key of conditioning.CONDITIONINGS
 
     def setup(self):
         d = self.hidden_size
@@ -95,7 +91,13 @@ class TokenDiT(nn.Module):
         )
         self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
         self.blocks = make_blocks(
-            self.depth, d, self.num_heads, self.mlp_ratio, self.dtype, self.remat
+            self.depth,
+            d,
+            self.num_heads,
+            self.mlp_ratio,
+            self.dtype,
+            self.remat,
+            conditioning=self.conditioning,
         )
         self.final_layer = FinalLayer(d, self.vocab_size, dtype=self.dtype)
 
@@ -138,5 +140,6 @@ class TokenDiT(nn.Module):
             train=train,
             summary_BxS=summary,
         )
-        h = joint_blocks(self.blocks, self.embed_input(ids_BxL), c_BxD, cond_tokens, cond_mask)
+        x_tokens = self.embed_input(ids_BxL)
+        h = run_blocks(self.conditioning, self.blocks, x_tokens, c_BxD, cond_tokens, cond_mask)
         return self.final_layer(h, c_BxD).astype(jnp.float32)

@@ -47,6 +47,7 @@ def build_dit(exp: Experiment) -> DiT:
         cond_len=exp.config.data.text_max_len,
         dtype=DTYPES[m.dtype],
         remat=m.remat,
+        conditioning=m.conditioning,
         **_dit_size(m),
     )
 
@@ -77,7 +78,13 @@ def build_token_dit(exp: Experiment) -> TokenDiT:
         sizes = dict(seq_len=math.prod(grid), vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=exp.text.vocab_size, cond_len=text_len)
     return TokenDiT(
-        mlp_ratio=m.mlp_ratio, dtype=DTYPES[m.dtype], remat=m.remat, **sizes, **cond, **_dit_size(m)
+        mlp_ratio=m.mlp_ratio,
+        dtype=DTYPES[m.dtype],
+        remat=m.remat,
+        conditioning=m.conditioning,
+        **sizes,
+        **cond,
+        **_dit_size(m),
     )
 
 

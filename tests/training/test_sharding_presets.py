@@ -4,6 +4,8 @@ Shapes only (jax.eval_shape): realistic sizes cost nothing. The rules are the co
 (blocks.mesh().rules), the ones every run uses.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,9 +58,18 @@ def _vqvae(spatial_dims: int):
 MODELS = {
     "dit": lambda: _dit(),
     "dit_class_labels": lambda: _dit(num_classes=1000, out_channels=16),
+    # Every conditioning variant's own weights (models/conditioning.py) are sharded too.
+    "dit_cross_attention": lambda: _dit(conditioning="cross_attention"),
+    "dit_mmdit": lambda: _dit(conditioning="mmdit"),
     "vqvae_2d": lambda: _vqvae(2),
     "vqvae_video": lambda: _vqvae(3),
 }
+
+
+@functools.cache
+def _params(name: str):
+    """A model's abstract parameters, traced once for all the meshes."""
+    return MODELS[name]()["params"]
 
 
 def test_config_rules_are_the_default_rules():
@@ -68,7 +79,7 @@ def test_config_rules_are_the_default_rules():
 @pytest.mark.parametrize("mesh_shape", FSDP_MESHES)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_no_large_parameter_is_replicated(name, mesh_shape):
-    params = MODELS[name]()["params"]
+    params = _params(name)
     mesh = make_mesh(mesh_shape)
     shardings = logical_shardings(params, mesh, RULES)
     assert replicated_parameters(shardings, params, MIN_SIZE) == []
