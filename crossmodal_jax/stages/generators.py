@@ -2,6 +2,7 @@
 (diffusion process, target modality) in `GENERATORS`:
 
 - ("gaussian", "image"): Gaussian diffusion over the frozen tokenizer's normalized VQ latents;
+- ("flow", "image"):     rectified flow over the same latents (same DiT, data and summaries);
 - ("masked", "image"):   masked diffusion over the tokenizer's code ids, conditioned on captions;
 - ("masked", "text"):    masked diffusion over caption tokens, conditioned on the source's codes.
 
@@ -19,12 +20,14 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from crossmodal_jax.data import text as text_tok
-from crossmodal_jax.diffusion import gaussian, masked
+from crossmodal_jax.diffusion import flow, flow_samplers, gaussian, masked, masked_decoding
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.stages import builders, summaries
 from crossmodal_jax.stages.augment import code_shift, compose, source_affine, source_shift
+from crossmodal_jax.stages.flow_sampler import make_flow_image_generator
 from crossmodal_jax.stages.objectives import (
     TOKENIZER_CODES,
+    flow_matching_objective,
     gaussian_diffusion_objective,
     masked_diffusion_objective,
     text_tokens,
@@ -39,6 +42,7 @@ from crossmodal_jax.stages.samplers import (
 )
 from crossmodal_jax.stages.tokenizer import tokenizer_variables
 from crossmodal_jax.training.stage import StageSpec
+from crossmodal_jax.training.step import Objective
 
 NAME = "generator"
 
@@ -47,15 +51,16 @@ def _stage(exp: Experiment, **fields) -> StageSpec:
     return StageSpec(name=NAME, train_cfg=exp.config.generator.train, **fields)
 
 
-# ------------------------------------------------------------------------------ Gaussian, image
+# ---------------------------------------------------------------------- Gaussian or flow, image
 
 
-def gaussian_image_stage(exp: Experiment) -> StageSpec:
+def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
+    """A DiT over the frozen tokenizer's normalized latents, trained by `objective`: what the
+    Gaussian and flow processes share (latent statistics, model, data, sample grids)."""
     frozen = {"tokenizer": tokenizer_variables(exp)}
     frozen["latents"] = latent_statistics(exp, frozen["tokenizer"])
     hwc = builders.latent_hwc(exp)
     dit = builders.build_dit(exp)
-    diff = exp.config.generator.diffusion
     L = exp.config.data.text_max_len
 
     def init_variables(key):
@@ -63,15 +68,6 @@ def gaussian_image_stage(exp: Experiment) -> StageSpec:
         t = jnp.zeros((1,), jnp.int32)
         return dit.init(key, x, t, jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
 
-    objective = gaussian_diffusion_objective(
-        dit,
-        exp.tokenizer,
-        gaussian.make_schedule(diff.schedule, diff.timesteps),
-        prediction=diff.prediction,
-        cond_drop=diff.cond_drop,
-        weighting=diff.loss_weighting,
-        min_snr_gamma=diff.min_snr_gamma,
-    )
     make_iterator = exp.train_iterator_factory(exp.config.generator.train)
     if exp.config.generator.precompute_codes:
         make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
@@ -85,6 +81,20 @@ def gaussian_image_stage(exp: Experiment) -> StageSpec:
     )
 
 
+def gaussian_image_stage(exp: Experiment) -> StageSpec:
+    diff = exp.config.generator.diffusion
+    objective = gaussian_diffusion_objective(
+        builders.build_dit(exp),
+        exp.tokenizer,
+        gaussian.make_schedule(diff.schedule, diff.timesteps),
+        prediction=diff.prediction,
+        cond_drop=diff.cond_drop,
+        weighting=diff.loss_weighting,
+        min_snr_gamma=diff.min_snr_gamma,
+    )
+    return latent_image_stage(exp, objective)
+
+
 def gaussian_image_sampler(exp: Experiment) -> Callable:
     diff = exp.config.generator.diffusion
     return make_image_generator(
@@ -93,6 +103,28 @@ def gaussian_image_sampler(exp: Experiment) -> Callable:
         gaussian.make_schedule(diff.schedule, diff.timesteps),
         exp.config.generator.sample,
         prediction=diff.prediction,
+        latent_hwc=builders.latent_hwc(exp),
+    )
+
+
+def flow_image_stage(exp: Experiment) -> StageSpec:
+    diff = exp.config.generator.diffusion
+    objective = flow_matching_objective(
+        builders.build_dit(exp),
+        exp.tokenizer,
+        time_sampling=diff.time_sampling,
+        logit_mean=diff.logit_mean,
+        logit_std=diff.logit_std,
+        cond_drop=diff.cond_drop,
+    )
+    return latent_image_stage(exp, objective)
+
+
+def flow_image_sampler(exp: Experiment) -> Callable:
+    return make_flow_image_generator(
+        builders.build_dit(exp),
+        exp.tokenizer,
+        exp.config.generator.sample,
         latent_hwc=builders.latent_hwc(exp),
     )
 
@@ -186,6 +218,7 @@ class Generator:
 
 GENERATORS: dict[tuple[str, str], Generator] = {
     ("gaussian", "image"): Generator(gaussian_image_stage, gaussian_image_sampler),
+    ("flow", "image"): Generator(flow_image_stage, flow_image_sampler),
     ("masked", "image"): Generator(masked_stage, masked_image_sampler),
     ("masked", "text"): Generator(masked_stage, text_sampler),
 }
@@ -203,7 +236,11 @@ PROCESSES: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "diffusion.schedule": ("masking schedule", tuple(masked.MASK_SCHEDULES)),
         "diffusion.loss_weighting": ("loss weighting", tuple(masked.LOSS_WEIGHTINGS)),
         "sample.schedule": ("sampling schedule", tuple(masked.MASK_SCHEDULES)),
-        "sample.sampler": ("sampler", ("maskgit",)),
+        "sample.sampler": ("sampler", tuple(masked_decoding.MASKED_SAMPLERS)),
+    },
+    "flow": {
+        "diffusion.time_sampling": ("flow time sampling", flow.TIME_SAMPLINGS),
+        "sample.sampler": ("flow sampler", tuple(flow_samplers.SAMPLERS)),
     },
 }
 

@@ -1,0 +1,63 @@
+"""Text→image generation by a DiT trained with rectified flow (objectives.flow_matching_objective):
+an ODE sampler (diffusion/flow_samplers.py) from noise to normalized VQ latents, then the same
+snapping and decoding as the Gaussian process (samplers.decode_latents).
+
+Kept beside samplers.py, not in it: the flow process has its own sampler table
+(`flow_samplers.SAMPLERS`, checked by config validation through generators.PROCESSES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import ml_collections
+from jax.sharding import PartitionSpec as P
+
+from crossmodal_jax.diffusion import flow_samplers
+from crossmodal_jax.models.dit import DiT
+from crossmodal_jax.models.vqvae import VQVAE
+from crossmodal_jax.stages.objectives import FLOW_TIME_SCALE
+from crossmodal_jax.stages.samplers import decode_latents, guided_dit_fn
+
+
+def flow_dit_fn(dit: DiT, params, cond_ids, cond_mask, scale: float) -> Callable:
+    """velocity_fn(x, t) for flow time t in [0, 1], with classifier-free guidance: the Gaussian
+    path's guided DiT call (one batched call for both branches), fed the DiT's timestep units."""
+    guided = guided_dit_fn(dit, params, cond_ids, cond_mask, scale)
+    return lambda x, t: guided(x, t * FLOW_TIME_SCALE)
+
+
+def make_flow_image_generator(
+    dit: DiT,
+    tokenizer: VQVAE,
+    sample_cfg: ml_collections.ConfigDict,
+    *,
+    latent_hwc: tuple[int, int, int],
+) -> Callable:
+    """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1].
+
+    `key` draws the noise x_1 only: the ODE samplers are deterministic. `sample_cfg.sampler` names
+    a key of flow_samplers.SAMPLERS, run for `sample_cfg.steps` steps on a grid shifted by
+    `sample_cfg.shift`.
+    """
+    if sample_cfg.sampler not in flow_samplers.SAMPLERS:
+        raise ValueError(
+            f"unknown flow sampler {sample_cfg.sampler!r}; available: "
+            f"{sorted(flow_samplers.SAMPLERS)}"
+        )
+    solve = partial(
+        flow_samplers.SAMPLERS[sample_cfg.sampler],
+        num_steps=sample_cfg.steps,
+        shift=sample_cfg.shift,
+    )
+
+    @partial(jax.jit, out_shardings=P())  # replicated: every process can read the images
+    def generate(params, model_state, cond_ids, cond_mask, key):
+        x_1 = jax.random.normal(key, (cond_ids.shape[0], *latent_hwc))
+        velocity_fn = flow_dit_fn(dit, params, cond_ids, cond_mask, sample_cfg.guidance)
+        z = solve(velocity_fn, x_1)
+        return decode_latents(tokenizer, model_state, z, snap=sample_cfg.snap_to_codebook)
+
+    return generate
