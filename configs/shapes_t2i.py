@@ -7,6 +7,8 @@ Run (docs/results.md gives its time and scores):
   python -m crossmodal_jax.main --config=configs/shapes_t2i.py --workdir=runs/shapes_t2i
 Draw a prompt file (one caption a line; words of the shapes world's vocabulary):
   python -m crossmodal_jax.sample --workdir=runs/shapes_t2i --input=prompts.txt --output=OUT
+Masked diffusion over the code ids (:masked), or rectified flow over the latents (:flow):
+  python -m crossmodal_jax.main --config=configs/shapes_t2i.py:flow --workdir=runs/shapes_t2i_flow
 Smoke variant for tests (seconds): --config=configs/shapes_t2i.py:smoke
 """
 
@@ -44,10 +46,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             batch_size=64,
             learning_rate=1e-3,
             warmup_steps=200,
-            ema_decay=0.999,
+            # A short EMA: with 0.999 the weights lag ~1,000 of these 2,400 steps, and the samples
+            # of one-object captions were right 80 % of the time instead of 97 % (results.md).
+            ema_decay=0.99,
             images_every=1200,
         ),
     )
+    if "masked" in variants and "flow" in variants:
+        raise ValueError("config variants masked and flow exclude each other; choose one")
+    if "flow" in variants:  # rectified flow over the same latents, the same DiT; Heun sampling
+        c.generator = blocks.generator(
+            "flow",
+            model=c.generator.model.to_dict(),
+            diffusion_overrides=dict(cond_drop=0.1),
+            sample_overrides=dict(steps=13, guidance=3.0),  # 26 DiT calls, DDIM's 25
+            train_overrides=c.generator.train.to_dict(),
+        )
     if "masked" in variants:  # masked diffusion over the 64 code ids, MaskGIT sampling
         c.generator = blocks.generator(
             "masked",
@@ -79,7 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.update(detector_examples=512, detector_steps=20)
         blocks.smoke_train(c.tokenizer)
         blocks.smoke_train(c.generator)
-    unknown = set(variants) - {"", "smoke", "masked"}
+    unknown = set(variants) - {"", "smoke", "masked", "flow"}
     if unknown:
-        raise ValueError(f"unknown config variant {sorted(unknown)}; available: smoke, masked")
+        raise ValueError(
+            f"unknown config variant {sorted(unknown)}; available: smoke, masked, flow"
+        )
     return c

@@ -185,6 +185,10 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     c.patch_size = 1  # patch size over the latent grid (Gaussian diffusion only)
     c.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     c.remat = False  # recompute each block's activations in the backward pass (saves memory)
+    # How the condition tokens reach the target tokens (models/conditioning.py): "in_context"
+    # (in front of them, shared blocks) | "cross_attention" (a gated cross-attention sublayer
+    # per block) | "mmdit" (SD3: per-stream weights, one joint attention).
+    c.conditioning = "in_context"
     # X→text: the source's tokens enter the DiT as "ids" (a learned table) or "vectors" (their
     # codebook vectors, projected): vectors generalise from far fewer examples.
     c.cond_input = "vectors"
@@ -210,15 +214,21 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
 
 def diffusion(process: str, **overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.process = process  # "gaussian" (continuous VQ latents) | "masked" (token ids)
+    # "gaussian" (continuous VQ latents) | "masked" (token ids) | "flow" (rectified flow, latents)
+    c.process = process
     # gaussian: "linear" | "cosine" noise schedule; masked: "linear" | "cosine" | "sine" masking.
     c.schedule = "cosine"
     # gaussian: "uniform" (DDPM's simple loss) | "min_snr" (min-SNR-γ, Hang et al. 2023);
     # masked: "elbo" (MDLM) | "masked_mean" (MaskGIT). diffusion/gaussian.py, diffusion/masked.py.
-    c.loss_weighting = "uniform" if process == "gaussian" else "elbo"
+    c.loss_weighting = "elbo" if process == "masked" else "uniform"  # flow: not used
     c.min_snr_gamma = 5.0  # gaussian, loss_weighting="min_snr": the SNR at which weights clip
     c.timesteps = 1000  # T of the Gaussian forward process (masked time is continuous)
     c.prediction = "v"  # Gaussian only: "eps" | "v"
+    # Flow: how training draws t in [0, 1] (1 = noise): "uniform" | "logit_normal" (SD3: t =
+    # sigmoid(n), n ~ N(logit_mean, logit_std): most training at intermediate t). diffusion/flow.py.
+    c.time_sampling = "logit_normal"
+    c.logit_mean = 0.0  # flow, logit_normal: mean of n (> 0 trains noisier times more)
+    c.logit_std = 1.0  # flow, logit_normal: standard deviation of n
     c.cond_drop = 0.1  # probability of dropping the condition (trains classifier-free guidance)
     # Masked, byte captions: fraction of captions masked word by word instead of byte by byte (a
     # word hidden whole must be read from the source, not spelled from its visible letters).
@@ -229,14 +239,27 @@ def diffusion(process: str, **overrides) -> ml_collections.ConfigDict:
 
 def sample(process: str, **overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.sampler = "ddim" if process == "gaussian" else "maskgit"  # "ddim" | "ddpm" | "maskgit"
+    # Gaussian: "ddim" | "ddpm" | "dpmpp_2m" (DPM-Solver++(2M), diffusion/dpm_solver.py); DDIM with
+    # eta = 0 is the Euler probability-flow sampler. Masked: see below. Flow: "euler" | "heun"
+    # (diffusion/flow_samplers.py; Heun calls the model twice a step).
+    c.sampler = {"gaussian": "ddim", "masked": "maskgit", "flow": "heun"}[process]
     c.steps = 50  # sampler steps (DDPM always uses all T; MaskGIT unmasks over this many)
     c.eta = 0.0  # DDIM eta: 0 = deterministic
     c.guidance = 4.0  # classifier-free guidance scale (1 = conditional only)
-    c.snap_to_codebook = True  # Gaussian: quantize sampled latents before decoding
+    # Gaussian: guide only the steps at time (t + 1) / T in (lo, hi] (Kynkäänniemi et al. 2024),
+    # the conditional output elsewhere; (0.0, 1.0) = every step.
+    c.guidance_interval = (0.0, 1.0)
+    c.snap_to_codebook = True  # Gaussian and flow: quantize sampled latents before decoding
+    c.shift = 1.0  # flow: SD3's timestep shift of the ODE's time grid (> 1: more steps near noise)
     c.schedule = "cosine"  # MaskGIT: how many tokens stay masked after each step
     c.temperature = 1.0  # MaskGIT: token sampling temperature (0 = argmax)
     c.choice_temperature = 0.0  # MaskGIT: Gumbel noise on confidences (0 = greedy by confidence)
+    # Masked samplers (diffusion/masked_decoding.py; all read steps, schedule and temperature):
+    # "maskgit" | "remdm" (ReMDM: committed tokens may be masked again) | "semi_ar" (blocks left
+    # to right) | "threshold" (Fast-dLLM: every sure token at once; stops when none is masked).
+    c.remask_cap = 0.1  # remdm: η_cap, the largest fraction of committed tokens a step remasks
+    c.block_size = 4  # semi_ar: positions per block; the steps are shared evenly by the blocks
+    c.threshold = 0.9  # threshold: commit every masked token at least this likely (>= 1 a step)
     c.update(overrides)
     return c
 

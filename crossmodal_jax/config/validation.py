@@ -17,8 +17,11 @@ import ml_collections
 
 from crossmodal_jax import tasks
 from crossmodal_jax.config.workdir import check_workdir, checkpointed_stages
+from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax.diffusion.masked_decoding import MASKED_SAMPLERS
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models.conditioning import CONDITIONINGS
 from crossmodal_jax.models.dit import DIT_PRESETS
 from crossmodal_jax.stages.builders import DTYPES, condition_grid
 from crossmodal_jax.stages.generators import PROCESSES, processes_for
@@ -27,9 +30,10 @@ from crossmodal_jax.stages.registry import STAGES
 from crossmodal_jax.training import sharding
 
 
-def _check(name: str, value, choices) -> None:
+def _check(name: str, value, choices, key: str = "") -> None:
     if value not in choices:
-        raise UserError(f"unknown {name} {value!r}; available: {', '.join(choices)}")
+        where = f" ({key})" if key else ""
+        raise UserError(f"unknown {name} {value!r}{where}; available: {', '.join(choices)}")
 
 
 def check_names(config: ml_collections.ConfigDict) -> None:
@@ -48,9 +52,15 @@ def check_names(config: ml_collections.ConfigDict) -> None:
         )
     for field, (name, choices) in PROCESSES[process].items():
         block, key = field.split(".")
-        _check(name, gen[block][key], choices)
+        _check(name, gen[block][key], choices, key=f"generator.{field}")
+    try:
+        gaussian.check_guidance_interval(tuple(gen.sample.guidance_interval))
+    except (ValueError, TypeError) as e:  # TypeError: not a pair
+        raise UserError(f"generator.sample.guidance_interval: {e}") from e
     _check("compute dtype", gen.model.dtype, tuple(DTYPES))
     _check("condition input", gen.model.cond_input, tuple(SOURCE_CONDITIONS))
+    key = "generator.model.conditioning"
+    _check("DiT conditioning", gen.model.conditioning, tuple(CONDITIONINGS), key=key)
     if gen.model.preset:
         _check("DiT preset", gen.model.preset, tuple(DIT_PRESETS))
     weights = config.eval.inception_weights
@@ -96,11 +106,16 @@ def _grid_text(grid) -> str:
 def check_generator(exp: Experiment) -> None:
     """Generator settings that are each valid but cannot work with this data or tokenizer."""
     gen, grid = exp.config.generator, exp.latent_grid
-    if gen.diffusion.process == "gaussian" and any(n % gen.model.patch_size for n in grid):
+    latent_process = gen.diffusion.process in ("gaussian", "flow")  # the DiT over latent grids
+    if latent_process and any(n % gen.model.patch_size for n in grid):
         raise UserError(
             f"the latent grid {_grid_text(grid)} is not divisible by "
             f"generator.model.patch_size={gen.model.patch_size}"
         )
+    if gen.diffusion.process == "flow":
+        check_flow(gen)
+    if gen.diffusion.process == "masked":
+        check_masked_sampler(gen.sample)
     if exp.text.words and gen.diffusion.word_mask_prob:
         raise UserError(
             "generator.diffusion.word_mask_prob masks byte captions word by word; with "
@@ -139,6 +154,32 @@ def check_generator(exp: Experiment) -> None:
             f"axis of the code grid {_grid_text(grid)}"
         )
     check_condition_stem(gen.model, grid)
+
+
+def check_flow(gen: ml_collections.ConfigDict) -> None:
+    """Rectified flow's numbers: a logit-normal needs a spread, the time shift must be positive."""
+    if gen.diffusion.logit_std <= 0:
+        raise UserError(f"generator.diffusion.logit_std={gen.diffusion.logit_std} must be > 0")
+    if gen.sample.shift <= 0:
+        raise UserError(f"generator.sample.shift={gen.sample.shift} must be > 0")
+    if gen.sample.steps < 1:
+        raise UserError(f"generator.sample.steps={gen.sample.steps} must be >= 1")
+
+
+# The numbers a masked sampler may read (diffusion/masked_decoding.py): (valid?, what they must be).
+_MASKED_SAMPLE_RANGES = {
+    "remask_cap": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "block_size": (lambda v: v >= 1, ">= 1"),
+    "threshold": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+}
+
+
+def check_masked_sampler(sample: ml_collections.ConfigDict) -> None:
+    """The options the chosen masked sampler reads, in range (the name is checked by PROCESSES)."""
+    options = MASKED_SAMPLERS[sample.sampler].options
+    for key, (valid, what) in _MASKED_SAMPLE_RANGES.items():
+        if key in options and not valid(sample[key]):
+            raise UserError(f"generator.sample.{key}={sample[key]} must be {what}")
 
 
 def check_condition_stem(m: ml_collections.ConfigDict, grid: tuple[int, ...]) -> None:

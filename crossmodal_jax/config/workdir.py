@@ -10,6 +10,7 @@ import os
 import jax
 import ml_collections
 
+from crossmodal_jax.config import blocks
 from crossmodal_jax.errors import UserError
 
 # Keys a resumed run may change: which stages run, how long, how it logs, evaluates and samples, and
@@ -36,13 +37,51 @@ def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> No
             f.write(config.to_json_best_effort(indent=2))
 
 
+def _block_defaults(config: dict) -> dict:
+    """The defaults of the config blocks a resolved config is made of (config/blocks.py)."""
+    out: dict = {"eval": blocks.evaluation().to_dict()}
+    for name, stage in config.items():
+        if not isinstance(stage, dict) or "train" not in stage:
+            continue
+        if name == "generator":
+            process = stage.get("diffusion", {}).get("process", "gaussian")
+            out[name] = blocks.generator(process).to_dict()
+        else:  # tokenizer stages
+            out[name] = {
+                "model": blocks.tokenizer_model().to_dict(),
+                "train": blocks.train().to_dict(),
+            }
+    return out
+
+
+def _add_missing(tree: dict, defaults: dict) -> dict:
+    for key, value in defaults.items():
+        if key not in tree:
+            tree[key] = value
+        elif isinstance(value, dict) and isinstance(tree[key], dict):
+            _add_missing(tree[key], value)
+    return tree
+
+
+def with_new_keys(config: dict) -> dict:
+    """A workdir's config with the keys added to the config blocks since it was written, at their
+    defaults. A new key's default keeps the old behaviour (the rule for adding one), so a workdir
+    of an earlier version resumes, samples and compares as it was trained."""
+
+    def plain(tree: dict) -> dict:  # tuples as lists, as config.json holds them
+        return json.loads(json.dumps(tree))
+
+    return _add_missing(plain(config), plain(_block_defaults(config)))
+
+
 def load_resolved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (written by `run`)."""
+    """The config a workdir was trained with (written by `run`), with keys added since then at
+    their defaults (`with_new_keys`)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise UserError(f"no config.json in workdir {workdir!r}: train it with crossmodal_jax.main")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(with_new_keys(json.load(f)))
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -86,7 +125,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise UserError(
             f"workdir {workdir}: config.json is unreadable ({e}); use a new --workdir"
         ) from e
-    changed = config_diff(old, json.loads(config.to_json_best_effort()))
+    changed = config_diff(with_new_keys(old), json.loads(config.to_json_best_effort()))
     if changed:
         shown = "; ".join(changed[:3]) + (
             f"; and {len(changed) - 3} more" if len(changed) > 3 else ""

@@ -1,11 +1,18 @@
-"""Diffusion processes as pure functions: Gaussian (continuous latents), masked (discrete ids).
+"""Diffusion processes as pure functions: Gaussian (continuous latents), masked (discrete ids),
+flow (rectified flow over continuous latents).
 
-The Gaussian functions are exported flat; the masked ones stay in their modules
-(`diffusion.masked`, `diffusion.masked_samplers`) because their names (training_loss, ...) mirror
-the Gaussian ones.
+The Gaussian functions are exported flat; the masked and flow ones stay in their modules
+(`diffusion.masked`, `diffusion.masked_samplers`, `diffusion.masked_decoding`, `diffusion.flow`,
+`diffusion.flow_samplers`)
+because their names (training_loss, ...) mirror the Gaussian ones.
 """
 
-from crossmodal_jax.diffusion import masked, masked_samplers
+from crossmodal_jax.diffusion import flow, flow_samplers, masked, masked_decoding, masked_samplers
+from crossmodal_jax.diffusion.dpm_solver import (
+    dpm_solver_timesteps,
+    dpmpp_2m_sample,
+    euler_sample,
+)
 from crossmodal_jax.diffusion.gaussian import (
     PREDICTIONS,
     SCHEDULES,
@@ -13,6 +20,7 @@ from crossmodal_jax.diffusion.gaussian import (
     cfg_combine,
     cosine_betas,
     guided_model_fn,
+    in_guidance_interval,
     linear_betas,
     make_schedule,
     model_target,
@@ -24,7 +32,10 @@ from crossmodal_jax.diffusion.gaussian import (
 from crossmodal_jax.diffusion.gaussian_samplers import ddim_sample, ddim_timesteps, ddpm_sample
 
 __all__ = [
+    "flow",
+    "flow_samplers",
     "masked",
+    "masked_decoding",
     "masked_samplers",
     "PREDICTIONS",
     "SCHEDULES",
@@ -34,7 +45,11 @@ __all__ = [
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_sample",
+    "dpm_solver_timesteps",
+    "dpmpp_2m_sample",
+    "euler_sample",
     "guided_model_fn",
+    "in_guidance_interval",
     "linear_betas",
     "make_schedule",
     "model_target",

@@ -19,7 +19,13 @@ from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.data.pipeline import pad_batch
-from crossmodal_jax.diffusion import gaussian, gaussian_samplers, masked, masked_samplers
+from crossmodal_jax.diffusion import (
+    dpm_solver,
+    gaussian,
+    gaussian_samplers,
+    masked,
+    masked_decoding,
+)
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages.objectives import MASKED_TIME_SCALE, denormalize_latents
@@ -35,7 +41,14 @@ def _ddpm(schedule, model_fn, x_T, key, cfg, prediction):
     return gaussian_samplers.ddpm_sample(schedule, model_fn, x_T, key, prediction=prediction)
 
 
-SAMPLERS = {"ddim": _ddim, "ddpm": _ddpm}
+def _dpmpp_2m(schedule, model_fn, x_T, key, cfg, prediction):
+    del key  # deterministic: x_T fixes the sample
+    return dpm_solver.dpmpp_2m_sample(
+        schedule, model_fn, x_T, num_steps=cfg.steps, prediction=prediction
+    )
+
+
+SAMPLERS = {"ddim": _ddim, "ddpm": _ddpm, "dpmpp_2m": _dpmpp_2m}
 
 
 def cfg_pair_fn(call: Callable, cond, cond_mask) -> Callable:
@@ -54,15 +67,40 @@ def cfg_pair_fn(call: Callable, cond, cond_mask) -> Callable:
     return pair_fn
 
 
-def guided_dit_fn(dit: DiT, params: Any, cond_ids, cond_mask, scale: float) -> Callable:
-    """model_fn(xt, t) with classifier-free guidance: one batched call for both branches."""
+def guided_dit_fn(
+    dit: DiT,
+    params: Any,
+    cond_ids,
+    cond_mask,
+    scale: float,
+    *,
+    interval: tuple[float, float] = gaussian.NO_GUIDANCE_INTERVAL,
+    num_timesteps: int | None = None,
+) -> Callable:
+    """model_fn(xt, t) with classifier-free guidance: one batched call for both branches;
+    only inside the guidance `interval` of the Gaussian chain (gaussian.guided_model_fn)."""
 
     def call(xt, t, ids, mask):
         return dit.apply({"params": params}, xt, t, ids, mask)
 
     if scale == 1.0:
         return lambda xt, t: call(xt, t, cond_ids, cond_mask)
-    return gaussian.guided_model_fn(cfg_pair_fn(call, cond_ids, cond_mask), scale)
+    return gaussian.guided_model_fn(
+        cfg_pair_fn(call, cond_ids, cond_mask),
+        scale,
+        interval=tuple(interval),
+        num_timesteps=num_timesteps,
+    )
+
+
+def decode_latents(tokenizer: VQVAE, model_state: dict, z: jax.Array, *, snap: bool) -> jax.Array:
+    """Images in [-1, 1] from sampled normalized latents: denormalized, snapped to the nearest
+    codes when `snap` (the decoder only ever saw codebook vectors), decoded by the tokenizer."""
+    z = denormalize_latents(z, model_state["latents"])
+    tok_vars = model_state["tokenizer"]
+    if snap:
+        z, _ = tokenizer.apply(tok_vars, z, method=VQVAE.quantize)
+    return jnp.clip(tokenizer.apply(tok_vars, z, method=VQVAE.decode), -1.0, 1.0)
 
 
 def make_image_generator(
@@ -83,14 +121,17 @@ def make_image_generator(
     def generate(params, model_state, cond_ids, cond_mask, key):
         noise_key, sample_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (cond_ids.shape[0], *latent_hwc))
-        model_fn = guided_dit_fn(dit, params, cond_ids, cond_mask, sample_cfg.guidance)
+        model_fn = guided_dit_fn(
+            dit,
+            params,
+            cond_ids,
+            cond_mask,
+            sample_cfg.guidance,
+            interval=tuple(sample_cfg.guidance_interval),
+            num_timesteps=schedule.num_timesteps,
+        )
         z = sampler(schedule, model_fn, x_T, sample_key, sample_cfg, prediction)
-        z = denormalize_latents(z, model_state["latents"])
-        tok_vars = model_state["tokenizer"]
-        if sample_cfg.snap_to_codebook:
-            z, _ = tokenizer.apply(tok_vars, z, method=VQVAE.quantize)
-        images = tokenizer.apply(tok_vars, z, method=VQVAE.decode)
-        return jnp.clip(images, -1.0, 1.0)
+        return decode_latents(tokenizer, model_state, z, snap=sample_cfg.snap_to_codebook)
 
     return generate
 
@@ -109,8 +150,17 @@ def masked_logits_fn(dit: nn.Module, params: Any, cond_ids, cond_mask, scale: fl
     return masked.guided_logits_fn(cfg_pair_fn(call, cond_ids, cond_mask), scale)
 
 
+def masked_sampler(sample_cfg: ml_collections.ConfigDict) -> masked_decoding.MaskedSampler:
+    """The entry of masked_decoding.MASKED_SAMPLERS that `sample_cfg.sampler` names."""
+    if sample_cfg.sampler not in masked_decoding.MASKED_SAMPLERS:
+        choices = sorted(masked_decoding.MASKED_SAMPLERS)
+        raise ValueError(f"unknown masked sampler {sample_cfg.sampler!r}; available: {choices}")
+    return masked_decoding.MASKED_SAMPLERS[sample_cfg.sampler]
+
+
 def _masked_sample(logits_fn, key, sample_cfg, *, batch_size, length, mask_id, forbidden_ids):
-    return masked_samplers.sample(
+    entry = masked_sampler(sample_cfg)
+    return entry.fn(
         logits_fn,
         key,
         batch_size=batch_size,
@@ -118,9 +168,8 @@ def _masked_sample(logits_fn, key, sample_cfg, *, batch_size, length, mask_id, f
         mask_id=mask_id,
         num_steps=sample_cfg.steps,
         temperature=sample_cfg.temperature,
-        schedule=sample_cfg.schedule,
-        choice_temperature=sample_cfg.choice_temperature,
         forbidden_ids=forbidden_ids,
+        **{k: sample_cfg[k] for k in entry.options},  # only the keys this sampler reads
     )
 
 
@@ -132,6 +181,7 @@ def make_masked_image_generator(
     Samples the tokenizer's code ids (mask id = num_codes) and decodes them.
     """
     length = int(np.prod(latent_grid))
+    masked_sampler(sample_cfg)  # an unknown name fails here, not at the first call
 
     @partial(jax.jit, out_shardings=P())
     def generate(params, model_state, cond_ids, cond_mask, key):
@@ -168,6 +218,7 @@ def make_text_generator(
     code vectors). `forbidden_ids` are never emitted (a word vocabulary's unknown word). Decode
     the result with the experiment's caption tokenizer (`Experiment.text`).
     """
+    masked_sampler(sample_cfg)  # an unknown name fails here, not at the first call
 
     @partial(jax.jit, out_shardings=P())
     def generate(params, model_state, source, key):

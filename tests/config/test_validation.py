@@ -37,6 +37,13 @@ def _config(name):
         ("img2txt", "data.name", "moving_digits", "needs a dataset of images"),
         ("video2txt", "generator.diffusion.schedule", "cubic", "unknown masking schedule"),
         ("img2txt", "generator.model.cond_input", "pixels", "unknown condition input"),
+        (
+            "vqdit_img",
+            "generator.model.conditioning",
+            "concat",
+            r"unknown DiT conditioning 'concat' \(generator.model.conditioning\); available: "
+            "in_context, cross_attention, mmdit",
+        ),
         ("video2txt", "tokenizer.model.strides", ((2, 2, 2),), "tokenizer.model"),
         (
             "img2txt",
@@ -55,6 +62,8 @@ def _config(name):
         ("video2txt", "generator.model.cond_conv_kernel", (3, 3), "needs 3 sizes >= 1, one per"),
         ("img2txt", "generator.model.cond_conv", (8, 0), "cond_conv=.8, 0. needs widths >= 1"),
         ("img2txt", "generator.model.cond_conv_stride", (2, 2), "cond_conv_stride needs generat"),
+        ("img2txt", "generator.sample.sampler", "beam", "unknown sampler 'beam'.*threshold"),
+        ("vqdit_img", "generator.sample.guidance_interval", (0.6, 0.4), "0 <= lo < hi <= 1"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):
@@ -69,6 +78,16 @@ def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, v
     with pytest.raises(UserError, match=message) as err:
         build_experiment(config, str(tmp_path / "run"))
     assert "\n" not in str(err.value)
+
+
+def test_masked_sampler_options_are_checked_where_the_sampler_reads_them():
+    from crossmodal_jax.config import blocks
+    from crossmodal_jax.config.validation import check_masked_sampler
+
+    check_masked_sampler(blocks.sample("masked", threshold=0.0))  # maskgit reads no threshold
+    for sampler, key, value in [("threshold", "threshold", 0.0), ("semi_ar", "block_size", 0)]:
+        with pytest.raises(UserError, match=rf"generator.sample.{key}={value} must be"):
+            check_masked_sampler(blocks.sample("masked", sampler=sampler, **{key: value}))
 
 
 def test_impossible_combinations_are_named(tmp_path):
@@ -103,6 +122,30 @@ def test_config_diff_ignores_safe_keys_only():
     assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == [
         "tokenizer.model.num_codes: 256 -> 64"
     ]
+
+
+def test_a_workdir_of_an_earlier_version_gets_new_keys_at_their_defaults(tmp_path):
+    """A key added to a config block after a workdir was written (here a sampler option and a
+    model option) takes its default there: the workdir resumes and samples; a changed value of
+    an old key is still refused."""
+    config = vqdit_img.get_config()
+    old = json.loads(config.to_json_best_effort())
+    del old["generator"]["sample"]["guidance_interval"], old["generator"]["model"]["conditioning"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = workdir_lib.load_resolved_config(str(tmp_path))
+    assert tuple(loaded.generator.sample.guidance_interval) == (0.0, 1.0)
+    assert loaded.generator.model.conditioning == "in_context"
+    assert (
+        workdir_lib.config_diff(
+            workdir_lib.with_new_keys(old), json.loads(config.to_json_best_effort())
+        )
+        == []
+    )
+    (tmp_path / "tokenizer" / "checkpoints" / "6").mkdir(parents=True)
+    workdir_lib.check_workdir(config, str(tmp_path))
+    config.generator.model.depth += 1
+    with pytest.raises(UserError, match="generator.model.depth: 4 -> 5"):
+        workdir_lib.check_workdir(config, str(tmp_path))
 
 
 def test_workdir_with_checkpoints_but_no_config_json_is_refused(tmp_path):
