@@ -43,7 +43,9 @@ def masked_counts(length: int, num_steps: int, schedule: MaskSchedule | str) -> 
     s = make_mask_schedule(schedule) if isinstance(schedule, str) else schedule
     progress_K = np.arange(1, num_steps + 1, dtype=np.float64) / num_steps
     gamma_K = np.clip(np.asarray(s.alpha(progress_K), np.float64), 0.0, 1.0)
-    counts = np.floor(length * gamma_K).astype(np.int64)
+    # The 1e-9 keeps a whole count whole: 6 * (1 - 5/6) is 0.9999999999999998 in floats, which
+    # floored to 0 committed two tokens at the fifth of 6 steps and none at the last.
+    counts = np.floor(length * gamma_K + 1e-9).astype(np.int64)
     prev = length
     for k in range(num_steps):
         prev = counts[k] = max(min(counts[k], prev - 1), 0)

@@ -170,6 +170,13 @@ def test_masked_counts(kind, length, steps):
     assert np.all(counts <= np.floor(length * gamma + 1e-9))
 
 
+@pytest.mark.parametrize("length", range(1, 17))
+def test_linear_counts_commit_one_token_a_step_when_steps_equal_length(length):
+    # Floats once floored 6 * (1 - 5/6) to 0: two tokens at one step and none at the last.
+    counts = ms.masked_counts(length, length, "linear")
+    np.testing.assert_array_equal(counts, np.arange(length - 1, -1, -1))
+
+
 def test_masked_counts_follow_maskgit_gamma_when_not_capped():
     r = np.arange(1, 17) / 16
     np.testing.assert_array_equal(
