@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "smoke":
         blocks.text_task_smoke(c, num_examples=32)
+        # Computing the codes of every training source took 12 s of the smoke run; the precomputed
+        # path is tested in tests/stages/test_precomputed_codes.py.
+        c.generator.precompute_codes = False
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; available: smoke")
     return c
