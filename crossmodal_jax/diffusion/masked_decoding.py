@@ -32,11 +32,9 @@ from crossmodal_jax.diffusion import masked_samplers
 from crossmodal_jax.diffusion.masked import (
     LogitsFn,
     MaskSchedule,
-    flat_random,
     make_mask_schedule,
-    suppress_ids,
 )
-from crossmodal_jax.diffusion.masked_samplers import masked_counts
+from crossmodal_jax.diffusion.masked_samplers import masked_counts, step_candidates
 
 Array = jax.Array
 
@@ -44,24 +42,9 @@ Array = jax.Array
 def _candidates(
     logits_fn: LogitsFn, x_BxL: Array, key: Array, *, mask_id: int, banned, temperature: float
 ) -> tuple[Array, Array, Array]:
-    """(candidate ids, their log-probs, one spare Gumbel per position) for the current state.
-
-    The same draws in the same layout as MaskGIT's step, so a decoder that reduces to MaskGIT (no
-    remasking, a single block) gives exactly its samples for the same key.
-    """
-    n_masked_B = jnp.sum(x_BxL == mask_id, axis=1)
-    rate_B = n_masked_B.astype(jnp.float32) / x_BxL.shape[1]
-    logits_BxLxV = suppress_ids(logits_fn(x_BxL, rate_B), banned)
-    vocab = logits_BxLxV.shape[-1]
-    gumbel_BxLxV1 = flat_random(jax.random.gumbel, key, (*x_BxL.shape, vocab + 1))
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    if temperature == 0:
-        cand_BxL = jnp.argmax(logits_BxLxV, axis=-1)
-    else:
-        cand_BxL = jnp.argmax(logits_BxLxV / temperature + gumbel_BxLxV1[..., :-1], axis=-1)
-    cand_BxL = cand_BxL.astype(jnp.int32)
-    logp_BxL = jnp.take_along_axis(logp_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
-    return cand_BxL, logp_BxL, gumbel_BxLxV1[..., -1]
+    """MaskGIT's draws (masked_samplers.step_candidates) at the state's own masking rate."""
+    rate_B = jnp.sum(x_BxL == mask_id, axis=1).astype(jnp.float32) / x_BxL.shape[1]
+    return step_candidates(logits_fn, x_BxL, rate_B, key, banned=banned, temperature=temperature)
 
 
 def _top(score_BxL: Array, eligible_BxL: Array, k_B: Array) -> Array:

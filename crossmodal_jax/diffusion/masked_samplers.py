@@ -53,6 +53,28 @@ def masked_counts(length: int, num_steps: int, schedule: MaskSchedule | str) -> 
     return counts.astype(np.int32)
 
 
+def step_candidates(
+    logits_fn: LogitsFn, x_BxL: Array, rate_B: Array, key: Array, *, banned, temperature: float
+) -> tuple[Array, Array, Array]:
+    """One step's draws: (candidate ids, their log-probs, one spare Gumbel per position).
+
+    One flat Gumbel draw serves both the token choice (Gumbel-max = categorical sampling) and the
+    confidence noise (an extra slot per position): independent, cheap to compile. The decoders of
+    masked_decoding.py draw through this too, so one that reduces to MaskGIT gives its samples.
+    """
+    logits_BxLxV = suppress_ids(logits_fn(x_BxL, rate_B), banned)
+    vocab = logits_BxLxV.shape[-1]
+    gumbel_BxLxV1 = flat_random(jax.random.gumbel, key, (*x_BxL.shape, vocab + 1))
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    if temperature == 0:
+        cand_BxL = jnp.argmax(logits_BxLxV, axis=-1)
+    else:
+        cand_BxL = jnp.argmax(logits_BxLxV / temperature + gumbel_BxLxV1[..., :-1], axis=-1)
+    cand_BxL = cand_BxL.astype(jnp.int32)
+    logp_BxL = jnp.take_along_axis(logp_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
+    return cand_BxL, logp_BxL, gumbel_BxLxV1[..., -1]
+
+
 def sample(
     logits_fn: LogitsFn,
     key: Array,
@@ -83,19 +105,10 @@ def sample(
     def step(x_BxL: Array, xs: tuple[Array, Array, Array, Array]) -> tuple[Array, None]:
         n_before, n_after, progress, step_key = xs
         rate_B = jnp.full((batch_size,), n_before / length, jnp.float32)
-        logits_BxLxV = suppress_ids(logits_fn(x_BxL, rate_B), banned)
-        vocab = logits_BxLxV.shape[-1]
-        # One flat Gumbel draw serves both the token choice (Gumbel-max = categorical sampling)
-        # and the confidence noise (an extra slot per position): independent, cheap to compile.
-        gumbel_BxLxV1 = flat_random(jax.random.gumbel, step_key, (*x_BxL.shape, vocab + 1))
-        logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-        if temperature == 0:
-            cand_BxL = jnp.argmax(logits_BxLxV, axis=-1)
-        else:
-            cand_BxL = jnp.argmax(logits_BxLxV / temperature + gumbel_BxLxV1[..., :-1], axis=-1)
-        cand_BxL = cand_BxL.astype(jnp.int32)
-        conf_BxL = jnp.take_along_axis(logp_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
-        conf_BxL = conf_BxL + choice_temperature * (1.0 - progress) * gumbel_BxLxV1[..., -1]
+        cand_BxL, logp_BxL, noise_BxL = step_candidates(
+            logits_fn, x_BxL, rate_B, step_key, banned=banned, temperature=temperature
+        )
+        conf_BxL = logp_BxL + choice_temperature * (1.0 - progress) * noise_BxL
         is_masked_BxL = x_BxL == mask_id
         conf_BxL = jnp.where(is_masked_BxL, conf_BxL, jnp.inf)
         # Rank positions by confidence (0 = most confident; ties broken by position, stable) and
