@@ -246,8 +246,8 @@ def sample(process: str, **overrides) -> ml_collections.ConfigDict:
     c.steps = 50  # sampler steps (DDPM always uses all T; MaskGIT unmasks over this many)
     c.eta = 0.0  # DDIM eta: 0 = deterministic
     c.guidance = 4.0  # classifier-free guidance scale (1 = conditional only)
-    # Gaussian: guide only the steps at time (t + 1) / T in (lo, hi] (Kynkäänniemi et al. 2024),
-    # the conditional output elsewhere; (0.0, 1.0) = every step.
+    # Gaussian and flow: guide only the steps at time (t + 1) / T (flow: t) in (lo, hi]
+    # (Kynkäänniemi et al. 2024), the conditional output elsewhere; (0.0, 1.0) = every step.
     c.guidance_interval = (0.0, 1.0)
     c.snap_to_codebook = True  # Gaussian and flow: quantize sampled latents before decoding
     c.shift = 1.0  # flow: SD3's timestep shift of the ODE's time grid (> 1: more steps near noise)

@@ -12,21 +12,49 @@ from collections.abc import Callable
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from crossmodal_jax.diffusion import flow_samplers
+from crossmodal_jax.diffusion import flow_samplers, gaussian
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages.objectives import FLOW_TIME_SCALE
-from crossmodal_jax.stages.samplers import decode_latents, guided_dit_fn
+from crossmodal_jax.stages.samplers import cfg_pair_fn, decode_latents
 
 
-def flow_dit_fn(dit: DiT, params, cond_ids, cond_mask, scale: float) -> Callable:
-    """velocity_fn(x, t) for flow time t in [0, 1], with classifier-free guidance: the Gaussian
-    path's guided DiT call (one batched call for both branches), fed the DiT's timestep units."""
-    guided = guided_dit_fn(dit, params, cond_ids, cond_mask, scale)
-    return lambda x, t: guided(x, t * FLOW_TIME_SCALE)
+def flow_dit_fn(
+    dit: DiT,
+    params,
+    cond_ids,
+    cond_mask,
+    scale: float,
+    *,
+    interval: tuple[float, float] = gaussian.NO_GUIDANCE_INTERVAL,
+) -> Callable:
+    """velocity_fn(x, t) for flow time t f32[B] in [0, 1] (1 = noise), with classifier-free
+    guidance in one batched call for both branches, fed the DiT's timestep units. Guidance acts
+    only where lo < t <= hi for `interval` = (lo, hi) (Kynkäänniemi et al. 2024; as the Gaussian
+    chain's fractions of the way to noise); elsewhere the conditional velocity is used as is."""
+
+    def call(x, t, ids, mask):
+        return dit.apply({"params": params}, x, t * FLOW_TIME_SCALE, ids, mask)
+
+    if scale == 1.0:
+        return lambda x, t: call(x, t, cond_ids, cond_mask)
+    interval = tuple(float(v) for v in interval)
+    gaussian.check_guidance_interval(interval)
+    pair_fn = cfg_pair_fn(call, cond_ids, cond_mask)
+
+    def velocity_fn(x, t):
+        cond_v, uncond_v = pair_fn(x, t)
+        guided = gaussian.cfg_combine(cond_v, uncond_v, scale)
+        if interval == gaussian.NO_GUIDANCE_INTERVAL:
+            return guided
+        inside = (t > interval[0]) & (t <= interval[1])
+        return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), guided, cond_v)
+
+    return velocity_fn
 
 
 def make_flow_image_generator(
@@ -56,7 +84,14 @@ def make_flow_image_generator(
     @partial(jax.jit, out_shardings=P())  # replicated: every process can read the images
     def generate(params, model_state, cond_ids, cond_mask, key):
         x_1 = jax.random.normal(key, (cond_ids.shape[0], *latent_hwc))
-        velocity_fn = flow_dit_fn(dit, params, cond_ids, cond_mask, sample_cfg.guidance)
+        velocity_fn = flow_dit_fn(
+            dit,
+            params,
+            cond_ids,
+            cond_mask,
+            sample_cfg.guidance,
+            interval=tuple(sample_cfg.guidance_interval),
+        )
         z = solve(velocity_fn, x_1)
         return decode_latents(tokenizer, model_state, z, snap=sample_cfg.snap_to_codebook)
 

@@ -9,10 +9,13 @@ import pytest
 from cli_helpers import read_jsonl, run_cli
 from PIL import Image
 
+# configs/video2txt.py is not trained here: tests/cli/test_shapes_cli.py runs the same task (the
+# video2text generator, .gif and .npy clips of another size through the sample CLI) on
+# configs/shapes_v2t.py, and its smoke run cost ~90 s of a suite that must stay within 15 min.
+# Its config is still built and validated by tests/config.
 TEXT_CONFIGS = {
     "img2txt": "configs/img2txt.py:smoke",
     "speech2txt": "configs/speech2txt.py:smoke",
-    "video2txt": "configs/video2txt.py:smoke",
 }
 
 
@@ -53,7 +56,7 @@ def _write_inputs(kind: str, folder: str, data_dir: str) -> list[str]:
             rgb = np.stack([np.kron(img, np.ones((3, 3), np.uint8))] * 3, axis=-1)
             names.append(f"img_{2 - i}.png")
             Image.fromarray(rgb).save(os.path.join(folder, names[-1]))
-    elif kind == "speech2txt":  # 22.05 kHz int16 instead of 16 kHz
+    else:  # speech2txt: 22.05 kHz int16 instead of 16 kHz
         from scipy.io import wavfile
 
         for i in range(3):
@@ -61,14 +64,6 @@ def _write_inputs(kind: str, folder: str, data_dir: str) -> list[str]:
             wave = 0.3 * np.sin(2 * np.pi * 300 * t) * (1 + rng.standard_normal(t.shape) * 0.1)
             names.append(f"clip_{i}.wav")
             wavfile.write(os.path.join(folder, names[-1]), 22050, (wave * 32767).astype(np.int16))
-    else:  # 12 frames of 48x48: a .npy [T,H,W] and a .gif
-        test = data.load_arrays("moving_digits", "test", data_dir)
-        clip = np.kron(test["video"][0, :, :, :, 0], np.ones((1, 3, 2), np.uint8))[:, :48, :48]
-        clip = np.concatenate([clip, clip[:4]])
-        np.save(os.path.join(folder, "b.npy"), clip)
-        frames = [Image.fromarray(f) for f in clip]
-        frames[0].save(os.path.join(folder, "a.gif"), save_all=True, append_images=frames[1:])
-        names = ["b.npy", "a.gif"]
     open(os.path.join(folder, "notes.txt"), "w").write("not an input")  # ignored: wrong suffix
     return sorted(names)
 
@@ -88,7 +83,7 @@ def test_sample_cli_captions_a_folder_in_file_name_order(text_run, tmp_path, dat
 
 def test_sample_cli_names_a_broken_input_file(text_run, tmp_path):
     name, workdir = text_run
-    suffix = {"img2txt": ".png", "speech2txt": ".wav", "video2txt": ".gif"}[name]
+    suffix = {"img2txt": ".png", "speech2txt": ".wav"}[name]
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / f"broken{suffix}").write_bytes(b"not really a media file")

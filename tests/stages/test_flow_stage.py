@@ -18,7 +18,7 @@ from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages import generators
-from crossmodal_jax.stages.flow_sampler import make_flow_image_generator
+from crossmodal_jax.stages.flow_sampler import flow_dit_fn, make_flow_image_generator
 from crossmodal_jax.stages.objectives import TOKENIZER_CODES, flow_matching_objective
 from crossmodal_jax.training import sharding
 
@@ -96,3 +96,27 @@ def test_flow_objective_and_sampler_at_tiny_dimensions():
         again = np.asarray(generate(params, model_state, text, text_mask, key))
     assert out.shape == (8, 8, 8, 1) and np.all(np.isfinite(out)) and np.all(np.abs(out) <= 1.0)
     np.testing.assert_array_equal(out, again)  # the ODE is deterministic given x_1
+
+
+def test_flow_guidance_interval_guides_inside_and_is_conditional_outside():
+    """Flow time t in (lo, hi]: classifier-free guidance; elsewhere the conditional velocity."""
+    key = jax.random.key(1, impl="rbg")
+    dit = DiT(
+        input_size=(4, 4), in_channels=4, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+        cond_vocab_size=50, cond_len=3,
+    )  # fmt: skip
+    x = jax.random.normal(key, (4, 4, 4, 4))
+    ids, mask = jax.random.randint(key, (4, 3), 1, 50), jnp.ones((4, 3), jnp.int32)
+    params = nn.meta.unbox(dit.init(key, x[:1], jnp.zeros((1,)), ids[:1]))["params"]
+    flat, unravel = ravel_pytree(params)
+    params = unravel(flat + 0.1 * jax.random.normal(key, flat.shape))  # cond ≠ uncond
+    t = jnp.array([0.1, 0.3, 0.7, 1.0])  # outside, inside, inside, outside of (0.2, 0.8]
+    cond = flow_dit_fn(dit, params, ids, mask, 1.0)(x, t)
+    everywhere = flow_dit_fn(dit, params, ids, mask, 3.0)(x, t)
+    interval = flow_dit_fn(dit, params, ids, mask, 3.0, interval=(0.2, 0.8))(x, t)
+    assert not np.allclose(cond, everywhere, atol=1e-4)
+    inside = np.array([False, True, True, False])
+    np.testing.assert_allclose(interval[inside], everywhere[inside], atol=1e-5)
+    np.testing.assert_allclose(interval[~inside], cond[~inside], atol=1e-5)
+    with pytest.raises(ValueError, match="0 <= lo < hi <= 1"):
+        flow_dit_fn(dit, params, ids, mask, 3.0, interval=(0.8, 0.2))
