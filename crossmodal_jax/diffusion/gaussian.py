@@ -286,22 +286,25 @@ def guided_model_fn(
 ) -> ModelFn:
     """Turns `pair_fn(xt, t) -> (cond_out, uncond_out)` into a guided `model_fn(xt, t)`.
 
-    With an `interval` other than (0, 1) (which needs `num_timesteps`), steps outside it return
-    cond_out unguided. Both branches are still computed there (pair_fn is one batched call, and
-    t may differ across the batch); a sampler that wants to save them can branch on t itself.
+    With an `interval` other than (0, 1), steps outside it return cond_out unguided: t is a
+    timestep of a `num_timesteps` chain (in_guidance_interval), or with num_timesteps=None a
+    continuous time in [0, 1] (flow time, 1 = noise) guided when lo < t <= hi. Both branches are
+    still computed there (pair_fn is one batched call, and t may differ across the batch); a
+    sampler that wants to save them can branch on t itself.
     """
     interval = tuple(float(v) for v in interval)
     check_guidance_interval(interval)
     everywhere = interval == NO_GUIDANCE_INTERVAL
-    if not everywhere and num_timesteps is None:
-        raise ValueError("a guidance interval needs num_timesteps")
 
     def model_fn(xt: Array, t: Array) -> Array:
         cond_out, uncond_out = pair_fn(xt, t)
         guided = cfg_combine(cond_out, uncond_out, scale)
         if everywhere:  # today's behaviour, bit for bit
             return guided
-        inside = in_guidance_interval(t, num_timesteps, interval)
+        if num_timesteps is None:
+            inside = (t > interval[0]) & (t <= interval[1])
+        else:
+            inside = in_guidance_interval(t, num_timesteps, interval)
         return jnp.where(inside.reshape((-1,) + (1,) * (xt.ndim - 1)), guided, cond_out)
 
     return model_fn

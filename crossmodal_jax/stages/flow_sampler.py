@@ -12,7 +12,6 @@ from collections.abc import Callable
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
@@ -42,19 +41,10 @@ def flow_dit_fn(
 
     if scale == 1.0:
         return lambda x, t: call(x, t, cond_ids, cond_mask)
-    interval = tuple(float(v) for v in interval)
-    gaussian.check_guidance_interval(interval)
-    pair_fn = cfg_pair_fn(call, cond_ids, cond_mask)
-
-    def velocity_fn(x, t):
-        cond_v, uncond_v = pair_fn(x, t)
-        guided = gaussian.cfg_combine(cond_v, uncond_v, scale)
-        if interval == gaussian.NO_GUIDANCE_INTERVAL:
-            return guided
-        inside = (t > interval[0]) & (t <= interval[1])
-        return jnp.where(inside.reshape((-1,) + (1,) * (x.ndim - 1)), guided, cond_v)
-
-    return velocity_fn
+    # num_timesteps=None: the interval is tested on the flow time t itself.
+    return gaussian.guided_model_fn(
+        cfg_pair_fn(call, cond_ids, cond_mask), scale, interval=tuple(interval)
+    )
 
 
 def make_flow_image_generator(
