@@ -40,8 +40,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Stage 2: DiT over caption words, masked diffusion, attending to the 64 image codes grouped
     # 2x2 into 16 tokens (cond_patch).
+    # Decoded by confidence-threshold parallel decoding in at most 6 steps for the 8 tokens: 4.3
+    # model calls a caption on average, at MaskGIT's 8-step exact match (95.3 %; results.md).
     c.generator = blocks.text_generator(
-        c.data.text_max_len, steps=5000, ema_decay=0.999, warmup_steps=200, images_every=1000
+        c.data.text_max_len,
+        sample_overrides=dict(sampler="threshold", steps=6),
+        steps=5000,
+        ema_decay=0.999,
+        warmup_steps=200,
+        images_every=1000,
     )
     c.generator.model.cond_patch = (2, 2)
     # The code vectors reach the adaLN vector through a GELU MLP rather than a linear map.

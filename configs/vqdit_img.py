@@ -43,8 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         process,
         model=dict(hidden_size=64, depth=4, num_heads=4),
         diffusion_overrides=dict(cond_drop=0.1),
-        # Flow's Heun calls the DiT twice a step: 25 steps cost DDIM's 50 model calls.
-        sample_overrides=dict(steps={"gaussian": 50, "masked": 16, "flow": 25}[process]),
+        # Gaussian: DPM-Solver++(2M) in 16 steps, guided only over the noisier 40 % of the chain,
+        # where the digit is decided: DDIM-50's accuracy at a third of its DiT calls, with more
+        # varied samples. Flow: Heun, 8 steps of 2 calls. (results.md, "The 2026 recipe".)
+        sample_overrides={
+            "gaussian": dict(sampler="dpmpp_2m", steps=16, guidance_interval=(0.6, 1.0)),
+            "masked": dict(steps=16),
+            "flow": dict(steps=8),
+        }[process],
         train_overrides=dict(
             steps=3000,
             batch_size=32,

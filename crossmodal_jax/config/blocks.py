@@ -316,15 +316,23 @@ def generator(
     return c
 
 
-def text_generator(text_max_len: int, **train_overrides) -> ml_collections.ConfigDict:
+def text_generator(
+    text_max_len: int, *, sample_overrides: dict | None = None, **train_overrides
+) -> ml_collections.ConfigDict:
     """The generator block of the X→text configs: a DiT writing caption tokens by masked
-    diffusion, MaskGIT-style (sine masking, plain mean CE), one token a step, most confident
-    first (docs/results.md says why)."""
+    diffusion, MaskGIT-style (sine masking, plain mean CE), by default one token a step, most
+    confident first (docs/results.md says why); `sample_overrides` choose another decoding."""
     return generator(
         "masked",
         model=dict(hidden_size=96, depth=4, num_heads=4),
         diffusion_overrides=dict(schedule="sine", loss_weighting="masked_mean", cond_drop=0.0),
-        sample_overrides=dict(steps=text_max_len, schedule="linear", guidance=1.0, temperature=0.0),
+        sample_overrides={
+            "steps": text_max_len,
+            "schedule": "linear",
+            "guidance": 1.0,
+            "temperature": 0.0,
+            **(sample_overrides or {}),
+        },
         train_overrides={
             "batch_size": 32,
             "learning_rate": 1e-3,
