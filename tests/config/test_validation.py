@@ -90,6 +90,24 @@ def test_masked_sampler_options_are_checked_where_the_sampler_reads_them():
             check_masked_sampler(blocks.sample("masked", sampler=sampler, **{key: value}))
 
 
+def test_an_x_to_text_config_may_choose_its_decoding_over_the_block_defaults():
+    from configs import img2txt, speech2txt
+    from crossmodal_jax.config import blocks
+
+    sample = blocks.text_generator(8, sample_overrides=dict(sampler="threshold", steps=6)).sample
+    assert (sample.sampler, sample.steps, sample.schedule, sample.temperature) == (
+        "threshold",
+        6,
+        "linear",
+        0.0,
+    )
+    assert blocks.text_generator(8).sample.steps == 8  # the block's default: a token a step
+    for module in (img2txt, speech2txt):  # the measured configs decode in fewer steps than tokens
+        config = module.get_config()
+        assert config.generator.sample.sampler == "threshold"
+        assert config.generator.sample.steps < config.data.text_max_len
+
+
 def test_impossible_combinations_are_named(tmp_path):
     config = vqdit_img.get_config("smoke")
     config.data.data_dir = str(tmp_path / "data")
