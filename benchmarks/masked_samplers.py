@@ -3,14 +3,15 @@ confidence-threshold parallel decoding, ReMDM remasking and semi-autoregressive 
 
   python benchmarks/masked_samplers.py --workdir=runs/img2txt [--samplers=maskgit,threshold,remdm]
       [--steps=2,4,8] [--threshold=0.8,0.9,0.95] [--remask_cap=0.1] [--block_size=4]
-      [--num_examples=0]
+      [--num_examples=0] [--splits=test,novel]
 
-Scores the test split exactly like metrics.json (evaluate.caption_test_split) with the workdir's
-other sample settings. NFE is the model calls per caption: `steps` for maskgit and remdm,
-blocks x max(1, steps // blocks) for semi_ar, and for threshold (whose `steps` is only the most it
-may take) the mean of the calls each caption needed, measured by a second pass over the split
-(the same captions when the temperature is 0). Last line: one JSON object {"workdir", "caption_tokens",
-"rows": [{"sampler", "steps", "option", "nfe", <test metrics>, "seconds"}]}.
+Scores the test split (and any other of `--splits`) exactly like metrics.json
+(evaluate.caption_test_split) with the workdir's other sample settings. NFE is the model calls per
+caption: `steps` for maskgit and remdm, blocks x max(1, steps // blocks) for semi_ar, and for
+threshold (whose `steps` is only the most it may take) the mean of the calls each test caption
+needed, measured by a second pass over the test split (the same captions when the temperature is
+0). Last line: one JSON object {"workdir", "caption_tokens", "rows": [{"sampler", "steps",
+"option", "nfe", <metrics of each split>, "seconds"}]}.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ _STEPS = flags.DEFINE_list("steps", ["2", "4", "8"], "Step counts (threshold: th
 _THRESHOLD = flags.DEFINE_list("threshold", ["0.8", "0.9", "0.95"], "threshold: confidences.")
 _REMASK_CAP = flags.DEFINE_list("remask_cap", ["0.1"], "remdm: eta_cap values.")
 _BLOCK_SIZE = flags.DEFINE_list("block_size", ["4"], "semi_ar: block sizes.")
-_NUM = flags.DEFINE_integer("num_examples", 0, "Test examples (0 = the whole split).")
+_NUM = flags.DEFINE_integer("num_examples", 0, "Examples a split (0 = the whole split).")
+_SPLITS = flags.DEFINE_list(
+    "splits", ["test"], "Splits scored, e.g. test,novel (the shapes world)."
+)
 
 # The option each sampler sweeps besides the steps: (config key, flag).
 _OPTIONS = {"threshold": ("threshold", _THRESHOLD), "remdm": ("remask_cap", _REMASK_CAP)}
@@ -112,7 +116,9 @@ def main(argv) -> None:
                     sample_cfg.update(sampler=name, steps=steps, **({key: option} if key else {}))
                     sampler(exp, rebuild=True)  # built (and jitted) per setting
                     t0 = time.perf_counter()
-                    metrics, _, _ = evaluate.caption_test_split(exp, state)
+                    metrics = {}
+                    for split in _SPLITS.value:
+                        metrics.update(evaluate.caption_test_split(exp, state, split)[0])
                     seconds = time.perf_counter() - t0  # compile included
                     row = {
                         "sampler": name,

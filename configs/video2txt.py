@@ -53,7 +53,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 8x8x8 features, grouped 8x2x2, are its 16 condition tokens. The codes are computed once
     # before training (precompute_codes); each clip's code grid is moved by up to 1 code (1
     # pooled pixel) in H and W.
-    c.generator = blocks.text_generator(c.data.text_max_len, steps=3500, ema_decay=0.998)
+    # Decoded by confidence-threshold parallel decoding in at most 3 steps for the 6 tokens: 1.09
+    # model calls a caption on average, at MaskGIT's 6-step exact match (92.2 %; results.md).
+    c.generator = blocks.text_generator(
+        c.data.text_max_len,
+        sample_overrides=dict(sampler="threshold", steps=3),
+        steps=3500,
+        ema_decay=0.998,
+    )
     c.generator.model.cond_conv = (32, 64)
     c.generator.model.cond_conv_kernel = (3, 3, 3)
     c.generator.model.cond_conv_stride = (1, 2, 2)
