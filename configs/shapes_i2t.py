@@ -37,8 +37,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Stage 2: DiT over caption words, masked diffusion, attending to the 64 codes grouped 2×2
     # into 16 tokens (cond_patch). 20,000 scenes need no augmentation (a shift would move an
     # object across the position grid); the codes are computed once (precompute_codes).
+    # Decoded by confidence-threshold parallel decoding in at most 5 steps for the 9 tokens: 1.07
+    # model calls a caption, exact match 97.9 % / 64.9 % (test / novel) against MaskGIT-9's
+    # 97.9 % / 64.4 % (results.md).
     c.generator = blocks.text_generator(
-        c.data.text_max_len, steps=3000, batch_size=64, ema_decay=0.998, images_every=1500
+        c.data.text_max_len,
+        sample_overrides=dict(sampler="threshold", steps=5),
+        steps=3000,
+        batch_size=64,
+        ema_decay=0.998,
+        images_every=1500,
     )
     c.generator.model.cond_patch = (2, 2)
     c.generator.model.cond_pool_hidden = 256
