@@ -6,6 +6,8 @@ Masked (discrete) diffusion over the VQ ids instead of Gaussian diffusion over t
   python -m crossmodal_jax.main --config=configs/vqdit_img.py:masked --workdir=runs/vqdit_img_masked
 Rectified flow over the same latents instead (velocity target, Heun ODE sampler):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py:flow --workdir=runs/vqdit_img_flow
+Another quantizer (fsq | lfq | rvq | rotation: blocks.QUANTIZER_VARIANTS), with any process:
+  python -m crossmodal_jax.main --config=configs/vqdit_img.py:fsq --workdir=runs/vqdit_img_fsq
 Smoke variant for tests (seconds):
   python -m crossmodal_jax.main --config=configs/vqdit_img.py:smoke --workdir=/tmp/smoke
 Override any field from the command line, e.g. --config.generator.train.steps=100.
@@ -66,6 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         prompts=("the digit zero", "the digit three", "a handwritten seven", "the digit nine")
     )
 
+    variants = blocks.quantizer_variant(c.tokenizer.model, variants)
+
     if "smoke" in variants:
         c.tokenizer.model.channels = 16
         c.tokenizer.model.num_codes = 32
@@ -78,7 +82,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         blocks.smoke_train(c.generator)
     unknown = set(variants) - {"", "smoke", "masked", "flow"}
     if unknown:
-        raise ValueError(
-            f"unknown config variant {sorted(unknown)}; available: smoke, masked, flow"
-        )
+        choices = ", ".join(["smoke", "masked", "flow", *blocks.QUANTIZER_VARIANTS])
+        raise ValueError(f"unknown config variant {sorted(unknown)}; available: {choices}")
     return c

@@ -20,7 +20,8 @@ from crossmodal_jax.data import catalog, pipeline
 from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.data.modalities import MODALITIES, Modality
 from crossmodal_jax.errors import UserError
-from crossmodal_jax.models.vqvae import VQVAE, latent_shape
+from crossmodal_jax.models.quantizers import check_spec
+from crossmodal_jax.models.vqvae import VQVAE, latent_shape, vqvae_from_config
 from crossmodal_jax.training import sharding
 from crossmodal_jax.training.stage import RunContext
 
@@ -59,14 +60,24 @@ class Experiment:
         features = dataset.features(text.words)
         example = features.map(dataset.example_record())
         input_shape = tuple(np.asarray(example[task.continuous]).shape)
-        m = dict(config.tokenizer.model)
-        m["strides"] = tuple(tuple(s) for s in m["strides"])
+        m = config.tokenizer.model
         try:
-            grid = tuple(latent_shape(input_shape[:-1], m["channel_mult"], m["strides"]))
+            grid = tuple(latent_shape(input_shape[:-1], m.channel_mult, m.strides))
         except ValueError as e:
             raise UserError(f"tokenizer.model: {e}") from e
-        tokenizer = VQVAE(in_channels=input_shape[-1], spatial_dims=len(input_shape) - 1, **m)
+        problem = check_spec(config.tokenizer.model)
+        if problem:
+            raise UserError(f"tokenizer.model.{problem}")
+        tokenizer = vqvae_from_config(
+            m, in_channels=input_shape[-1], spatial_dims=len(input_shape) - 1
+        )
         return cls(config, ctx, task, dataset, text, features, input_shape, grid, tokenizer)
+
+    @property
+    def code_grid(self) -> tuple[int, ...]:
+        """Shape of one input's code ids: the latent grid, plus an axis of residual stages."""
+        depth = self.tokenizer.code_depth
+        return self.latent_grid if depth == 1 else (*self.latent_grid, depth)
 
     @property
     def modality(self) -> Modality:

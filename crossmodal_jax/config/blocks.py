@@ -150,11 +150,44 @@ def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
     c.lookup_dim = 0  # >0: look codes up in a learned low dim (0 = in code_dim)
     c.codebook_init = "random"  # "random" | "batch" | "kmeans++": first batch
     c.lookup_chunk_size = 0  # >0: argmin over codebook chunks (bounds memory)
+    # Which quantizer (models/quantizers.py): "vq" (EMA codebook, the keys above) | "fsq"
+    # (finite scalar: `levels`) | "lfq" (lookup-free: code_dim bits) | "rvq" (residual stages).
+    c.quantizer = "vq"
+    c.rotation_trick = False  # vq: gradient through the rotation onto the code (Fifty et al.)
+    c.levels = (8, 5, 5, 5)  # fsq: values per dimension (prod = 1000 codes; projected if needed)
+    c.entropy_weight = 0.1  # lfq: weight of per-sample minus codebook entropy
+    c.diversity_gamma = 1.0  # lfq: weight of the codebook entropy inside that term
+    c.inv_temperature = 100.0  # lfq: sharpness of q(code | z) in the entropy term
+    c.residual_quantizer = "vq"  # rvq: the quantizer of each stage ("vq" | "fsq" | "lfq")
+    c.residual_stages = 2  # rvq: stages, i.e. code ids per latent position
+    c.quantizer_dropout = 0.0  # rvq: probability that a step keeps only a random prefix of stages
     # VQGAN's self-attention block at the lowest resolution of encoder and decoder: every code
     # sees the whole input (many-object RGB scenes), at the cost of attention over the grid.
     c.mid_attention = False
     c.update(overrides)
     return c
+
+
+# Config variants choosing the quantizer (e.g. configs/vqdit_img.py:fsq), each at 8 bits a latent
+# position like the default 256-code VQ: FSQ's (8, 6, 5) grid has 240 codes (the FSQ paper's
+# choice for 2^8), LFQ 8 bits, residual VQ 2 stages of 16 codes.
+QUANTIZER_VARIANTS = {
+    "fsq": dict(quantizer="fsq", levels=(8, 6, 5)),
+    "lfq": dict(quantizer="lfq", code_dim=8),
+    "rvq": dict(quantizer="rvq", residual_quantizer="vq", residual_stages=2, num_codes=16),
+    "rotation": dict(rotation_trick=True),
+}
+
+
+def quantizer_variant(model: ml_collections.ConfigDict, variants: list[str]) -> list[str]:
+    """Apply the QUANTIZER_VARIANTS named in `variants` to a tokenizer.model block; returns the
+    variants left for the config to handle."""
+    chosen = [v for v in variants if v in QUANTIZER_VARIANTS]
+    if len(chosen) > 1:
+        raise ValueError(f"config variants {chosen} each choose the quantizer; choose one")
+    for name in chosen:
+        model.update(QUANTIZER_VARIANTS[name])
+    return [v for v in variants if v not in QUANTIZER_VARIANTS]
 
 
 def shapes_tokenizer(**model_overrides) -> ml_collections.ConfigDict:

@@ -15,6 +15,17 @@ from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages.objectives import psnr
 
 
+def ema_dead_codes(tok_vars: dict, threshold: float) -> float:
+    """Dead codes of every EMA codebook in the tokenizer (each residual stage's; 0 for FSQ and
+    LFQ, which have no codebook to die)."""
+    sizes = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tok_vars.get("vq_stats", {}))
+        if getattr(path[-1], "key", None) == "cluster_size"
+    ]
+    return float(sum(float(dead_code_count(s, threshold)) for s in sizes))
+
+
 def reconstruction_metrics(
     exp: Experiment, tok_vars: dict, split: str = "test"
 ) -> dict[str, float]:
@@ -37,18 +48,14 @@ def reconstruction_metrics(
         indices.append(np.asarray(idx).reshape(-1))
     mse = np.concatenate(mses)
     idx = jnp.asarray(np.concatenate(indices))
-    k = tokenizer.num_codes
+    k = tokenizer.vocab_size  # residual stages: the codes of all stages together
     return {
         f"{split}_psnr_db": float(np.mean(psnr(mse))),
         f"{split}_recon_mse": float(np.mean(mse)),
         f"{split}_codebook_usage": float(codebook_usage(idx, k)),
         f"{split}_codebook_perplexity": float(codebook_perplexity(idx, k)),
         # Codes the EMA considers dead (restart candidates) and codes no test latent uses.
-        "dead_codes": float(
-            dead_code_count(
-                tok_vars["vq_stats"]["quantizer"]["cluster_size"], tokenizer.dead_code_threshold
-            )
-        ),
+        "dead_codes": ema_dead_codes(tok_vars, tokenizer.dead_code_threshold),
         f"{split}_unused_codes": float(
             k - np.count_nonzero(np.bincount(np.asarray(idx), minlength=k))
         ),

@@ -35,6 +35,7 @@ from crossmodal_jax.models.vq_ops import (
     nearest_codes_chunked,
     perplexity_from_counts,
     restart_dead_codes,
+    rotation_trick,
     sample_rows,
     straight_through,
 )
@@ -73,6 +74,8 @@ class VectorQuantizer(nn.Module):
         the codebook [K, lookup_dim] lives in the low dim (ViT-VQGAN factorized codes).
       codebook_init: "random" (variance-scaled), or seed the codebook from the first train=True batch:
         "batch" (K distinct encodings) or "kmeans++" (D^2 seeding); key from the "vq" rng.
+      rotation_trick: the decoder's gradient reaches z through the rotation taking z onto its
+        code (Fifty et al. 2024; vq_ops.rotation_trick) instead of the straight-through identity.
       lookup_chunk_size: > 0 scans the codebook in chunks of this many codes (running argmin) so
         the lookup needs N * chunk * 4 B of distances instead of N * K * 4 B (see vq_ops).
     Distances and all statistics are float32 even when dtype is bfloat16.
@@ -88,7 +91,14 @@ class VectorQuantizer(nn.Module):
     lookup_dim: int = 0
     codebook_init: str = "random"
     lookup_chunk_size: int = 0
+    rotation_trick: bool = False
     dtype: jnp.dtype = jnp.float32
+
+    residual_gain = 1.0  # residual stages keep the scale: each learns its own codebook
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_codes
 
     @property
     def book_dim(self) -> int:
@@ -213,11 +223,13 @@ class VectorQuantizer(nn.Module):
 
         aux = {
             "indices": indices_N.reshape(lead_shape),
+            "loss": commitment,  # what the tokenizer's objective adds
             "commitment_loss": commitment,
             "codebook_usage": jnp.mean((counts_K > 0).astype(jnp.float32)),
             "perplexity": perplexity_from_counts(counts_K),
             "dead_codes": dead,
             "restarts": restarts,
         }
-        z_q_st = straight_through(z_l, z_q).reshape(*lead_shape, self.book_dim)
+        gradient_path = rotation_trick if self.rotation_trick else straight_through
+        z_q_st = gradient_path(z_l, z_q).reshape(*lead_shape, self.book_dim)
         return self._from_lookup_space(z_q_st).astype(z.dtype), aux

@@ -84,6 +84,32 @@ def straight_through(z: jax.Array, z_q: jax.Array) -> jax.Array:
     return z + jax.lax.stop_gradient(z_q - z)
 
 
+def rotation_trick(z: jax.Array, z_q: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Forward value z_q; gradient through the rotation-and-rescale taking z onto z_q.
+
+    Fifty et al. 2024 ("Restructuring vector quantization with the rotation trick", §4.2): with
+    u = z/|z|, q = z_q/|z_q| and w = (u + q)/|u + q|, all held constant, R = I - 2ww^T + 2qu^T is
+    the rotation with R u = q, and sg(|z_q|/|z|) R z = z_q. The decoder's gradient reaches z
+    rotated back into z's frame and rescaled, so it says where z lies inside its code's cell,
+    which the straight-through identity discards. The final straight-through keeps the forward
+    value bitwise z_q. Rows are the last axis; float32.
+    """
+    z = z.astype(jnp.float32)
+    q = z_q.astype(jnp.float32)
+    z_norm = jnp.sqrt(jnp.maximum(jnp.sum(z**2, axis=-1, keepdims=True), eps**2))
+    q_norm = jnp.sqrt(jnp.maximum(jnp.sum(q**2, axis=-1, keepdims=True), eps**2))
+    u = jax.lax.stop_gradient(z / z_norm)
+    q_hat = jax.lax.stop_gradient(q / q_norm)
+    w = jax.lax.stop_gradient(l2_normalize(u + q_hat, eps))
+    rotated = (
+        z
+        - 2.0 * jnp.sum(z * w, axis=-1, keepdims=True) * w
+        + 2.0 * jnp.sum(z * u, axis=-1, keepdims=True) * q_hat
+    )
+    rotated = rotated * jax.lax.stop_gradient(q_norm / z_norm)
+    return rotated + jax.lax.stop_gradient(q - rotated)
+
+
 def assignment_sums(
     z_NxD: jax.Array, indices_N: jax.Array, num_codes: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -210,6 +236,7 @@ def codebook_usage(indices: jax.Array, num_codes: int) -> jax.Array:
 
 
 def perplexity_from_counts(counts_K: jax.Array) -> jax.Array:
+    """exp(entropy) of the distribution the counts describe (1 .. K)."""
     p = counts_K / jnp.maximum(jnp.sum(counts_K), 1.0)
     # 0 * log 0 := 0; the where keeps log's argument positive.
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))

@@ -1,17 +1,17 @@
-"""Convolutional VQ-VAE over any number of spatial axes: encoder -> EMA quantizer -> mirror decoder.
+"""Convolutional VQ-VAE over any number of spatial axes: encoder -> quantizer -> mirror decoder.
 
 Inputs are channels-last: images [B, H, W, C], spectrograms as images [B, frames, mels, 1],
 videos [B, T, H, W, C] (3-D convs). One resolution per `channel_mult` entry and one downsampling
 between consecutive resolutions, with a per-level, per-axis stride (`strides`; default 2 on every
 axis). The decoder mirrors it with nearest-neighbour upsampling by the same factors + conv (no
-checkerboard artefacts of transposed convs). The codebook statistics live in the "vq_stats"
-collection (see vq.py).
+checkerboard artefacts of transposed convs). The quantizer is any entry of quantizers.py (EMA
+VQ by default, whose codebook statistics live in the "vq_stats" collection: see vq.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -19,7 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from crossmodal_jax.models.layers import SelfAttention, conv, group_norm
-from crossmodal_jax.models.vq import VectorQuantizer
+from crossmodal_jax.models.quantizers import (
+    SPEC_KEYS,
+    build_quantizer,
+    codes_per_position,
+    vocabulary_size,
+)
 from crossmodal_jax.training.sharding import BATCH, CONV_OUT
 
 Strides = tuple[tuple[int, ...], ...]
@@ -191,7 +196,8 @@ class Decoder(nn.Module):
 
 
 class VQVAE(nn.Module):
-    """VQ-VAE tokenizer. Inputs f32[B, *spatial, C] (in [-1, 1]) <-> ids i32[B, *latent_grid].
+    """VQ-VAE tokenizer. Inputs f32[B, *spatial, C] (in [-1, 1]) <-> ids i32[B, *latent_grid]
+    (i32[B, *latent_grid, N] with N residual stages: `code_depth`).
 
     `spatial_dims` spatial axes (2: images and spectrograms, 3: videos [B, T, H, W, C]);
     `strides` gives each downsampling level's stride per spatial axis, e.g. ((1, 2, 2), (2, 2, 2))
@@ -199,7 +205,10 @@ class VQVAE(nn.Module):
     cheap) or ((2, 2), (1, 2)) for a spectrogram; () means 2 on every axis.
     Variables: "params" (encoder/decoder) and "vq_stats" (codebook EMA state). Training applies
     with mutable=["vq_stats"] and rngs={"vq": key} (used by dead-code restarts and data seeding).
-    Codebook options (cosine, lookup_dim, codebook_init, lookup_chunk_size): see vq.py.
+    `quantizer_name` picks the quantizer ("vq" | "fsq" | "lfq" | "rvq"; quantizers.py); codebook
+    options (cosine, lookup_dim, codebook_init, lookup_chunk_size, rotation_trick): see vq.py;
+    levels: fsq.py; entropy_weight, diversity_gamma, inv_temperature: lfq.py; residual_*,
+    quantizer_dropout: rvq.py.
     """
 
     in_channels: int = 1
@@ -216,10 +225,34 @@ class VQVAE(nn.Module):
     lookup_dim: int = 0
     codebook_init: str = "random"
     lookup_chunk_size: int = 0
+    quantizer_name: str = "vq"  # config key tokenizer.model.quantizer
+    rotation_trick: bool = False
+    levels: tuple[int, ...] = ()
+    entropy_weight: float = 0.1
+    diversity_gamma: float = 1.0
+    inv_temperature: float = 100.0
+    residual_quantizer: str = "vq"
+    residual_stages: int = 2
+    quantizer_dropout: float = 0.0
     spatial_dims: int = 2
     strides: tuple[tuple[int, ...], ...] = ()
     mid_attention: bool = False  # VQGAN's self-attention block at the lowest resolution
     dtype: jnp.dtype = jnp.float32
+
+    @property
+    def quantizer_spec(self) -> dict[str, Any]:
+        spec = {k: getattr(self, k) for k in SPEC_KEYS if k != "quantizer"}
+        return {**spec, "quantizer": self.quantizer_name}
+
+    @property
+    def vocab_size(self) -> int:
+        """Range of the code ids (the masked process's vocabulary without its mask id)."""
+        return vocabulary_size(self.quantizer_spec)
+
+    @property
+    def code_depth(self) -> int:
+        """Code ids a latent position has (residual stages; 1 otherwise)."""
+        return codes_per_position(self.quantizer_spec)
 
     def setup(self):
         mult = tuple(self.channel_mult)
@@ -233,19 +266,7 @@ class VQVAE(nn.Module):
             mid_attention=self.mid_attention,
             dtype=self.dtype,
         )
-        self.quantizer = VectorQuantizer(
-            num_codes=self.num_codes,
-            code_dim=self.code_dim,
-            decay=self.decay,
-            epsilon=self.epsilon,
-            commitment_cost=self.commitment_cost,
-            dead_code_threshold=self.dead_code_threshold,
-            cosine=self.cosine,
-            lookup_dim=self.lookup_dim,
-            codebook_init=self.codebook_init,
-            lookup_chunk_size=self.lookup_chunk_size,
-            dtype=self.dtype,
-        )
+        self.quantizer = build_quantizer(self.quantizer_spec, self.dtype)
         self.decoder = Decoder(
             self.channels,
             mult,
@@ -297,3 +318,16 @@ class VQVAE(nn.Module):
         z_e = self.encode(x_BxSxC)
         z_q, aux = self.quantizer(z_e, train=train)
         return self.decoder(z_q), aux
+
+
+def vqvae_from_config(model_cfg: Mapping[str, Any], **fields: Any) -> VQVAE:
+    """The VQ-VAE a `tokenizer.model` config block describes (plus fields such as in_channels,
+    spatial_dims). The config's `quantizer` key is the module's `quantizer_name`: the name
+    `quantizer` belongs to the submodule, whose variables checkpoints store under it."""
+    m = dict(model_cfg)
+    m["strides"] = tuple(tuple(s) for s in m.get("strides", ()))
+    m["levels"] = tuple(m.get("levels", ()))
+    m["channel_mult"] = tuple(m.get("channel_mult", (1, 2)))
+    if "quantizer" in m:
+        m["quantizer_name"] = m.pop("quantizer")
+    return VQVAE(**m, **fields)

@@ -55,12 +55,12 @@ def build_dit(exp: Experiment) -> DiT:
 def build_token_dit(exp: Experiment) -> TokenDiT:
     """The DiT over token ids: caption tokens (X→text) or VQ ids (text→image, masked)."""
     m = exp.config.generator.model
-    num_codes = exp.config.tokenizer.model.num_codes
+    num_codes = exp.tokenizer.vocab_size
     grid = exp.latent_grid
     text_len = exp.config.data.text_max_len
     if exp.task.generates_text:
         sizes = dict(seq_len=text_len, vocab_size=exp.text.vocab_size)
-        cond = dict(cond_vocab_size=num_codes, cond_len=math.prod(grid))
+        cond = dict(cond_vocab_size=num_codes, cond_len=math.prod(exp.code_grid))
         if m.cond_input == "vectors":
             group = math.prod(m.cond_patch)  # () = 1: a code a token
             cond["cond_len"] = math.prod(condition_grid(m, grid)) // group
@@ -75,7 +75,7 @@ def build_token_dit(exp: Experiment) -> TokenDiT:
                 cond["cond_patch"] = tuple(m.cond_patch) or (1,) * len(grid)
                 cond["cond_feature_dim"] = exp.config.tokenizer.model.code_dim
     else:  # code ids + one extra id, the absorbing mask state
-        sizes = dict(seq_len=math.prod(grid), vocab_size=num_codes + 1)
+        sizes = dict(seq_len=math.prod(exp.code_grid), vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=exp.text.vocab_size, cond_len=text_len)
     return TokenDiT(
         mlp_ratio=m.mlp_ratio,

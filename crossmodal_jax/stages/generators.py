@@ -149,7 +149,7 @@ def masked_stage(exp: Experiment) -> StageSpec:
             augment = code_shift(TOKENIZER_CODES, gen.code_shift)
     else:
         target = vq_tokens(exp.tokenizer, exp.task.continuous)
-        condition, mask_id = text_tokens(), exp.tokenizer.num_codes
+        condition, mask_id = text_tokens(), exp.tokenizer.vocab_size
         summarize = summaries.image_summary(exp, sampler(exp))
     if gen.precompute_codes:
         make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
@@ -190,7 +190,7 @@ def masked_image_sampler(exp: Experiment) -> Callable:
         builders.build_token_dit(exp),
         exp.tokenizer,
         exp.config.generator.sample,
-        latent_grid=exp.latent_grid,
+        code_grid=exp.code_grid,
     )
 
 

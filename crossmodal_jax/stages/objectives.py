@@ -31,7 +31,9 @@ def psnr(mse: jax.Array | np.ndarray, value_range: float = 2.0) -> jax.Array | n
 
 
 def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
-    """Reconstruction MSE + commitment; the codebook learns by EMA (in `vq_stats`), not by gradient."""
+    """Reconstruction MSE + the quantizer's own loss (aux["loss"]: VQ's commitment, LFQ's entropy
+    terms, ...); an EMA codebook learns in `vq_stats`, not by gradient. Every scalar the
+    quantizer reports (its health and loss terms) is logged under its own name."""
 
     def loss_fn(params, model_state, batch, key):
         x = batch[data_key]
@@ -40,15 +42,11 @@ def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
         )
         mse_per_example = jnp.mean(jnp.square(x_rec - x).reshape(x.shape[0], -1), axis=-1)
         recon = jnp.mean(mse_per_example)
-        loss = recon + aux["commitment_loss"]
+        loss = recon + aux["loss"]
         metrics = {
             "recon_mse": recon,
             "psnr": jnp.mean(psnr(mse_per_example)),
-            "commitment_loss": aux["commitment_loss"],
-            "codebook_usage": aux["codebook_usage"],
-            "perplexity": aux["perplexity"],
-            "dead_codes": aux["dead_codes"],
-            "restarts": aux["restarts"],
+            **{k: v for k, v in aux.items() if k not in ("indices", "loss")},
         }
         return loss, ({**model_state, **new_vars}, metrics)
 

@@ -174,13 +174,13 @@ def _masked_sample(logits_fn, key, sample_cfg, *, batch_size, length, mask_id, f
 
 
 def make_masked_image_generator(
-    dit: nn.Module, tokenizer: VQVAE, sample_cfg: ml_collections.ConfigDict, *, latent_grid
+    dit: nn.Module, tokenizer: VQVAE, sample_cfg: ml_collections.ConfigDict, *, code_grid
 ) -> Callable:
     """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1].
 
-    Samples the tokenizer's code ids (mask id = num_codes) and decodes them.
+    Samples the tokenizer's code ids (`code_grid` of them; mask id = vocab_size) and decodes them.
     """
-    length = int(np.prod(latent_grid))
+    length = int(np.prod(code_grid))
     masked_sampler(sample_cfg)  # an unknown name fails here, not at the first call
 
     @partial(jax.jit, out_shardings=P())
@@ -192,10 +192,10 @@ def make_masked_image_generator(
             sample_cfg,
             batch_size=cond_ids.shape[0],
             length=length,
-            mask_id=tokenizer.num_codes,
+            mask_id=tokenizer.vocab_size,
             forbidden_ids=None,
         )
-        ids = ids.reshape(ids.shape[0], *latent_grid)
+        ids = ids.reshape(ids.shape[0], *code_grid)
         images = tokenizer.apply(model_state["tokenizer"], ids, method=VQVAE.decode_indices)
         return jnp.clip(images, -1.0, 1.0)
 

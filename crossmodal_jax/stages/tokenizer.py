@@ -62,4 +62,4 @@ def tokenizer_variables(exp: Experiment) -> dict:
                 f"the tokenizer in {os.path.join(exp.ctx.workdir, NAME)} is trained to step "
                 f"{int(state.step)} of {steps}; add 'tokenizer' to config.stages to finish it"
             )
-    return {"params": state.params, "vq_stats": state.model_state["vq_stats"]}
+    return {"params": state.params, **state.model_state}  # "vq_stats" of an EMA codebook

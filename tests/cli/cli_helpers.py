@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Fake CPU devices of a CLI run: data-parallel (8-device sharding: tests/training/test_step.py).
@@ -28,3 +31,21 @@ def run_cli(module, *args, timeout=600):
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+def check_quantizer_run(workdir: str, quantizer: str) -> None:
+    """A finished smoke run of a quantizer variant: its metrics, logs and sample grid."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["tokenizer"]["model"]["quantizer"] == quantizer
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert 0 < metrics["test_codebook_usage"] <= 1 and np.isfinite(metrics["test_psnr_db"])
+    assert np.isfinite(metrics["test_classifier_fd"])
+    rows = read_jsonl(os.path.join(workdir, "tokenizer", "metrics.jsonl"))
+    assert all(np.isfinite(r["loss"]) and "perplexity" in r for r in rows if "loss" in r)
+    if quantizer == "lfq":  # its own terms reach the logs
+        assert any("entropy_loss" in r for r in rows)
+    # main's evaluation sampled the generator: 20 images a digit were judged, and a grid drawn.
+    assert 0 <= metrics["sample_digit_accuracy"] <= 1
+    grid = np.asarray(Image.open(os.path.join(workdir, "samples.png")))
+    assert grid.ndim >= 2 and grid.std() > 0

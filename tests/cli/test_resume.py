@@ -20,7 +20,10 @@ def main_cmd(workdir, data_dir, steps=40):
         sys.executable,
         "-m",
         "crossmodal_jax.main",
-        "--config=configs/vqdit_img.py:smoke",
+        # A residual-VQ tokenizer with quantizer dropout: two EMA codebooks and a random
+        # number of stages each step must all come back as they were.
+        "--config=configs/vqdit_img.py:smoke,rvq",
+        "--config.tokenizer.model.quantizer_dropout=0.5",
         f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
         "--config.stages=('tokenizer',)",
@@ -94,6 +97,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     ref_state, cut_state = (final_checkpoint(d) for d in (ref_dir, cut_dir))
     assert jax.tree.structure(ref_state) == jax.tree.structure(cut_state)
     jax.tree.map(np.testing.assert_array_equal, ref_state, cut_state)
+    assert "stages_1" in ref_state["model_state"]["vq_stats"]["quantizer"]
+    active = [r["active_stages"] for r in rows_by_step(ref_dir).values() if "active_stages" in r]
+    assert 1.0 in active and 2.0 in active  # the dropout fired on some steps, not on others
     ema, params = (jax.tree.leaves(ref_state[k]) for k in ("ema_params", "params"))
     assert any(not np.array_equal(e, p) for e, p in zip(ema, params, strict=True))  # a real EMA
     assert final_data_state(ref_dir) == final_data_state(cut_dir)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_helpers import read_jsonl, run_cli
+from cli_helpers import check_quantizer_run, read_jsonl, run_cli
 from PIL import Image
 
 # configs/video2txt.py is not trained here: tests/cli/test_shapes_cli.py runs the same task (the
@@ -95,17 +95,11 @@ def test_sample_cli_names_a_broken_input_file(text_run, tmp_path):
     assert not out.exists()
 
 
-def test_masked_text_to_image_runs_and_samples(tmp_path, data_dir):
-    workdir = str(tmp_path / "run")
-    result = run_cli(
-        "main",
-        "--config=configs/vqdit_img.py:smoke,masked",
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-    assert 0.0 <= metrics["sample_digit_accuracy"] <= 1.0
+def test_masked_text_to_image_over_residual_vq_ids_runs_and_samples(smoke_workdir, tmp_path):
+    # Residual VQ's two ids a latent position: the masked process generates 32 ids for a 4x4
+    # grid, and the tokenizer decodes their summed codes (FSQ and LFQ: test_quantizers_cli.py).
+    workdir, _, _ = smoke_workdir("configs/vqdit_img.py:smoke,rvq,masked")
+    check_quantizer_run(workdir, "rvq")
     rows = read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))
     assert all("masked_accuracy" in r for r in rows)
     prompts = tmp_path / "prompts.txt"

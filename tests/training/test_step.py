@@ -13,7 +13,7 @@ from configs import vqdit_img
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.models.dit import DiT
-from crossmodal_jax.models.vqvae import VQVAE
+from crossmodal_jax.models.vqvae import vqvae_from_config
 from crossmodal_jax.stages.objectives import gaussian_diffusion_objective, vqvae_objective
 from crossmodal_jax.training import sharding
 from crossmodal_jax.training.loop import compile_step
@@ -97,7 +97,7 @@ MESHES = {
 
 def _tokenizer_spec():
     config = _tiny_config()
-    model = VQVAE(in_channels=1, **config.tokenizer.model)
+    model = vqvae_from_config(config.tokenizer.model, in_channels=1)
     return StageSpec(
         name="tokenizer",
         train_cfg=config.tokenizer.train,
@@ -133,7 +133,7 @@ def test_sharded_tokenizer_step_equals_one_device(mesh_name):
 
 def test_sharded_generator_step_equals_one_device():
     config = _tiny_config()
-    tokenizer = VQVAE(in_channels=1, **config.tokenizer.model)
+    tokenizer = vqvae_from_config(config.tokenizer.model, in_channels=1)
     tok_vars = tokenizer.init(
         {"params": jax.random.key(3), "vq": jax.random.key(4)}, jnp.zeros((1, 8, 8, 1)), train=False
     )
