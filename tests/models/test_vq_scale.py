@@ -209,3 +209,17 @@ def test_lookup_dim_projects_and_keeps_code_dim_interface():
     jac = jax.jit(jax.jacrev(loss))(variables["params"])
     assert float(jnp.abs(jac[0]["proj_up"]["kernel"]).sum()) > 0
     assert float(jnp.abs(jac[1]["proj_down"]["kernel"]).sum()) > 0
+
+
+@pytest.mark.parametrize("k", [7, 256, 300])  # both sides of SMALL_CODEBOOK
+def test_nearest_code_equals_the_reference_lookup_with_ties_to_the_lowest_index(k):
+    from crossmodal_jax.models.vq_ops import nearest_code
+
+    z = jax.random.normal(jax.random.key(0), (50, 3))
+    codebook = jax.random.normal(jax.random.key(1), (k, 3))
+    codebook = codebook.at[k - 1].set(codebook[2])  # a duplicate code: the lower index wins
+    want_idx, dist = nearest_codes(z, codebook)
+    idx, best = nearest_code(z, codebook)
+    np.testing.assert_array_equal(np.asarray(idx), np.asarray(want_idx))
+    assert int(jnp.sum(idx == k - 1)) == 0
+    np.testing.assert_allclose(np.asarray(best), np.min(np.asarray(dist), axis=1), atol=1e-5)
