@@ -9,6 +9,7 @@ Draw a prompt file (one caption a line; words of the shapes world's vocabulary):
   python -m crossmodal_jax.sample --workdir=runs/shapes_t2i --input=prompts.txt --output=OUT
 Masked diffusion over the code ids (:masked), or rectified flow over the latents (:flow):
   python -m crossmodal_jax.main --config=configs/shapes_t2i.py:flow --workdir=runs/shapes_t2i_flow
+Another quantizer (fsq | lfq | rvq | rotation: blocks.QUANTIZER_VARIANTS), e.g. :fsq or :masked,rvq.
 Smoke variant for tests (seconds): --config=configs/shapes_t2i.py:smoke
 """
 
@@ -88,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_examples=1000,
     )
 
+    variants = blocks.quantizer_variant(c.tokenizer.model, variants)
+
     if "smoke" in variants:
         c.tokenizer.model.update(channels=8, num_codes=32)
         c.generator.model.update(hidden_size=32, depth=1, num_heads=2)
@@ -102,7 +105,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.generator.precompute_codes = False
     unknown = set(variants) - {"", "smoke", "masked", "flow"}
     if unknown:
-        raise ValueError(
-            f"unknown config variant {sorted(unknown)}; available: smoke, masked, flow"
-        )
+        choices = ", ".join(["smoke", "masked", "flow", *blocks.QUANTIZER_VARIANTS])
+        raise ValueError(f"unknown config variant {sorted(unknown)}; available: {choices}")
     return c

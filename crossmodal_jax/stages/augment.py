@@ -130,13 +130,16 @@ def compose(*augments: Augment | None) -> Augment | None:
 
 
 def code_shift(codes_key: str, max_shift: Sequence[int]):
-    """Like `source_shift`, for a grid of precomputed code ids `batch[codes_key]` [B, *grid]:
-    offsets in codes, uncovered positions repeat the edge code. None when every max_shift is 0."""
+    """Like `source_shift`, for a grid of precomputed code ids `batch[codes_key]` [B, *grid] (or
+    [B, *grid, N] with N residual stages, moved together): offsets in codes, uncovered positions
+    repeat the edge code. None when every max_shift is 0."""
     if not any(max_shift):
         return None
 
     def augment(batch: Batch, key: jax.Array) -> Batch:
-        ids = batch[codes_key][..., None]
-        return {**batch, codes_key: random_shift(ids, key, max_shift, None)[..., 0]}
+        ids = batch[codes_key]
+        one_id = ids.ndim == len(max_shift) + 1  # no stage axis: add one as the channels
+        shifted = random_shift(ids[..., None] if one_id else ids, key, max_shift, None)
+        return {**batch, codes_key: shifted[..., 0] if one_id else shifted}
 
     return augment

@@ -126,3 +126,21 @@ def test_random_affine_warps_every_frame_of_a_clip_alike_and_composes():
     k1, k2 = jax.random.split(jax.random.key(2))
     expected = random_affine(shift(batch, k1)["image"], k2, 20.0, 0.2, -1.0)
     np.testing.assert_allclose(out, expected)
+
+
+def test_code_shift_moves_every_residual_stage_of_a_position_together():
+    ids = np.asarray(jax.random.randint(jax.random.key(2), (8, 5, 4, 3), 0, 16), np.int32)
+    out = code_shift("source_codes", (2, 1))({"source_codes": jnp.asarray(ids)}, jax.random.key(3))
+    got = np.asarray(out["source_codes"])
+    assert got.shape == ids.shape
+    for i in range(8):  # one offset per example, the same for its three stages
+        per_stage = [
+            {
+                (a, b)
+                for a in range(-2, 3)
+                for b in range(-1, 2)
+                if np.array_equal(got[i, ..., s], _edge_shifted(ids[i, ..., s], (a, b)))
+            }
+            for s in range(3)
+        ]
+        assert set.intersection(*per_stage), i
