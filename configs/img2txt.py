@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.train = blocks.train(
         steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=500
     )
+    c.tokenizer.adversarial = blocks.adversarial()  # off (weight 0)
 
     # Stage 2: DiT over caption words, masked diffusion, attending to the 64 image codes grouped
     # 2x2 into 16 tokens (cond_patch).

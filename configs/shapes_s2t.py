@@ -44,11 +44,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.train = blocks.train(
         steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
+    c.tokenizer.adversarial = blocks.adversarial()  # off (weight 0)
 
     # Stage 2: DiT over transcript words, masked diffusion, attending to the 112 audio codes
     # grouped into 28 tokens, one per time step (cond_patch); codes computed once, the grid moved
     # by up to 1 time step (128 ms).
-    c.generator = blocks.text_generator(c.data.text_max_len, steps=3000, ema_decay=0.998)
+    # Decoded by confidence-threshold parallel decoding in at most 3 steps for the 9 tokens: 1.25
+    # DiT calls a caption, test/novel exact match 87.6 % / 69.8 % against MaskGIT-9's 87.4 % /
+    # 69.2 % (results.md, "The 2026 recipe side by side").
+    c.generator = blocks.text_generator(
+        c.data.text_max_len,
+        steps=3000,
+        ema_decay=0.998,
+        sample_overrides=dict(sampler="threshold", steps=3),
+    )
     c.generator.model.cond_patch = (1, 4)
     c.generator.precompute_codes = True
     c.generator.code_shift = (1, 0)

@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.train = blocks.train(
         steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
+    c.tokenizer.adversarial = blocks.adversarial()  # off (weight 0)
 
     # Stage 2: DiT over caption words reading the clip's codes through a (2+1)-D conv stem
     # (models/condition_stem.py), as configs/video2txt.py; codes computed once, the grid moved by

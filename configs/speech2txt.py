@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.train = blocks.train(
         steps=500, batch_size=16, learning_rate=2e-3, warmup_steps=50, images_every=250
     )
+    c.tokenizer.adversarial = blocks.adversarial()  # off (weight 0)
 
     # Stage 2: DiT over transcript words, masked diffusion, attending to the 80 audio codes grouped
     # into 20 tokens, one per time step (cond_patch). The codes are computed once before training

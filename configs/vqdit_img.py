@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.train = blocks.train(
         steps=2000, batch_size=32, learning_rate=2e-3, warmup_steps=100, images_every=1000
     )
+    c.tokenizer.adversarial = blocks.adversarial()  # off (weight 0)
 
     # Stage 2: DiT over the (quantized) latents or their ids, conditioned on the caption bytes.
     c.generator = blocks.generator(

@@ -190,6 +190,17 @@ def quantizer_variant(model: ml_collections.ConfigDict, variants: list[str]) -> 
     return [v for v in variants if v not in QUANTIZER_VARIANTS]
 
 
+def adversarial(**overrides) -> ml_collections.ConfigDict:
+    """VQGAN's adversarial term for the tokenizer stage (stages/adversarial.py): off at weight 0."""
+    c = ml_collections.ConfigDict()
+    c.weight = 0.0  # > 0: weight of the hinge generator loss (times the adaptive weight)
+    c.start_step = 0  # tokenizer step from which both players train (VQGAN: once recon is good)
+    c.channels = 32  # PatchGAN discriminator: width of its first conv
+    c.layers = 2  # its stride-2 convs (patch logits at 1/2^layers of the input's resolution)
+    c.update(overrides)
+    return c
+
+
 def shapes_tokenizer(**model_overrides) -> ml_collections.ConfigDict:
     """The tokenizer stage of the shapes world's 32×32 RGB scenes (text→image and image→text): a
     VQ-VAE with two downsamplings to an 8×8 grid of codes and VQGAN's self-attention block at that
@@ -204,6 +215,7 @@ def shapes_tokenizer(**model_overrides) -> ml_collections.ConfigDict:
         **model_overrides,
     )
     c.train = train(steps=800, batch_size=32, learning_rate=2e-3, warmup_steps=50, images_every=400)
+    c.adversarial = adversarial()
     return c
 
 

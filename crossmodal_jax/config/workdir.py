@@ -50,6 +50,7 @@ def _block_defaults(config: dict) -> dict:
             out[name] = {
                 "model": blocks.tokenizer_model().to_dict(),
                 "train": blocks.train().to_dict(),
+                "adversarial": blocks.adversarial().to_dict(),
             }
     return out
 

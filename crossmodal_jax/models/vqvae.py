@@ -162,6 +162,14 @@ def upsample_nearest(x_BxSxC: jax.Array, factors: Sequence[int]) -> jax.Array:
     return x_BxSxC
 
 
+def output_conv(
+    out_channels: int, ndim: int, dtype: jnp.dtype = jnp.float32, name: str | None = None
+) -> nn.Module:
+    """The decoder's last layer; unbound, applied to the "conv_out" params and the sown
+    `last_features` it recomputes the reconstruction (stages/adversarial.py)."""
+    return conv(out_channels, 3, ndim=ndim, dtype=dtype, name=name)
+
+
 class Decoder(nn.Module):
     """z_q [B, *latent_grid, D] -> [B, *spatial, out_channels]; mirrors Encoder's strides."""
 
@@ -191,7 +199,10 @@ class Decoder(nn.Module):
                 h = conv(width, 3, ndim=nd, dtype=self.dtype, name=f"up{level}_upsample")(h)
                 h = nn.with_logical_constraint(h, act_axes(nd))
         h = nn.silu(group_norm(h.shape[-1], dtype=self.dtype, name="norm_out")(h))
-        out = conv(self.out_channels, 3, ndim=nd, dtype=self.dtype, name="conv_out")(h)
+        # The last layer's input: VQGAN's adaptive weight needs gradients at conv_out's kernel
+        # (stages/adversarial.py); kept only when "intermediates" is mutable.
+        self.sow("intermediates", "last_features", h)
+        out = output_conv(self.out_channels, nd, self.dtype, name="conv_out")(h)
         return out.astype(jnp.float32)
 
 

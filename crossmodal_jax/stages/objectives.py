@@ -40,17 +40,30 @@ def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
         (x_rec, aux), new_vars = model.apply(
             {"params": params, **model_state}, x, train=True, rngs={"vq": key}, mutable=["vq_stats"]
         )
-        mse_per_example = jnp.mean(jnp.square(x_rec - x).reshape(x.shape[0], -1), axis=-1)
-        recon = jnp.mean(mse_per_example)
-        loss = recon + aux["loss"]
-        metrics = {
-            "recon_mse": recon,
-            "psnr": jnp.mean(psnr(mse_per_example)),
-            **{k: v for k, v in aux.items() if k not in ("indices", "loss")},
-        }
-        return loss, ({**model_state, **new_vars}, metrics)
+        recon, metrics = reconstruction_terms(x, x_rec, aux)
+        return recon + aux["loss"], ({**model_state, **new_vars}, metrics)
 
     return loss_fn
+
+
+def reconstruction_mse(x: jax.Array, x_rec: jax.Array) -> jax.Array:
+    """Per-example mean squared error f32[B]."""
+    return jnp.mean(jnp.square(x_rec - x).reshape(x.shape[0], -1), axis=-1)
+
+
+def reconstruction_terms(
+    x: jax.Array, x_rec: jax.Array, aux: dict
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(reconstruction MSE, the tokenizer's logged metrics: MSE, PSNR and every scalar the
+    quantizer reports) of one batch."""
+    mse_per_example = reconstruction_mse(x, x_rec)
+    recon = jnp.mean(mse_per_example)
+    metrics = {
+        "recon_mse": recon,
+        "psnr": jnp.mean(psnr(mse_per_example)),
+        **{k: v for k, v in aux.items() if k not in ("indices", "loss")},
+    }
+    return recon, metrics
 
 
 # Batch key of the code ids [B, *grid] of the modality the tokenizer encodes (the source of X→text,

@@ -13,6 +13,12 @@ from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.pictures import picture_grid, save_png
 from crossmodal_jax.logs.writers import MetricWriter
+from crossmodal_jax.models.discriminator import PatchDiscriminator
+from crossmodal_jax.stages.adversarial import (
+    adversarial_vqvae_objective,
+    init_adversarial,
+    split_variables,
+)
 from crossmodal_jax.stages.objectives import vqvae_objective
 from crossmodal_jax.training.stage import StageSpec, restore_stage_state
 
@@ -24,10 +30,23 @@ def tokenizer_stage(exp: Experiment) -> StageSpec:
     model = exp.tokenizer
     dummy = jnp.zeros((1, *exp.input_shape), jnp.float32)
     shown = exp.first_examples("test", 8 if modality == "image" else 4)[modality]
+    adv = exp.config.tokenizer.adversarial
+    objective = vqvae_objective(model, data_key=modality)
+    disc = None
+    if adv.weight > 0:  # VQGAN's adversarial term (stages/adversarial.py)
+        disc = PatchDiscriminator(channels=adv.channels, num_layers=adv.layers, dtype=model.dtype)
+        objective = adversarial_vqvae_objective(
+            model, disc, data_key=modality, weight=adv.weight, start_step=adv.start_step
+        )
 
     def init_variables(key):
         params_key, vq_key = jax.random.split(key)
-        return model.init({"params": params_key, "vq": vq_key}, dummy, train=False)
+        variables = dict(model.init({"params": params_key, "vq": vq_key}, dummy, train=False))
+        if disc is not None:  # its own key: the VQ-VAE initialises as without it
+            extra = init_adversarial(disc, jax.random.fold_in(key, 1), dummy)
+            variables["params"] = {**variables["params"], **extra.pop("params")}
+            variables.update(extra)
+        return variables
 
     # Replicated outputs: every process may read them (multi-host safe).
     reconstruct = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=P())
@@ -45,7 +64,7 @@ def tokenizer_stage(exp: Experiment) -> StageSpec:
         name=NAME,
         train_cfg=exp.config.tokenizer.train,
         init_variables=init_variables,
-        objective=vqvae_objective(model, data_key=modality),
+        objective=objective,
         make_iterator=exp.train_iterator_factory(exp.config.tokenizer.train),
         summarize=summarize,
     )
@@ -62,4 +81,6 @@ def tokenizer_variables(exp: Experiment) -> dict:
                 f"the tokenizer in {os.path.join(exp.ctx.workdir, NAME)} is trained to step "
                 f"{int(state.step)} of {steps}; add 'tokenizer' to config.stages to finish it"
             )
-    return {"params": state.params, **state.model_state}  # "vq_stats" of an EMA codebook
+    # Without the discriminator and its counter; with "vq_stats" of an EMA codebook.
+    variables, _, _ = split_variables(state.params, state.model_state)
+    return variables

@@ -20,10 +20,13 @@ def main_cmd(workdir, data_dir, steps=40):
         sys.executable,
         "-m",
         "crossmodal_jax.main",
-        # A residual-VQ tokenizer with quantizer dropout: two EMA codebooks and a random
-        # number of stages each step must all come back as they were.
+        # A residual-VQ tokenizer with quantizer dropout and VQGAN's discriminator from step 10:
+        # two EMA codebooks, a random number of stages each step, the discriminator's params
+        # and its step counter must all come back as they were.
         "--config=configs/vqdit_img.py:smoke,rvq",
         "--config.tokenizer.model.quantizer_dropout=0.5",
+        "--config.tokenizer.adversarial.weight=0.5",
+        "--config.tokenizer.adversarial.start_step=10",
         f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
         "--config.stages=('tokenizer',)",
@@ -98,6 +101,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert jax.tree.structure(ref_state) == jax.tree.structure(cut_state)
     jax.tree.map(np.testing.assert_array_equal, ref_state, cut_state)
     assert "stages_1" in ref_state["model_state"]["vq_stats"]["quantizer"]
+    assert int(ref_state["model_state"]["adversarial"]["step"]) == 40
+    assert "discriminator" in ref_state["params"]
     active = [r["active_stages"] for r in rows_by_step(ref_dir).values() if "active_stages" in r]
     assert 1.0 in active and 2.0 in active  # the dropout fired on some steps, not on others
     ema, params = (jax.tree.leaves(ref_state[k]) for k in ("ema_params", "params"))

@@ -91,7 +91,7 @@ def test_masked_sampler_options_are_checked_where_the_sampler_reads_them():
 
 
 def test_an_x_to_text_config_may_choose_its_decoding_over_the_block_defaults():
-    from configs import img2txt, shapes_i2t, shapes_v2t, speech2txt, video2txt
+    from configs import img2txt, shapes_i2t, shapes_s2t, shapes_v2t, speech2txt, video2txt
     from crossmodal_jax.config import blocks
 
     sample = blocks.text_generator(8, sample_overrides=dict(sampler="threshold", steps=6)).sample
@@ -103,7 +103,7 @@ def test_an_x_to_text_config_may_choose_its_decoding_over_the_block_defaults():
     )
     assert blocks.text_generator(8).sample.steps == 8  # the block's default: a token a step
     # The configs measured with threshold decoding decode in fewer steps than tokens.
-    for module in (img2txt, speech2txt, video2txt, shapes_i2t, shapes_v2t):
+    for module in (img2txt, speech2txt, video2txt, shapes_i2t, shapes_s2t, shapes_v2t):
         config = module.get_config()
         assert config.generator.sample.sampler == "threshold"
         assert config.generator.sample.steps < config.data.text_max_len

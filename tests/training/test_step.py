@@ -12,8 +12,10 @@ import pytest
 from configs import vqdit_img
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax.models.discriminator import PatchDiscriminator
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import vqvae_from_config
+from crossmodal_jax.stages.adversarial import adversarial_vqvae_objective, init_adversarial
 from crossmodal_jax.stages.objectives import gaussian_diffusion_objective, vqvae_objective
 from crossmodal_jax.training import sharding
 from crossmodal_jax.training.loop import compile_step
@@ -107,6 +109,46 @@ def _tokenizer_spec():
         objective=vqvae_objective(model),
         make_iterator=lambda: None,
     )
+
+
+def _adversarial_tokenizer_spec():
+    """The tokenizer with VQGAN's discriminator, on from the first step."""
+    config = _tiny_config()
+    model = vqvae_from_config(config.tokenizer.model, in_channels=1)
+    disc = PatchDiscriminator(channels=8, num_layers=2)
+    dummy = jnp.zeros((1, 8, 8, 1))
+
+    def init_variables(k):
+        variables = dict(model.init({"params": k, "vq": k}, dummy, train=False))
+        extra = init_adversarial(disc, jax.random.fold_in(k, 1), dummy)
+        variables["params"] = {**variables["params"], **extra.pop("params")}
+        return {**variables, **extra}
+
+    return StageSpec(
+        name="tokenizer",
+        train_cfg=config.tokenizer.train,
+        init_variables=init_variables,
+        objective=adversarial_vqvae_objective(
+            model, disc, data_key="image", weight=0.5, start_step=0
+        ),
+        make_iterator=lambda: None,
+    )
+
+
+def test_sharded_adversarial_tokenizer_step_equals_one_device():
+    batch = _batch(np.random.default_rng(0))
+    one_mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    one, m1, _ = _run_steps(_adversarial_tokenizer_spec(), one_mesh, sharding.DEFAULT_RULES, batch)
+    mesh = sharding.make_mesh(MESHES["data2_fsdp2_tensor2"])
+    many, m8, shardings = _run_steps(
+        _adversarial_tokenizer_spec(), mesh, sharding.DEFAULT_RULES, batch
+    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, many)
+    np.testing.assert_allclose(m1["disc_loss"], m8["disc_loss"], rtol=1e-5)
+    assert int(one.model_state["adversarial"]["step"]) == 2
+    # The discriminator is sharded like the rest: some of its kernels split over non-data axes.
+    specs = [s.spec for s in jax.tree.leaves(shardings.params["discriminator"])]
+    assert any(any(a is not None for a in spec) for spec in specs)
 
 
 @functools.cache
