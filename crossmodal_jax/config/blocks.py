@@ -191,12 +191,17 @@ def quantizer_variant(model: ml_collections.ConfigDict, variants: list[str]) -> 
 
 
 def adversarial(**overrides) -> ml_collections.ConfigDict:
-    """VQGAN's adversarial term for the tokenizer stage (stages/adversarial.py): off at weight 0."""
+    """VQGAN's extras for the tokenizer stage (stages/adversarial.py): the adversarial term (off at
+    weight 0) and the LPIPS perceptual term (off without a weights file)."""
     c = ml_collections.ConfigDict()
     c.weight = 0.0  # > 0: weight of the hinge generator loss (times the adaptive weight)
     c.start_step = 0  # tokenizer step from which both players train (VQGAN: once recon is good)
     c.channels = 32  # PatchGAN discriminator: width of its first conv
     c.layers = 2  # its stride-2 convs (patch logits at 1/2^layers of the input's resolution)
+    # LPIPS perceptual term (VGG16; images >= 16x16): an .npz of the network's weights (nothing is
+    # downloaded; docs/metrics.md converts them), weighted by perceptual_weight. "" = off.
+    c.perceptual_weights = ""
+    c.perceptual_weight = 1.0
     c.update(overrides)
     return c
 

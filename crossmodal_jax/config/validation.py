@@ -23,6 +23,7 @@ from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.conditioning import CONDITIONINGS
 from crossmodal_jax.models.dit import DIT_PRESETS
+from crossmodal_jax.models.lpips import MIN_SIZE
 from crossmodal_jax.stages.builders import DTYPES, condition_grid
 from crossmodal_jax.stages.generators import PROCESSES, processes_for
 from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS
@@ -228,11 +229,27 @@ def check_tokenizer_available(exp: Experiment) -> None:
         )
 
 
+def check_perceptual(exp: Experiment) -> None:
+    """The LPIPS term needs its weights file and RGB-like images large enough for VGG16."""
+    path = exp.config.tokenizer.adversarial.perceptual_weights
+    if not path or "tokenizer" not in exp.config.stages:
+        return
+    key = "tokenizer.adversarial.perceptual_weights"
+    if not os.path.isfile(path):
+        raise UserError(f"{key}={path!r}: no such file")
+    if exp.task.continuous != "image" or min(exp.input_shape[:2]) < MIN_SIZE:
+        raise UserError(
+            f"{key}: LPIPS (VGG16) scores images of at least {MIN_SIZE}x{MIN_SIZE}; this "
+            f"tokenizer's inputs are {exp.task.continuous} of shape {exp.input_shape}"
+        )
+
+
 def validate(exp: Experiment) -> None:
     """Every check of a built experiment, in the order a user would want to hear about them
     (`check_names` runs before the experiment is built)."""
     check_data(exp)
     check_batches(exp)
+    check_perceptual(exp)
     if "generator" in exp.config.stages:
         check_generator(exp)
         check_tokenizer_available(exp)

@@ -20,7 +20,12 @@ import optax
 
 from crossmodal_jax.models.discriminator import PatchDiscriminator
 from crossmodal_jax.models.vqvae import VQVAE, output_conv
-from crossmodal_jax.stages.objectives import reconstruction_mse, reconstruction_terms
+from crossmodal_jax.stages.objectives import (
+    PERCEPTUAL,
+    perceptual_term,
+    reconstruction_mse,
+    reconstruction_terms,
+)
 from crossmodal_jax.training.step import Objective
 
 DISCRIMINATOR = "discriminator"  # params key of the discriminator
@@ -50,9 +55,10 @@ def adaptive_weight(
 
 
 def split_variables(params: dict, model_state: dict) -> tuple[dict, dict, dict]:
-    """(the VQ-VAE's variables, the discriminator's params, the counter collection)."""
+    """(the VQ-VAE's variables, the discriminator's params, the counter collection); the frozen
+    perceptual network, if any, is in none of them."""
     vq_params = {k: v for k, v in params.items() if k != DISCRIMINATOR}
-    state = {k: v for k, v in model_state.items() if k != ADVERSARIAL}
+    state = {k: v for k, v in model_state.items() if k not in (ADVERSARIAL, PERCEPTUAL)}
     return {"params": vq_params, **state}, params.get(DISCRIMINATOR), model_state.get(ADVERSARIAL)
 
 
@@ -71,10 +77,12 @@ def adversarial_vqvae_objective(
     data_key: str,
     weight: float,
     start_step: int,
+    perceptual_weight: float = 0.0,
 ) -> Objective:
-    """Reconstruction MSE + the quantizer's loss + from `start_step` on, weight * λ * hinge
-    generator loss + the discriminator's hinge loss (λ: `adaptive_weight` at the decoder's last
-    layer, recomputed from its sown input)."""
+    """Reconstruction MSE (+ perceptual_weight * LPIPS) + the quantizer's loss + from
+    `start_step` on, weight * λ * hinge generator loss + the discriminator's hinge loss (λ:
+    `adaptive_weight` at the decoder's last layer, recomputed from its sown input, with VQGAN's
+    reconstruction loss, the perceptual term included, as its numerator)."""
     last_conv = output_conv(model.in_channels, model.spatial_dims, model.dtype)
 
     def loss_fn(params, model_state, batch, key):
@@ -85,6 +93,12 @@ def adversarial_vqvae_objective(
         )
         features = new_vars.pop("intermediates")["decoder"]["last_features"][0]
         recon, metrics = reconstruction_terms(x, x_rec, aux)
+        recon = recon + perceptual_term(model_state, x, x_rec, perceptual_weight, metrics)
+
+        def recon_loss(x_hat):
+            return jnp.mean(reconstruction_mse(x, x_hat)) + perceptual_term(
+                model_state, x, x_hat, perceptual_weight, {}
+            )
 
         frozen_d = jax.lax.stop_gradient(d_params)
 
@@ -97,7 +111,7 @@ def adversarial_vqvae_objective(
 
         last = jax.lax.stop_gradient(variables["params"]["decoder"]["conv_out"])
         lam = adaptive_weight(
-            jax.grad(from_last_layer(lambda r: jnp.mean(reconstruction_mse(x, r))))(last),
+            jax.grad(from_last_layer(recon_loss))(last),
             jax.grad(from_last_layer(gan_loss))(last),
         )
         g_loss = gan_loss(x_rec)

@@ -18,6 +18,7 @@ from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import flow, gaussian, masked
 from crossmodal_jax.models.condition_stem import group_codes
 from crossmodal_jax.models.dit import DiT
+from crossmodal_jax.models.lpips import lpips_distance
 from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages.augment import Augment
 from crossmodal_jax.training.step import Objective
@@ -30,20 +31,40 @@ def psnr(mse: jax.Array | np.ndarray, value_range: float = 2.0) -> jax.Array | n
     return 10.0 * xp.log10(value_range**2 / xp.maximum(mse, 1e-12))
 
 
-def vqvae_objective(model: VQVAE, *, data_key: str = "image") -> Objective:
-    """Reconstruction MSE + the quantizer's own loss (aux["loss"]: VQ's commitment, LFQ's entropy
-    terms, ...); an EMA codebook learns in `vq_stats`, not by gradient. Every scalar the
+def vqvae_objective(
+    model: VQVAE, *, data_key: str = "image", perceptual_weight: float = 0.0
+) -> Objective:
+    """Reconstruction MSE (+ perceptual_weight * LPIPS, with the network's params frozen in
+    model_state[PERCEPTUAL]) + the quantizer's own loss (aux["loss"]: VQ's commitment, LFQ's
+    entropy terms, ...); an EMA codebook learns in `vq_stats`, not by gradient. Every scalar the
     quantizer reports (its health and loss terms) is logged under its own name."""
 
     def loss_fn(params, model_state, batch, key):
         x = batch[data_key]
+        variables = {k: v for k, v in model_state.items() if k != PERCEPTUAL}
         (x_rec, aux), new_vars = model.apply(
-            {"params": params, **model_state}, x, train=True, rngs={"vq": key}, mutable=["vq_stats"]
+            {"params": params, **variables}, x, train=True, rngs={"vq": key}, mutable=["vq_stats"]
         )
         recon, metrics = reconstruction_terms(x, x_rec, aux)
+        recon = recon + perceptual_term(model_state, x, x_rec, perceptual_weight, metrics)
         return recon + aux["loss"], ({**model_state, **new_vars}, metrics)
 
     return loss_fn
+
+
+# model_state key of the frozen LPIPS network's params (tokenizer.adversarial.perceptual_weights).
+PERCEPTUAL = "perceptual"
+
+
+def perceptual_term(
+    model_state: dict, x: jax.Array, x_rec: jax.Array, weight: float, metrics: dict
+) -> jax.Array:
+    """weight * mean LPIPS(x, x_rec) (0 when weight is 0), logged as "perceptual_loss"."""
+    if weight <= 0:
+        return jnp.zeros((), jnp.float32)
+    distance = jnp.mean(lpips_distance(model_state[PERCEPTUAL], x, x_rec))
+    metrics["perceptual_loss"] = distance
+    return weight * distance
 
 
 def reconstruction_mse(x: jax.Array, x_rec: jax.Array) -> jax.Array:

@@ -14,29 +14,47 @@ from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.pictures import picture_grid, save_png
 from crossmodal_jax.logs.writers import MetricWriter
 from crossmodal_jax.models.discriminator import PatchDiscriminator
+from crossmodal_jax.models.lpips import abstract_lpips_params, load_lpips_params
 from crossmodal_jax.stages.adversarial import (
     adversarial_vqvae_objective,
     init_adversarial,
     split_variables,
 )
-from crossmodal_jax.stages.objectives import vqvae_objective
+from crossmodal_jax.stages.objectives import PERCEPTUAL, vqvae_objective
+from crossmodal_jax.training import sharding
 from crossmodal_jax.training.stage import StageSpec, restore_stage_state
 
 NAME = "tokenizer"
 
 
-def tokenizer_stage(exp: Experiment) -> StageSpec:
+def tokenizer_stage(exp: Experiment, *, restoring: bool = False) -> StageSpec:
+    """The stage; `restoring` = only to restore a finished one (the frozen LPIPS network, if any,
+    comes back from the checkpoint, so its weights file is not read)."""
     modality = exp.modality.name
     model = exp.tokenizer
     dummy = jnp.zeros((1, *exp.input_shape), jnp.float32)
     shown = exp.first_examples("test", 8 if modality == "image" else 4)[modality]
     adv = exp.config.tokenizer.adversarial
-    objective = vqvae_objective(model, data_key=modality)
+    frozen, perceptual_weight = {}, 0.0
+    if adv.perceptual_weights:  # the LPIPS network, frozen beside the trained state
+        replicated = sharding.replicated(exp.ctx.mesh)
+        if restoring:
+            params = abstract_lpips_params(replicated)
+        else:
+            params = jax.device_put(load_lpips_params(adv.perceptual_weights), replicated)
+        frozen = {PERCEPTUAL: params}
+        perceptual_weight = adv.perceptual_weight
+    objective = vqvae_objective(model, data_key=modality, perceptual_weight=perceptual_weight)
     disc = None
     if adv.weight > 0:  # VQGAN's adversarial term (stages/adversarial.py)
         disc = PatchDiscriminator(channels=adv.channels, num_layers=adv.layers, dtype=model.dtype)
         objective = adversarial_vqvae_objective(
-            model, disc, data_key=modality, weight=adv.weight, start_step=adv.start_step
+            model,
+            disc,
+            data_key=modality,
+            weight=adv.weight,
+            start_step=adv.start_step,
+            perceptual_weight=perceptual_weight,
         )
 
     def init_variables(key):
@@ -65,6 +83,7 @@ def tokenizer_stage(exp: Experiment) -> StageSpec:
         train_cfg=exp.config.tokenizer.train,
         init_variables=init_variables,
         objective=objective,
+        frozen_state=frozen,
         make_iterator=exp.train_iterator_factory(exp.config.tokenizer.train),
         summarize=summarize,
     )
@@ -74,7 +93,7 @@ def tokenizer_variables(exp: Experiment) -> dict:
     """The trained tokenizer: from this run's results, or restored from the workdir."""
     state = exp.results.get(NAME)
     if state is None:
-        state = restore_stage_state(tokenizer_stage(exp), exp.ctx)
+        state = restore_stage_state(tokenizer_stage(exp, restoring=True), exp.ctx)
         steps = exp.config.tokenizer.train.steps
         if int(state.step) < steps:  # e.g. its final checkpoint was broken and set aside
             raise UserError(

@@ -131,6 +131,22 @@ def test_impossible_combinations_are_named(tmp_path):
         build_experiment(config, str(tmp_path / "run"), {"data": 8})
 
 
+def test_tokenizer_extras_that_cannot_work_are_named(tmp_path):
+    config = vqdit_img.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "data")
+    config.tokenizer.adversarial.perceptual_weights = str(tmp_path / "vgg.npz")
+    with pytest.raises(UserError, match=r"tokenizer.adversarial.perceptual_weights=.*no such file"):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+    (tmp_path / "vgg.npz").write_bytes(b"")
+    with pytest.raises(UserError, match=r"at least 16x16; this tokenizer's inputs are image"):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})  # digits are 8x8
+    config.tokenizer.adversarial.perceptual_weights = ""
+    config.tokenizer.model.quantizer = "fsq"
+    config.tokenizer.model.levels = (8, 2)
+    with pytest.raises(UserError, match=r"^tokenizer.model.levels=\(8, 2\): fsq needs"):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+
+
 def test_config_diff_ignores_safe_keys_only():
     old = json.loads(vqdit_img.get_config().to_json_best_effort())
     new = vqdit_img.get_config()
