@@ -85,6 +85,8 @@ def _check_lfq(s: Spec) -> str:
 
 @dataclass(frozen=True)
 class QuantizerEntry:
+    """One row of the table: how to build the module, its vocabulary, and its spec check."""
+
     build: Callable[[Spec, jnp.dtype], nn.Module]
     vocab: Callable[[Spec], int]
     check: Callable[[Spec], str]  # "" or what is wrong with the spec, in one line
@@ -154,6 +156,8 @@ def codes_per_position(spec: Spec) -> int:
 
 
 def build_quantizer(spec: Spec, dtype: jnp.dtype = jnp.float32) -> nn.Module:
+    """The quantizer module a spec describes (computing in `dtype`; statistics stay float32).
+    Raises a one-line ValueError for a spec `check_spec` refuses."""
     problem = check_spec(spec)
     if problem:
         raise ValueError(problem)
