@@ -20,7 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.models.layers import dense
-from crossmodal_jax.models.vq_ops import code_counts, perplexity_from_counts, straight_through
+from crossmodal_jax.models.vq_ops import (
+    code_counts,
+    nearest_code,
+    perplexity_from_counts,
+    straight_through,
+)
 from crossmodal_jax.training.sharding import CODE_DIM
 
 
@@ -100,6 +105,21 @@ class FiniteScalarQuantizer(nn.Module):
         if self.projected:
             self.project_in = dense(len(self.levels), (CODE_DIM, None), dtype=self.dtype)
             self.project_out = dense(self.code_dim, (None, CODE_DIM), dtype=self.dtype)
+
+    def snap(self, z: jax.Array) -> jax.Array:
+        """The code vector nearest to each latent z [..., code_dim], z in the space `lookup`
+        returns (a generated latent): the nearest grid point, or with projections the nearest of
+        the prod(levels) projected codes. Not the forward pass: projecting in again and bounding
+        by tanh would not return a latent's own code."""
+        if self.projected:
+            codes = self.lookup(jnp.arange(self.vocab_size))
+            flat = z.reshape(-1, self.code_dim)
+            ids, _ = nearest_code(flat, codes)
+            return codes[ids].reshape(z.shape).astype(z.dtype)
+        half_width = jnp.asarray(self.levels, jnp.float32) // 2
+        upper = jnp.asarray(self.levels, jnp.float32) - 1 - half_width  # even levels: L/2 - 1
+        steps = jnp.clip(jnp.round(z.astype(jnp.float32) * half_width), -half_width, upper)
+        return (steps / half_width).astype(z.dtype)
 
     def lookup(self, indices: jax.Array) -> jax.Array:
         """Code vectors [..., code_dim] (compute dtype) of ids [...]."""

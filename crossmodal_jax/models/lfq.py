@@ -98,6 +98,10 @@ class LookupFreeQuantizer(nn.Module):
     # Each residual stage halves the cube (ResidualLFQ's codebook scale 2^-i).
     residual_gain = 2.0
 
+    def snap(self, z: jax.Array) -> jax.Array:
+        """The nearest corner of the cube to each latent: the signs."""
+        return jnp.where(z > 0, self.scale, -self.scale).astype(z.dtype)
+
     def lookup(self, indices: jax.Array) -> jax.Array:
         return lfq_indices_to_codes(indices, self.code_dim, self.scale).astype(self.dtype)
 

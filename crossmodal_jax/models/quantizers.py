@@ -9,6 +9,7 @@ processes and the evaluation use any of them unchanged:
       "restarts", plus the quantizer's own terms), logged as they are;
   lookup(ids) -> code vectors [..., code_dim]: the continuous latents of Gaussian and flow
       diffusion, and what X→text generators read;
+  snap(latents) -> the nearest code vectors in `lookup`'s space (a generated latent's code);
   vocab_size: the ids' range (the masked process's vocabulary; its mask id is vocab_size).
 
 A spec is the tokenizer config's quantizer keys (see `SPEC_KEYS`); `vocabulary_size` and

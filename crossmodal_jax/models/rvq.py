@@ -22,8 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crossmodal_jax.models.vq_ops import straight_through
+from crossmodal_jax.models.vq_ops import nearest_code, straight_through
 
+EXACT_SNAP = 4096  # `snap` searches all sums of stage codes up to this many
 # Per-stage health metrics averaged over the stages; the others are summed.
 MEAN_OVER_STAGES = ("codebook_usage", "perplexity", "per_sample_entropy", "codebook_entropy")
 
@@ -52,6 +53,24 @@ class ResidualQuantizer(nn.Module):
     def lookup(self, indices: jax.Array) -> jax.Array:
         """Summed code vectors [..., code_dim] of ids [..., N]."""
         return sum(q.lookup(indices[..., i]) / self._gain(i) for i, q in enumerate(self.stages))
+
+    def snap(self, z: jax.Array) -> jax.Array:
+        """The summed code vector nearest to each latent z [..., code_dim]: exactly, over all
+        vocab_size^N sums while there are at most EXACT_SNAP of them; else greedily, each stage
+        snapping what the stages before it left (the tokenizer's own encoding of z, which need
+        not return a sum's own ids: a later stage's code can move the first stage's choice)."""
+        if self.vocab_size**self.num_stages <= EXACT_SNAP:
+            axes = jnp.meshgrid(*[jnp.arange(self.vocab_size)] * self.num_stages, indexing="ij")
+            sums = self.lookup(jnp.stack(axes, axis=-1).reshape(-1, self.num_stages))
+            ids, _ = nearest_code(z.reshape(-1, z.shape[-1]), sums)
+            return sums[ids].reshape(z.shape).astype(z.dtype)
+        residual = z.astype(jnp.float32)
+        total = jnp.zeros_like(residual)
+        for i, q in enumerate(self.stages):
+            gain = self._gain(i)
+            q_i = q.snap(residual * gain).astype(jnp.float32) / gain
+            residual, total = residual - q_i, total + q_i
+        return total.astype(z.dtype)
 
     def _active_stages(self, train: bool) -> jax.Array:
         """How many stages the output keeps this step (all, unless dropout fires)."""

@@ -148,6 +148,10 @@ class VectorQuantizer(nn.Module):
             return self.proj_up(z_q.astype(self.dtype))
         return z_q
 
+    def snap(self, z: jax.Array) -> jax.Array:
+        """The code vector nearest to each latent z [..., code_dim] (its quantization)."""
+        return self(z, train=False)[0]
+
     def lookup(self, indices: jax.Array) -> jax.Array:
         """Codes for integer indices of any shape: [...] -> [..., code_dim] (compute dtype)."""
         codes = jnp.take(self.codebook.value, indices, axis=0)

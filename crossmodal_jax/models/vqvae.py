@@ -307,6 +307,10 @@ class VQVAE(nn.Module):
         z_q, aux = self.quantizer(z, train=train)
         return z_q, aux["indices"]
 
+    def snap(self, z: jax.Array) -> jax.Array:
+        """Generated latents [B, *latent_grid, code_dim] moved to the nearest code vectors."""
+        return self.quantizer.snap(z)
+
     def tokenize(self, x_BxSxC: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(quantized latents z_q [B, *latent_grid, code_dim], code ids [B, *latent_grid]) of
         inputs: encode, then quantize (no codebook update)."""

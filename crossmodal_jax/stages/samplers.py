@@ -99,7 +99,7 @@ def decode_latents(tokenizer: VQVAE, model_state: dict, z: jax.Array, *, snap: b
     z = denormalize_latents(z, model_state["latents"])
     tok_vars = model_state["tokenizer"]
     if snap:
-        z, _ = tokenizer.apply(tok_vars, z, method=VQVAE.quantize)
+        z = tokenizer.apply(tok_vars, z, method=VQVAE.snap)
     return jnp.clip(tokenizer.apply(tok_vars, z, method=VQVAE.decode), -1.0, 1.0)
 
 

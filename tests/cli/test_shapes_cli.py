@@ -10,7 +10,8 @@ from cli_helpers import read_jsonl, run_cli
 from PIL import Image
 
 CONFIGS = {
-    "t2i": "configs/shapes_t2i.py:smoke",
+    # FSQ: the quantizer family runs on the shapes world too (i2t's tokenizer is the EMA VQ).
+    "t2i": "configs/shapes_t2i.py:smoke,fsq",
     "i2t": "configs/shapes_i2t.py:smoke",
     "s2t": "configs/shapes_s2t.py:smoke",
     "v2t": "configs/shapes_v2t.py:smoke",

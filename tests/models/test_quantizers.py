@@ -255,3 +255,37 @@ def test_every_quantizer_is_identical_on_every_shard_of_an_8_device_mesh(kind):
 )
 def test_a_bad_quantizer_spec_is_one_line_naming_the_key(change, message):
     assert check_spec({**SPEC, **change}).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(quantizer="vq"),
+        dict(quantizer="fsq"),  # 4 dims, levels (5, 5, 3, 3): no projection
+        dict(quantizer="fsq", levels=(5, 3)),  # projected 2 -> 4
+        dict(quantizer="lfq"),
+        dict(quantizer="rvq"),
+        dict(quantizer="rvq", residual_quantizer="fsq"),
+    ],
+    ids=["vq", "fsq", "fsq-projected", "lfq", "rvq", "rvq-fsq"],
+)
+def test_snapping_a_noisy_code_vector_gives_back_that_code_vector(change):
+    """What the Gaussian and flow samplers rely on (sample.snap_to_codebook): a generated latent
+    near a code's vector decodes as that code, whatever the quantizer."""
+    q = build_quantizer({**SPEC, **change})
+    z = jax.random.normal(jax.random.key(7), (32, 4))
+    variables = _init(q, z)
+    _, aux, _ = _run(q, variables, z, False)
+    codes = q.apply(variables, aux["indices"], method=q.lookup)
+    noise = 1e-3 * jax.random.normal(jax.random.key(8), codes.shape)
+    snapped = jax.jit(lambda v, c: q.apply(v, c, method=q.snap))(variables, codes + noise)
+    np.testing.assert_allclose(np.asarray(snapped), np.asarray(codes), atol=1e-5)
+
+
+def test_fsq_snaps_to_the_nearest_point_of_its_grid():
+    levels = (4, 3)
+    q = FiniteScalarQuantizer(levels=levels, code_dim=2)
+    grid = np.asarray(fsq_indices_to_codes(jnp.arange(12), levels))
+    z = np.random.default_rng(9).uniform(-1.5, 1.5, (200, 2)).astype(np.float32)
+    want = grid[np.argmin(((z[:, None] - grid[None]) ** 2).sum(-1), axis=1)]
+    np.testing.assert_allclose(np.asarray(q.apply({}, jnp.asarray(z), method=q.snap)), want)
