@@ -21,7 +21,7 @@ from crossmodal_jax.evaluation.evaluate import evaluate_run
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.report import write_report
 from crossmodal_jax.stages.registry import STAGES
-from crossmodal_jax.training import sharding
+from crossmodal_jax.training import sharding, workdir_lock
 from crossmodal_jax.training.loop import fit
 from crossmodal_jax.training.stage import RunContext
 
@@ -49,6 +49,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_run = time.perf_counter()
     exp = build_experiment(config, workdir)  # before the workdir is touched
     os.makedirs(workdir, exist_ok=True)
+    # One run per workdir (process 0 holds the lock for all); refused before anything is written.
+    lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
+    try:
+        return _run(exp, config, workdir, t_run)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, t_run: float) -> dict:
     write_resolved_config(config, workdir)
     mesh, rules = exp.ctx.mesh, exp.ctx.rules
     log.info(

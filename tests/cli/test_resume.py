@@ -127,6 +127,16 @@ def test_sigterm_or_sigint_saves_a_checkpoint_exits_zero_and_resumes(tmp_path):
     workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "data")
     cmd = main_cmd(workdir, data_dir, steps=100000)
     proc = start_and_wait_for_step(cmd, workdir, min_step=5)
+    # A second run on the workdir in use (a requeue while the first still runs) is refused in
+    # one line naming the holder, and writes nothing.
+    rows_before = len(logged_steps(workdir))
+    second = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert f"is in use by process {proc.pid} on host" in second.stderr
+    assert proc.poll() is None  # the first run goes on, its log not doubled
+    assert logged_steps(workdir) == sorted(set(logged_steps(workdir)))
+    assert len(logged_steps(workdir)) >= rows_before
     proc.send_signal(signal.SIGTERM)  # a scheduler's preemption
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
@@ -145,6 +155,7 @@ def test_sigterm_or_sigint_saves_a_checkpoint_exits_zero_and_resumes(tmp_path):
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     stopped_again = int(out.split("stopped at step ")[1].split("/")[0])
     assert stopped_again >= stopped + 5 and saved_steps(workdir)[-1] == stopped_again
+    assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on the way out
 
 
 def saved_steps(workdir):
