@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from crossmodal_jax.config import validation
-from crossmodal_jax.config.workdir import write_resolved_config
+from crossmodal_jax.config.workdir import write_data_fingerprint, write_resolved_config
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.evaluation.evaluate import evaluate_run
 from crossmodal_jax.experiment import Experiment
@@ -60,6 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, t_run: float) -> dict:
     write_resolved_config(config, workdir)
+    write_data_fingerprint(exp.dataset, workdir)
     mesh, rules = exp.ctx.mesh, exp.ctx.rules
     log.info(
         "mesh %s over %d devices (%s), %d process(es)",

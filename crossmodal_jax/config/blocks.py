@@ -71,6 +71,9 @@ def data(name: str, modality: str, **overrides) -> ml_collections.ConfigDict:
     c.text_words = ""
     c.text_max_len = 32  # caption length in tokens, the end token included
     c.worker_count = 0  # grain worker processes (0 = in the main process)
+    # Resume although a folder or TFDS dataset's training records changed since the workdir's
+    # first run (data/fingerprint.py): the data iterator's position then means other records.
+    c.allow_changed_data = False
     # Shapes world, X→text: train on one caption per picture, a two-object caption in canonical
     # form (`a Y left of a X` for `a X right of a Y`; data/shapes.py canonical_caption), so the
     # captioner never mixes the two right captions of one image.

@@ -16,7 +16,11 @@ import jax
 import ml_collections
 
 from crossmodal_jax import tasks
-from crossmodal_jax.config.workdir import check_workdir, checkpointed_stages
+from crossmodal_jax.config.workdir import (
+    check_data_fingerprint,
+    check_workdir,
+    checkpointed_stages,
+)
 from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.diffusion.masked_decoding import MASKED_SAMPLERS
 from crossmodal_jax.errors import UserError
@@ -254,3 +258,4 @@ def validate(exp: Experiment) -> None:
         check_generator(exp)
         check_tokenizer_available(exp)
     check_workdir(exp.config, exp.ctx.workdir)
+    check_data_fingerprint(exp.dataset, exp.ctx.workdir, exp.config.data.allow_changed_data)

@@ -1,17 +1,23 @@
 """A workdir's resolved config: written when a run starts, read by resumes and the sample CLI, and
-compared with the config of a later run of the same workdir."""
+compared with the config of a later run of the same workdir; and the fingerprint of the user data
+its first run trained on."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
+from typing import Any
 
 import jax
 import ml_collections
 
 from crossmodal_jax.config import blocks
+from crossmodal_jax.data.fingerprint import changed
 from crossmodal_jax.errors import UserError
+
+log = logging.getLogger("crossmodal_jax")
 
 # Keys a resumed run may change: which stages run, how long, how it logs, evaluates and samples, and
 # on which mesh (checkpoints restore onto any mesh). Everything else changes what is trained.
@@ -26,6 +32,7 @@ SAFE_KEYS = (
     "eval.*",
     "generator.sample.*",
     "data.worker_count",
+    "data.allow_changed_data",
     "data.data_dir",
     "mesh.shape.*",
 )
@@ -146,3 +153,35 @@ def checkpointed_stages(workdir: str) -> list[str]:
         if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
             found.append(stage)
     return found
+
+
+FINGERPRINT_FILE = "data_fingerprint.json"
+
+
+def check_data_fingerprint(dataset: Any, workdir: str, allow_changed: bool) -> None:
+    """Refuse (one line) to resume on a folder or TFDS dataset whose training records changed
+    since the workdir's first run; with `allow_changed` only warn."""
+    path = os.path.join(workdir, FINGERPRINT_FILE)
+    if dataset.fingerprint is None or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)["train"]
+    what = changed(stored, dataset.fingerprint("train"))
+    if not what:
+        return
+    if not allow_changed:
+        raise UserError(
+            f"{dataset.described}: the training data changed since the first run in workdir "
+            f"{workdir} ({what}), so a resumed run would read other records at its saved "
+            "position; use a new workdir, or --config.data.allow_changed_data=True to go on"
+        )
+    log.warning("training data changed since this workdir's first run (%s); going on", what)
+
+
+def write_data_fingerprint(dataset: Any, workdir: str) -> None:
+    """Keep the training records' fingerprint of the workdir's first run (process 0)."""
+    path = os.path.join(workdir, FINGERPRINT_FILE)
+    if dataset.fingerprint is None or os.path.exists(path) or jax.process_index() != 0:
+        return
+    with open(path, "w") as f:
+        json.dump({"train": dataset.fingerprint("train")}, f, indent=2)

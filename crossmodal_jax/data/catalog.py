@@ -15,7 +15,7 @@ from typing import Any
 import grain
 import ml_collections
 
-from crossmodal_jax.data import folders, shapes, sources, tfds_sources
+from crossmodal_jax.data import fingerprint, folders, shapes, sources, tfds_sources
 from crossmodal_jax.data.modalities import MODALITIES
 from crossmodal_jax.errors import UserError
 
@@ -35,6 +35,9 @@ class Dataset:
     # One record of the training shapes without reading the data (folders, TFDS: from the config,
     # so sampling needs neither the training folder nor the prepared dataset); None: train[0].
     blank_record: Callable[[], dict] | None = None
+    # split name -> {"records", "sha256"} of its record list (data/fingerprint.py); None for the
+    # embedded datasets, which this package builds the same way every time.
+    fingerprint: Callable[[str], dict] | None = None
     _splits: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def split(self, split: str):
@@ -84,6 +87,7 @@ def _folder(data_cfg: ml_collections.ConfigDict) -> Dataset:
         # Validated file by file on first use, then cached by the folder module.
         open_split=lambda split: folders.get_source(data_cfg, split),
         blank_record=lambda: folders.example_record(fmt),
+        fingerprint=lambda split: fingerprint.folder_fingerprint(data_cfg.path, split),
     )
 
 
@@ -101,6 +105,9 @@ def _tfds(data_cfg: ml_collections.ConfigDict) -> Dataset:
         # Opened (is it prepared?) once per process, then cached by the tfds module.
         open_split=lambda split: tfds_sources.get_source(data_cfg, split),
         blank_record=lambda: tfds_sources.example_record(data_cfg),
+        fingerprint=lambda split: fingerprint.tfds_fingerprint(
+            tfds_sources.builder_name(data_cfg), tfds_sources.data_dir_of(data_cfg), split
+        ),
     )
 
 

@@ -355,3 +355,31 @@ def test_text_to_image_trains_on_an_image_folder(tmp_path):
     assert captions == [f"image {i:03d}.png" for i in range(4)]
     images = batch["image"]
     assert image_generation.classifier_metrics(exp, images, images, None) == {}
+
+
+def test_a_folder_changed_since_the_workdirs_first_run_is_refused_unless_allowed(tmp_path, caplog):
+    from configs import vqdit_img
+    from crossmodal_jax.config.workdir import write_data_fingerprint
+    from crossmodal_jax.run import build_experiment
+
+    _image_folder(tmp_path / "f", n_train=16)
+    config = vqdit_img.get_config("smoke")
+    config.data.update(name="folder", path=str(tmp_path / "f"))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    exp = build_experiment(config, str(workdir), {"data": 8})
+    write_data_fingerprint(exp.dataset, str(workdir))  # as the first run does
+    build_experiment(config, str(workdir), {"data": 8})  # unchanged: resumes
+    flat = Image.fromarray(np.zeros((8, 8), np.uint8))  # compresses to another file size
+    flat.save(tmp_path / "f" / "test" / "000.png")  # other splits do not matter
+    build_experiment(config, str(workdir), {"data": 8})
+    flat.save(tmp_path / "f" / "train" / "003.png")  # a training image replaced
+    with pytest.raises(UserError) as e:
+        build_experiment(config, str(workdir), {"data": 8})
+    message = str(e.value)
+    assert message.startswith("data.name='folder': the training data changed since the first")
+    assert "same number of records (17), other names or sizes" in message
+    assert "--config.data.allow_changed_data=True" in message and "\n" not in message
+    config.data.allow_changed_data = True  # the user asks to go on: a warning
+    build_experiment(config, str(workdir), {"data": 8})
+    assert "training data changed since this workdir's first run" in caplog.text
