@@ -4,6 +4,7 @@ cleanly on preemption."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -42,6 +43,27 @@ def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
     )
 
 
+MESH_FILE = "mesh.json"
+
+
+def record_mesh(stage_dir: str, mesh: jax.sharding.Mesh) -> dict | None:
+    """Write the mesh this run trains the stage on (process 0); return the last run's, if any.
+
+    Checkpoints restore onto any mesh that divides the global batch (elastic resume: a job that
+    comes back on another slice), so the mesh is not part of the checkpoint; this note only lets
+    the log say that it changed."""
+    path = os.path.join(stage_dir, MESH_FILE)
+    previous = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = json.load(f)
+    if jax.process_index() == 0:
+        os.makedirs(stage_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(dict(mesh.shape), f)
+    return previous
+
+
 def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
     """Train one stage to `train_cfg.steps`, resuming from its checkpoints; returns the final state."""
     cfg = spec.train_cfg
@@ -58,9 +80,18 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
         save_every=cfg.checkpoint_every,
     )
     restored = ckpt.restore(abstract, data_iter)
+    previous_mesh = record_mesh(stage_dir, ctx.mesh)
     if restored is not None:
         step, state = restored
         log.info("[%s] resuming from step %d (%s)", spec.name, step, ckpt.directory)
+        if previous_mesh and previous_mesh != dict(ctx.mesh.shape):
+            log.info(
+                "[%s] the mesh changed since the last run: %s -> %s; the checkpoint was "
+                "resharded onto the new one",
+                spec.name,
+                previous_mesh,
+                dict(ctx.mesh.shape),
+            )
     else:
         state = fresh_state(spec, init_fn, init_key)
         n_params = parameter_overview.count_parameters(state.params)
