@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 
 import flax.linen as nn
@@ -38,6 +37,7 @@ from dit_step import (  # the sibling script; importing it defines the model fla
     diffusion_spec,
     train_config,
 )
+from timing import alternating_medians
 
 from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.models.dit import DIT_PRESETS
@@ -127,17 +127,9 @@ def main(argv) -> None:
     args = (_PRESET.value, _PATCH.value, _LATENT.value, _CHANNELS.value, _BATCH.value)
     jax_step, jax_params, compile_s = ours(*args)
     torch_step, torch_params = theirs(*args)
-    for _ in range(2):  # warm-up: allocator, thread pools
-        jax_step()
-        torch_step()
-    jax_times, torch_times = [], []
-    for _ in range(_REPEATS.value):
-        for fn, times in ((jax_step, jax_times), (torch_step, torch_times)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    jax_ms = 1000 * statistics.median(jax_times)
-    torch_ms = 1000 * statistics.median(torch_times)
+    # Warm-up: allocator, thread pools (compilation is timed apart in `ours`).
+    ms = alternating_medians({"jax": jax_step, "torch": torch_step}, _REPEATS.value, warmup=2)
+    jax_ms, torch_ms = ms["jax"], ms["torch"]
     result = {
         "model": f"DiT-{args[0]}/{args[1]}",
         "latent": [args[2], args[2], args[3]],

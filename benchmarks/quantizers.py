@@ -19,9 +19,6 @@ Prints both medians and the speed ratio per case; the last line is one JSON obje
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import time
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -29,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from timing import alternating_medians, environment
 
 from crossmodal_jax.models.fsq import FiniteScalarQuantizer
 from crossmodal_jax.models.lfq import LookupFreeQuantizer
@@ -132,16 +130,7 @@ def time_case(case: str, n: int, repeats: int) -> dict:
     z_np = rng.normal(size=(n, d)).astype(np.float32)
     g_np = rng.normal(size=(n, d)).astype(np.float32)
     fns = {"ours": ours(case, z_np, g_np), "theirs": theirs(case, z_np, g_np)}
-    for fn in fns.values():  # compile / warm up
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():  # alternate so machine load affects both alike
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    ms = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+    ms = alternating_medians(fns, repeats)
     return {
         "case": case,
         "ours_ms": round(ms["ours"], 3),
@@ -152,8 +141,6 @@ def time_case(case: str, n: int, repeats: int) -> dict:
 
 def main(argv) -> None:
     del argv
-    import torch
-
     rows = [time_case(case, _N.value, _REPEATS.value) for case in _CASES.value]
     for r in rows:
         print(
@@ -161,18 +148,7 @@ def main(argv) -> None:
             f"{r['vector_quantize_pytorch_ms']:8.2f} ms, ratio {r['speedup']:.2f}x "
             f"(medians of {_REPEATS.value})"
         )
-    print(
-        json.dumps(
-            {
-                "n": _N.value,
-                "cases": rows,
-                "jax": jax.__version__,
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
-                "cpus": os.cpu_count(),
-            }
-        )
-    )
+    print(json.dumps({"n": _N.value, "cases": rows, **environment()}))
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ Prints both medians and the speed ratio; the last line is one JSON object.
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from timing import alternating_medians, environment
 
 from crossmodal_jax.models.vq import VectorQuantizer
 
@@ -76,24 +74,13 @@ def theirs(n: int, k: int, d: int, threshold: float, z_np: np.ndarray):
 
 def main(argv) -> None:
     del argv
-    import torch
-
     n, k, d = _N.value, _K.value, _D.value
     z_np = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
     fns = {
         "ours": ours(n, k, d, _CHUNK.value, _THRESHOLD.value, z_np),
         "vector_quantize_pytorch": theirs(n, k, d, _THRESHOLD.value, z_np),
     }
-    for fn in fns.values():  # compile / warm up
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(_REPEATS.value):
-        for name, fn in fns.items():  # alternate so machine load affects both alike
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    ms = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+    ms = alternating_medians(fns, _REPEATS.value)
     ratio = ms["vector_quantize_pytorch"] / ms["ours"]
     for name, v in ms.items():
         print(f"{name:>24}: {v:8.2f} ms/step (median of {_REPEATS.value})")
@@ -108,10 +95,7 @@ def main(argv) -> None:
                 "ours_ms": round(ms["ours"], 3),
                 "vector_quantize_pytorch_ms": round(ms["vector_quantize_pytorch"], 3),
                 "speedup": round(ratio, 3),
-                "jax": jax.__version__,
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
-                "cpus": os.cpu_count(),
+                **environment(),
             }
         )
     )
