@@ -171,9 +171,8 @@ def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
-# Config variants choosing the quantizer (e.g. configs/vqdit_img.py:fsq), each at 8 bits a latent
-# position like the default 256-code VQ: FSQ's (8, 6, 5) grid has 240 codes (the FSQ paper's
-# choice for 2^8), LFQ 8 bits, residual VQ 2 stages of 16 codes.
+# Config variants choosing the quantizer (configs/vqdit_img.py:fsq), each at ~8 bits a position like
+# the default VQ: FSQ (8, 6, 5) = 240 codes (the FSQ paper's 2^8), LFQ 8 bits, residual VQ 2 x 16.
 QUANTIZER_VARIANTS = {
     "fsq": dict(quantizer="fsq", levels=(8, 6, 5)),
     "lfq": dict(quantizer="lfq", code_dim=8),
@@ -183,27 +182,23 @@ QUANTIZER_VARIANTS = {
 
 
 def quantizer_variant(model: ml_collections.ConfigDict, variants: list[str]) -> list[str]:
-    """Apply the QUANTIZER_VARIANTS named in `variants` to a tokenizer.model block; returns the
-    variants left for the config to handle."""
+    """Apply the QUANTIZER_VARIANTS named in `variants` to a tokenizer.model block; returns the rest."""
     chosen = [v for v in variants if v in QUANTIZER_VARIANTS]
     if len(chosen) > 1:
         raise ValueError(f"config variants {chosen} each choose the quantizer; choose one")
     for name in chosen:
         model.update(QUANTIZER_VARIANTS[name])
-    return [v for v in variants if v not in QUANTIZER_VARIANTS]
+    return [v for v in variants if v not in chosen]
 
 
 def adversarial(**overrides) -> ml_collections.ConfigDict:
-    """VQGAN's extras for the tokenizer stage (stages/adversarial.py): the adversarial term (off at
-    weight 0) and the LPIPS perceptual term (off without a weights file)."""
+    """VQGAN's extras for the tokenizer stage (stages/adversarial.py): GAN and LPIPS terms, off."""
     c = ml_collections.ConfigDict()
     c.weight = 0.0  # > 0: weight of the hinge generator loss (times the adaptive weight)
     c.start_step = 0  # tokenizer step from which both players train (VQGAN: once recon is good)
     c.channels = 32  # PatchGAN discriminator: width of its first conv
     c.layers = 2  # its stride-2 convs (patch logits at 1/2^layers of the input's resolution)
-    # LPIPS perceptual term (VGG16; images >= 16x16): an .npz of the network's weights (nothing is
-    # downloaded; docs/metrics.md converts them), weighted by perceptual_weight. "" = off.
-    c.perceptual_weights = ""
+    c.perceptual_weights = ""  # LPIPS (VGG16) weights .npz (docs/metrics.md); "" = no such term
     c.perceptual_weight = 1.0
     c.update(overrides)
     return c
