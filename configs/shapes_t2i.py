@@ -32,8 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.mesh = blocks.mesh()
 
-    # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer).
+    # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer), trained twice the
+    # block's 800 steps: test PSNR 35.3 dB instead of 31.0, and 71.2 % / 72.4 % of samples right in
+    # every attribute instead of 68.0 % / 69.9 % (results.md, the shapes world).
     c.tokenizer = blocks.shapes_tokenizer()
+    c.tokenizer.train.steps = 1600
 
     # Stage 2: DiT over the 8×8 latent grid in 2×2 patches (16 tokens), conditioned on the
     # caption's words; the training images' codes are computed once (precompute_codes).
