@@ -340,9 +340,13 @@ def vqvae_from_config(model_cfg: Mapping[str, Any], **fields: Any) -> VQVAE:
     spatial_dims). The config's `quantizer` key is the module's `quantizer_name`: the name
     `quantizer` belongs to the submodule, whose variables checkpoints store under it."""
     m = dict(model_cfg)
-    m["strides"] = tuple(tuple(s) for s in m.get("strides", ()))
-    m["levels"] = tuple(m.get("levels", ()))
-    m["channel_mult"] = tuple(m.get("channel_mult", (1, 2)))
+    # Config lists (JSON round trips) as the hashable tuples the module's fields are; the defaults
+    # of keys a block leaves out stay the module's.
+    if "strides" in m:
+        m["strides"] = tuple(tuple(s) for s in m["strides"])
+    for key in ("levels", "channel_mult"):
+        if key in m:
+            m[key] = tuple(m[key])
     if "quantizer" in m:
         m["quantizer_name"] = m.pop("quantizer")
     return VQVAE(**m, **fields)
