@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = blocks.data("digits", "image", text_words=words, text_max_len=8)
 
     c.mesh = blocks.mesh()
+    c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
 
     # Stage 1: VQ-VAE over 8x8 images -> an 8x8 grid of codes (the generator's condition), no
     # downsampling (docs/results.md).

@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (docs/results.md). Train on one, the canonical one; both are right in evaluation.
     c.data.canonical_captions = True
     c.mesh = blocks.mesh()
+    c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
 
     # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer).
     c.tokenizer = blocks.shapes_tokenizer()

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = blocks.data("moving_digits", "video", text_words=words, text_max_len=6, frame_size=16)
 
     c.mesh = blocks.mesh()
+    c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
 
     # Stage 1: VQ-VAE over [8, 16, 16, 1] clips -> an 8x16x16 grid of codes, one per pixel of
     # every (pooled) frame: coarser grids cap the caption (docs/results.md).

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Captions as UTF-8 bytes (prompts may be any text), up to 31 bytes + the end token.
     c.data = blocks.data("digits", "image", text_max_len=32)
     c.mesh = blocks.mesh()
+    c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
 
     # Stage 1: VQ-VAE over 8x8 images -> 4x4 grid of codes.
     c.tokenizer = ml_collections.ConfigDict()

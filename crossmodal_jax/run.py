@@ -18,10 +18,11 @@ from crossmodal_jax.config import validation
 from crossmodal_jax.config.workdir import write_data_fingerprint, write_resolved_config
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.evaluation.evaluate import evaluate_run
+from crossmodal_jax.evaluation.periodic import periodic_evaluator
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.report import write_report
 from crossmodal_jax.stages.registry import STAGES
-from crossmodal_jax.training import sharding, workdir_lock
+from crossmodal_jax.training import sharding, throughput, workdir_lock
 from crossmodal_jax.training.loop import fit
 from crossmodal_jax.training.stage import RunContext
 
@@ -39,7 +40,9 @@ def build_experiment(
         raise UserError(f"config.mesh.shape: {e}") from e
     rules = sharding.rules_from_config(config.mesh.rules)
     validation.check_names(config)
-    exp = Experiment.build(config, RunContext(workdir, mesh, rules, config.seed))
+    profile_steps = throughput.parse_profile_steps(config.profile_steps)  # checked just above
+    ctx = RunContext(workdir, mesh, rules, config.seed, config.peak_tflops, profile_steps)
+    exp = Experiment.build(config, ctx)
     validation.validate(exp)
     return exp
 
@@ -72,7 +75,11 @@ def _run(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, t_run
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         for index, name in enumerate(config.stages):
             spec = STAGES[name](exp)
-            exp.results[name] = fit(spec, exp.ctx, stage_index=index)
+            every = config.eval.every
+            evaluate = periodic_evaluator(exp, spec) if every > 0 else None
+            exp.results[name] = fit(
+                spec, exp.ctx, stage_index=index, evaluate=evaluate, eval_every=every
+            )
         metrics = evaluate_run(exp) if config.eval.at_end else {}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:

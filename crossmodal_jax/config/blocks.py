@@ -59,6 +59,17 @@ def mesh() -> ml_collections.ConfigDict:
     return c
 
 
+def monitoring() -> ml_collections.ConfigDict:
+    """What the logs say of the hardware (top-level keys: --config.peak_tflops=...)."""
+    c = ml_collections.ConfigDict()
+    # One device's peak TFLOP/s: logged steps then show the MFU. 0 = from the device table
+    # (training/throughput.py: TPUs, NVIDIA H100/H200/A100/B200); none for CPUs.
+    c.peak_tflops = 0.0
+    # "a,b": a jax.profiler trace of steps a..b of each stage in <workdir>/<stage>/profile.
+    c.profile_steps = ""
+    return c
+
+
 def data(name: str, modality: str, **overrides) -> ml_collections.ConfigDict:
     """The data block of every task: the dataset, the caption tokenizer, and how user data
     (data.name = "folder" or "tfds") is converted; `modality` is the task's continuous one."""
@@ -318,6 +329,11 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     c.samples_per_prompt = 8  # text→image: images per prompt in grids and the digit accuracy
     c.prompts = ()  # text→image: prompts shown in sample grids
     c.num_examples = 0  # test examples evaluated at the end (0 = the whole split)
+    # Steps between evaluations during training (0 = only at the end): the stage's loss on the
+    # first `every_examples` test examples, and its task metric on them (tokenizer: PSNR; X→text:
+    # exact captions, WER; text→image: Fréchet distance, accuracy), logged as eval/* scalars.
+    c.every = 0
+    c.every_examples = 256
     # Evaluate the test split after training; False: metrics.json is {} (quick checks, sweeps
     # that evaluate separately). A later run of the same workdir can evaluate it.
     c.at_end = True

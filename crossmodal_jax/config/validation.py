@@ -32,7 +32,7 @@ from crossmodal_jax.stages.builders import DTYPES, condition_grid
 from crossmodal_jax.stages.generators import PROCESSES, processes_for
 from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS
 from crossmodal_jax.stages.registry import STAGES
-from crossmodal_jax.training import sharding
+from crossmodal_jax.training import sharding, throughput
 
 
 def _check(name: str, value, choices, key: str = "") -> None:
@@ -68,9 +68,27 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("DiT conditioning", gen.model.conditioning, tuple(CONDITIONINGS), key=key)
     if gen.model.preset:
         _check("DiT preset", gen.model.preset, tuple(DIT_PRESETS))
+    _check_monitoring(config)
     weights = config.eval.inception_weights
     if weights and not os.path.isfile(os.path.expanduser(weights)):  # not after hours of training
         raise UserError(f"eval.inception_weights: no such file {weights!r}")
+
+
+def _check_monitoring(config: ml_collections.ConfigDict) -> None:
+    """The hardware and evaluation-during-training keys."""
+    try:
+        throughput.parse_profile_steps(config.profile_steps)
+    except ValueError as e:
+        raise UserError(f"config.profile_steps: {e}") from e
+    if config.peak_tflops < 0:
+        raise UserError(
+            f"config.peak_tflops: must be >= 0 (0 = the device's), got {config.peak_tflops}"
+        )
+    if config.eval.every < 0 or config.eval.every_examples < 1:
+        raise UserError(
+            f"config.eval.every must be >= 0 and eval.every_examples >= 1, got "
+            f"{config.eval.every} and {config.eval.every_examples}"
+        )
 
 
 def check_data(exp: Experiment) -> None:

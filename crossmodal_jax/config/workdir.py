@@ -35,6 +35,8 @@ SAFE_KEYS = (
     "data.allow_changed_data",
     "data.data_dir",
     "mesh.shape.*",
+    "peak_tflops",
+    "profile_steps",
 )
 
 
@@ -46,7 +48,7 @@ def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> No
 
 def _block_defaults(config: dict) -> dict:
     """The defaults of the config blocks a resolved config is made of (config/blocks.py)."""
-    out: dict = {"eval": blocks.evaluation().to_dict()}
+    out: dict = {"eval": blocks.evaluation().to_dict(), **blocks.monitoring().to_dict()}
     for name, stage in config.items():
         if not isinstance(stage, dict) or "train" not in stage:
             continue

@@ -44,17 +44,18 @@ def generate_for_prompts(exp: Experiment, generator_state, prompts: list[str]) -
 
 
 def caption_test_split(
-    exp: Experiment, generator_state, split: str = "test"
+    exp: Experiment, generator_state, split: str = "test", limit: int | None = None
 ) -> tuple[dict[str, float], list[dict], np.ndarray]:
-    """Caption a split (or its first eval.num_examples) and score the captions (`<split>_...`):
-    BLEU, ROUGE-L, WER, CER, exact match; digit naming on the digits datasets, the accuracy of
-    each attribute on the shapes world's. Also returns the rows of captions and the first inputs."""
+    """Caption a split (or its first `limit`, by default eval.num_examples) and score the
+    captions (`<split>_...`): BLEU, ROUGE-L, WER, CER, exact match; digit naming on the digits
+    datasets, the accuracy of each attribute on the shapes world's. Also returns the rows of
+    captions and the first inputs."""
     config = exp.config
     generate = sampler(exp)
     key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SALT)
     hyps, refs, labels, shown = [], [], [], None
-    batches = exp.batches(split, config.eval.batch_size, limit=config.eval.num_examples)
-    for i, batch in enumerate(batches):
+    limit = config.eval.num_examples if limit is None else limit
+    for i, batch in enumerate(exp.batches(split, config.eval.batch_size, limit=limit)):
         ids = generate(
             generator_state.ema_params,
             generator_state.model_state,

@@ -45,10 +45,10 @@ def split_images(exp: Experiment, split: str, limit: int) -> tuple[np.ndarray, n
 
 
 def generate_split(
-    exp: Experiment, generator_state, generate, split: str = "test"
+    exp: Experiment, generator_state, generate, split: str = "test", limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
-    """(real images of a split, one image generated from each one's caption, labels or None,
-    the captions).
+    """(real images of a split's first `limit` examples (default eval.num_examples), one image
+    generated from each one's caption, labels or None, the captions).
 
     Batches are padded to `eval.batch_size`, so the sampler compiles once.
     """
@@ -58,7 +58,8 @@ def generate_split(
         key = jax.random.fold_in(key, exp.dataset.splits.index(split))
     size = config.eval.batch_size
     real, fake, labels, captions = [], [], [], []
-    for i, batch in enumerate(exp.batches(split, size, limit=config.eval.num_examples)):
+    limit = config.eval.num_examples if limit is None else limit
+    for i, batch in enumerate(exp.batches(split, size, limit=limit)):
         images = generate_in_batches(
             generate,
             generator_state,

@@ -23,12 +23,18 @@ class Progress:
         """Call after the first (compiling) step so the rate reflects steady state."""
         self._t0, self._s0 = time.perf_counter(), step
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation, a profile flush) out of the step rate."""
+        if self._t0 is not None:
+            self._t0 += seconds
+
     def rate(self, step: int) -> float:
         if self._t0 is None or step <= self._s0:
             return float("nan")
         return (step - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
 
-    def line(self, step: int, scalars: dict[str, float]) -> str:
+    def line(self, step: int, scalars: dict[str, float], hardware: str = "") -> str:
+        """'[stage] step/total (pct) scalars | rate steps/s[, hardware] | ETA'."""
         rate = self.rate(step)
         eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
         shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k != "steps_per_sec")
@@ -36,5 +42,5 @@ class Progress:
         eta_s = format_duration(eta) if eta == eta else "?"
         return (
             f"[{self.stage}] {step}/{self.total} ({pct:.0f}%) {shown} | "
-            f"{rate:.2f} steps/s | ETA {eta_s}"
+            f"{rate:.2f} steps/s{', ' + hardware if hardware else ''} | ETA {eta_s}"
         )

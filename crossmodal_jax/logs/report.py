@@ -90,22 +90,25 @@ def _img(png: bytes, alt: str, css_class: str = "") -> str:
     )
 
 
+THROUGHPUT = ("steps_per_sec", "examples_per_sec", "tflops_per_device", "mfu")
+
+
 def _curves_png(rows: list[dict]) -> bytes | None:
     """One small subplot per logged scalar; None when there is nothing to plot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # not pyplot: no global state, no display needed
 
-    by_step = {}
-    for row in rows:  # a resumed run logs some steps again; the later row wins
-        if isinstance(row.get("step"), int | float):
-            by_step[row["step"]] = row
+    by_step: dict = {}
+    for row in rows:  # a resumed run logs some steps again: the later value wins
+        if isinstance(row.get("step"), int | float):  # an eval/ row joins its step's row
+            by_step.setdefault(row["step"], {}).update(row)
     keys = []
     for row in by_step.values():
         keys += [k for k, v in row.items() if k != "step" and k not in keys and _is_num(v)]
     if not keys:
         return None
     # loss first (what one looks at first), the throughput last.
-    keys.sort(key=lambda k: (k != "loss", k == "steps_per_sec"))
+    keys.sort(key=lambda k: (k != "loss", k in THROUGHPUT))
     steps = sorted(by_step)
     cols = min(4, len(keys))
     rows_n = -(-len(keys) // cols)
@@ -124,11 +127,12 @@ def _curves_png(rows: list[dict]) -> bytes | None:
     )
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows_n, cols, i + 1)
-        raw = [by_step[s].get(key) for s in steps]
+        at = [s for s in steps if key in by_step[s]]  # eval/ scalars: every eval.every steps
+        raw = [by_step[s][key] for s in at]
         # NaN/Inf break the line rather than wreck the axis limits; the title counts them.
         nonfinite = sum(1 for v in raw if _is_num(v) and not math.isfinite(v))
         values = [float(v) if _is_num(v) and math.isfinite(v) else math.nan for v in raw]
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None, lw=1)
+        ax.plot(at, values, marker="." if len(at) < 30 else None, lw=1)
         finite = [v for v in values if not math.isnan(v)]
         if "loss" in key and finite and min(finite) > 0:
             ax.set_yscale("log")

@@ -17,7 +17,7 @@ from clu import parameter_overview
 
 from crossmodal_jax.logs.progress import Progress, format_duration
 from crossmodal_jax.logs.writers import MetricWriter
-from crossmodal_jax.training import sharding
+from crossmodal_jax.training import sharding, throughput
 from crossmodal_jax.training.checkpoint import StageCheckpointer
 from crossmodal_jax.training.guards import Preempted, PreemptionGuard, check_finite
 from crossmodal_jax.training.stage import RunContext, StageSpec, abstract_state, fresh_state
@@ -26,10 +26,11 @@ from crossmodal_jax.training.step import TrainState, make_optimizer, train_step
 log = logging.getLogger("crossmodal_jax")
 
 
-def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
-    """The jitted shared train_step of a stage: state donated, shardings fixed."""
+def compile_step(spec: StageSpec, tx, state_shardings, state, batch, key, mesh):
+    """The shared train_step of a stage compiled ahead of time for these arguments (state
+    donated, shardings fixed), and its FLOPs on one device (XLA's cost analysis)."""
     batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-    return jax.jit(
+    jitted = jax.jit(
         partial(
             train_step,
             objective=spec.objective,
@@ -41,6 +42,8 @@ def compile_step(spec: StageSpec, tx, state_shardings, batch, mesh) -> Callable:
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+    compiled = jitted.lower(state, batch, key).compile()
+    return compiled, throughput.step_flops(compiled)
 
 
 MESH_FILE = "mesh.json"
@@ -64,8 +67,18 @@ def record_mesh(stage_dir: str, mesh: jax.sharding.Mesh) -> dict | None:
     return previous
 
 
-def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
-    """Train one stage to `train_cfg.steps`, resuming from its checkpoints; returns the final state."""
+def fit(
+    spec: StageSpec,
+    ctx: RunContext,
+    *,
+    stage_index: int,
+    evaluate: Callable[[TrainState], dict[str, float]] | None = None,
+    eval_every: int = 0,
+) -> TrainState:
+    """Train one stage to `train_cfg.steps`, resuming from its checkpoints; returns the final state.
+
+    `evaluate(state)`, when given, runs every `eval_every` steps; its scalars are logged under
+    `eval/` (metrics.jsonl, TensorBoard) and its time is left out of the step rate."""
     cfg = spec.train_cfg
     stage_dir = os.path.join(ctx.workdir, spec.name)
     key = jax.random.fold_in(jax.random.key(ctx.seed), stage_index)
@@ -118,6 +131,9 @@ def fit(spec: StageSpec, ctx: RunContext, *, stage_index: int) -> TrainState:
                 ckpt,
                 writer,
                 guard,
+                evaluate if eval_every > 0 else None,
+                eval_every,
+                throughput.ProfileWindow(ctx.profile_steps, stage_dir),
             )
             state = _train_loop(loop, state, start)
     finally:
@@ -147,28 +163,49 @@ class _Loop:
     ckpt: StageCheckpointer
     writer: MetricWriter
     guard: PreemptionGuard
+    evaluate: Callable[[TrainState], dict[str, float]] | None
+    eval_every: int
+    profile: throughput.ProfileWindow
 
 
 def _train_loop(loop: _Loop, state: TrainState, start: int) -> TrainState:
     """Steps `start..steps`; logs one step late (async dispatch) and checks finiteness before saves."""
+    try:
+        return _steps(loop, state, start)
+    finally:
+        loop.profile.stop()  # a run stopped inside the window still writes its trace
+
+
+def _steps(loop: _Loop, state: TrainState, start: int) -> TrainState:
     spec, ckpt, writer = loop.spec, loop.ckpt, loop.writer
     cfg = spec.train_cfg
-    step_fn = None
+    step_fn = rates = None
     progress = Progress(spec.name, start, cfg.steps)
     pending = None  # metrics of a logged step, read one step late so dispatch stays async
     previous = None  # (step, metrics) of the step before: its NaN check runs one step late
     skipped = 0  # updates dropped for non-finite values (skip_nonfinite=True)
+
+    def log_pending():
+        _log_scalars(writer, progress, rates, *pending, loop.lr_schedule, skipped)
+
     for step in range(start, cfg.steps):
         batch = sharding.global_batch(next(loop.data_iter), loop.ctx.mesh)
         if step_fn is None:
-            step_fn = compile_step(spec, loop.tx, loop.state_shardings, batch, loop.ctx.mesh)
-        state, metrics = step_fn(state, batch, loop.step_key)
+            step_fn, flops = compile_step(
+                spec, loop.tx, loop.state_shardings, state, batch, loop.step_key, loop.ctx.mesh
+            )
+            device_kind = loop.ctx.mesh.devices.flat[0].device_kind
+            peak = throughput.device_peak_tflops(device_kind, loop.ctx.peak_tflops)
+            rates = throughput.Throughput(cfg.batch_size, flops, peak)
         done = step + 1
+        loop.profile.before(done)
+        state, metrics = step_fn(state, batch, loop.step_key)
+        loop.profile.after(done, metrics)
         if previous is not None:
             skipped += _count_or_stop(spec.name, cfg, *previous)
         previous = (done, metrics)
         if pending is not None:
-            _log_scalars(writer, progress, *pending, loop.lr_schedule, skipped)
+            log_pending()
             pending = None
         if step == start:
             jax.block_until_ready(metrics)  # exclude compilation from the step rate
@@ -182,7 +219,7 @@ def _train_loop(loop: _Loop, state: TrainState, start: int) -> TrainState:
             ckpt.save(done, state, loop.data_iter, force=True)
         if stop:
             if pending is not None:
-                _log_scalars(writer, progress, *pending, loop.lr_schedule, skipped)
+                log_pending()
             ckpt.wait()
             raise Preempted(
                 f"[{spec.name}] stopped at step {done}/{cfg.steps} and saved a checkpoint; "
@@ -190,11 +227,29 @@ def _train_loop(loop: _Loop, state: TrainState, start: int) -> TrainState:
             )
         if spec.summarize and cfg.images_every and done % cfg.images_every == 0:
             spec.summarize(state, done, writer)
+        if loop.evaluate and done % loop.eval_every == 0:
+            if pending is not None:  # in step order in metrics.jsonl
+                log_pending()
+                pending = None
+            _evaluate(loop, progress, state, done)
     if pending is not None:
-        _log_scalars(writer, progress, *pending, loop.lr_schedule, skipped)
+        log_pending()
     if spec.summarize and not (cfg.images_every and cfg.steps % cfg.images_every == 0):
         spec.summarize(state, cfg.steps, writer)
     return state
+
+
+def _evaluate(loop: _Loop, progress: Progress, state: TrainState, step: int) -> None:
+    """The periodic evaluation at `step`: logged under eval/, its time kept out of the step rate."""
+    t0 = time.perf_counter()
+    scalars = {f"eval/{k}": v for k, v in loop.evaluate(state).items()}
+    loop.writer.scalars(step, scalars)
+    seconds = time.perf_counter() - t0
+    progress.exclude(seconds)
+    if jax.process_index() == 0:
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()))
+        name, total = loop.spec.name, progress.total
+        log.info("[%s] %d/%d evaluation (%.1f s): %s", name, step, total, seconds, shown)
 
 
 def _count_or_stop(stage: str, cfg, step: int, metrics: dict) -> int:
@@ -211,13 +266,14 @@ def _close(data_iter) -> None:
         data_iter.close()
 
 
-def _log_scalars(writer, progress, step, metrics, lr_schedule, skipped: int) -> None:
+def _log_scalars(writer, progress, rates, step, metrics, lr_schedule, skipped: int) -> None:
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
     scalars["skipped_updates"] = float(skipped)
     scalars["learning_rate"] = float(lr_schedule(step - 1))
     rate = progress.rate(step)
     if rate == rate:
         scalars["steps_per_sec"] = rate
+        scalars.update(rates.scalars(rate))
     writer.scalars(step, scalars)
     if jax.process_index() == 0:
         log.info(
@@ -225,5 +281,6 @@ def _log_scalars(writer, progress, step, metrics, lr_schedule, skipped: int) -> 
                 step,
                 {k: scalars[k] for k in ("loss", "grad_norm") if k in scalars}
                 | {k: v for k, v in scalars.items() if k in ("psnr", "codebook_usage")},
+                throughput.describe(scalars),
             )
         )

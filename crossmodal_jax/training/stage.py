@@ -37,12 +37,15 @@ class StageSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
-    """Where stages train: the workdir, the mesh and its logical axis rules, the run's seed."""
+    """Where stages train: the workdir, the mesh and its logical axis rules, the run's seed; and
+    what the logs say of the hardware (config.peak_tflops, config.profile_steps)."""
 
     workdir: str
     mesh: jax.sharding.Mesh
     rules: tuple
     seed: int
+    peak_tflops: float = 0.0  # one device's peak for the MFU; 0 = from throughput.PEAK_TFLOPS
+    profile_steps: tuple[int, int] | None = None  # steps a..b of each stage traced by jax.profiler
 
 
 def abstract_state(spec: StageSpec, tx, key, ctx: RunContext):

@@ -15,6 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # compilation cache.
 DEVICES = 2
 
+# Scalars of a logged step that measure time, not training: they differ between equal runs.
+TIMING_KEYS = {"steps_per_sec", "examples_per_sec", "tflops_per_device", "mfu"}
+
 
 def run_cli(module, *args, timeout=600):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_helpers import DEVICES, ROOT, read_jsonl, run_cli
+from cli_helpers import DEVICES, ROOT, TIMING_KEYS, read_jsonl, run_cli
 from PIL import Image
 
 SMOKE = "--config=configs/vqdit_img.py:smoke"
@@ -58,16 +58,41 @@ def test_smoke_run_writes_every_artifact(smoke_run):
 
 
 def test_rerun_resumes_at_saved_step(smoke_run, tmp_path):
+    """The resumed steps also show what the logs say of the hardware: throughput and MFU in
+    every logged row, an evaluation every 4 steps, and a profile of steps 7-8."""
     shared, flags, _ = smoke_run
     workdir = str(tmp_path / "run")  # trained further: a copy of the shared smoke run
     shutil.copytree(shared, workdir)
     flags = [f"--workdir={workdir}" if f.startswith("--workdir=") else f for f in flags]
-    again = run_cli("main", *flags, "--config.generator.train.steps=10")
+    again = run_cli(
+        "main",
+        *flags,
+        "--config.generator.train.steps=10",
+        "--config.eval.every=4",
+        "--config.eval.every_examples=32",
+        "--config.profile_steps=7,8",
+        "--config.peak_tflops=0.5",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[tokenizer] already trained (6/6 steps)" in again.stdout
     assert "[generator] resuming from step 6" in again.stdout
-    steps = [r["step"] for r in read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))]
-    assert steps == [2, 4, 6, 8, 10]
+    rows = read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8, 10]
+    for row in rows[3:]:  # the resumed run's rows
+        if "loss" in row:
+            assert row["examples_per_sec"] == pytest.approx(16 * row["steps_per_sec"])
+            assert row["mfu"] == pytest.approx(row["tflops_per_device"] / 0.5)
+    evaluations = [r for r in rows if "eval/test_loss" in r]
+    assert [r["step"] for r in evaluations] == [8]
+    assert {"eval/test_classifier_fd", "eval/test_sample_class_accuracy"} <= evaluations[0].keys()
+    assert "[generator] 8/10 evaluation" in again.stdout and "MFU" in again.stdout
+    traces = [
+        f
+        for _, _, files in os.walk(os.path.join(workdir, "generator", "profile"))
+        for f in files
+        if f.endswith(".xplane.pb")
+    ]
+    assert traces and "profile of steps 7-8" in again.stdout
 
 
 def free_port() -> int:
@@ -113,7 +138,7 @@ def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
         for row_two in rows:
             row_one = one[row_two["step"]]
             assert row_one.keys() == row_two.keys()
-            for key in sorted(row_one.keys() - {"steps_per_sec"}):
+            for key in sorted(row_one.keys() - TIMING_KEYS):
                 np.testing.assert_allclose(
                     row_two[key],
                     row_one[key],

@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from cli_helpers import TIMING_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -41,7 +42,7 @@ def rows_by_step(workdir):
     """The last logged row of each step (a resumed run logs again from its checkpoint)."""
     with open(os.path.join(workdir, "tokenizer", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
-    return {r["step"]: {k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows}
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows}
 
 
 def logged_steps(workdir):

@@ -64,6 +64,10 @@ def _config(name):
         ("img2txt", "generator.model.cond_conv_stride", (2, 2), "cond_conv_stride needs generat"),
         ("img2txt", "generator.sample.sampler", "beam", "unknown sampler 'beam'.*threshold"),
         ("vqdit_img", "generator.sample.guidance_interval", (0.6, 0.4), "0 <= lo < hi <= 1"),
+        ("img2txt", "profile_steps", "5", r"config.profile_steps: expected two step numbers 'a,b'"),
+        ("img2txt", "profile_steps", "3,2", r"config.profile_steps: expected 1 <= a <= b"),
+        ("img2txt", "peak_tflops", -1.0, "config.peak_tflops: must be >= 0"),
+        ("img2txt", "eval.every", -5, "config.eval.every must be >= 0"),
     ],
 )
 def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, value, message):
@@ -71,7 +75,7 @@ def test_impossible_text_task_configs_are_one_line(tmp_path, config_name, key, v
     config.data.data_dir = str(tmp_path / "data")
     section, _, field = key.rpartition(".")
     node = config
-    for part in section.split("."):
+    for part in section.split(".") if section else ():
         node = node[part]
     with node.ignore_type():
         node[field] = value
@@ -152,6 +156,7 @@ def test_config_diff_ignores_safe_keys_only():
     new = vqdit_img.get_config()
     new.generator.train.steps = 10
     new.eval.samples_per_prompt = 3
+    new.update(peak_tflops=989.0, profile_steps="10,12")  # what the logs say, not what trains
     assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == []
     new.tokenizer.model.num_codes = 64
     assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == [
@@ -166,10 +171,12 @@ def test_a_workdir_of_an_earlier_version_gets_new_keys_at_their_defaults(tmp_pat
     config = vqdit_img.get_config()
     old = json.loads(config.to_json_best_effort())
     del old["generator"]["sample"]["guidance_interval"], old["generator"]["model"]["conditioning"]
+    del old["peak_tflops"], old["eval"]["every"]  # top-level keys are added too
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = workdir_lib.load_resolved_config(str(tmp_path))
     assert tuple(loaded.generator.sample.guidance_interval) == (0.0, 1.0)
     assert loaded.generator.model.conditioning == "in_context"
+    assert (loaded.peak_tflops, loaded.eval.every) == (0.0, 0)
     assert (
         workdir_lib.config_diff(
             workdir_lib.with_new_keys(old), json.loads(config.to_json_best_effort())
