@@ -35,9 +35,10 @@ def build_experiment(
     """The checked Experiment of a config: one-line UserError for anything it cannot run, before
     anything is compiled or written. `mesh_shape` (default: config.mesh.shape) places it."""
     try:
-        mesh = sharding.make_mesh(dict(mesh_shape or config.mesh.shape))
+        dcn_shape = dict(config.mesh.dcn_shape)
+        mesh = sharding.make_mesh(dict(mesh_shape or config.mesh.shape), dcn_shape=dcn_shape)
     except ValueError as e:
-        raise UserError(f"config.mesh.shape: {e}") from e
+        raise UserError(f"config.mesh: {e}") from e
     rules = sharding.rules_from_config(config.mesh.rules)
     validation.check_names(config)
     profile_steps = throughput.parse_profile_steps(config.profile_steps)  # checked just above

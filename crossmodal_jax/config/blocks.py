@@ -42,6 +42,10 @@ def smoke_train(stage: ml_collections.ConfigDict) -> None:
 def mesh() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all other devices
+    # Multi-slice / multi-host: how many slices (TPU slices; processes on GPUs and CPUs) each axis
+    # of `shape` spans over the slow network, e.g. data=2: data parallel across two slices,
+    # fsdp and tensor inside each. All 1: one slice (devices laid out in order).
+    c.dcn_shape = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     # Logical axis -> mesh axes. See crossmodal_jax/sharding.py for the names and the presets.
     c.rules = [
         ["batch", ["data", "fsdp"]],

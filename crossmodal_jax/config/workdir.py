@@ -35,6 +35,7 @@ SAFE_KEYS = (
     "data.allow_changed_data",
     "data.data_dir",
     "mesh.shape.*",
+    "mesh.dcn_shape.*",
     "peak_tflops",
     "profile_steps",
 )

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,6 +37,7 @@ __all__ = [
     "global_batch",
     "logical_shardings",
     "make_mesh",
+    "mesh_devices",
     "replicated",
     "replicated_parameters",
     "rules_from_config",
@@ -76,16 +78,34 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes ("data", "fsdp", "tensor"); one size may be -1 (filled from the device count).
+def make_mesh(
+    shape: dict[str, int],
+    devices: Sequence[jax.Device] | None = None,
+    dcn_shape: dict[str, int] | None = None,
+) -> Mesh:
+    """A mesh with axes ("data", "fsdp", "tensor") over `mesh_devices(shape, devices, dcn_shape)`.
 
     Axes are `Auto` so linen's logical constraints drive GSPMD (explicit axes reject sharded
     contractions in tensor-parallel layers).
     """
-    unknown = set(shape) - set(MESH_AXES)
+    grid = mesh_devices(shape, list(devices if devices is not None else jax.devices()), dcn_shape)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_devices(
+    shape: dict[str, int], devices: Sequence[Any], dcn_shape: dict[str, int] | None = None
+) -> np.ndarray:
+    """The devices laid out as the mesh `shape`; one size may be -1 (filled from the device count).
+
+    `dcn_shape` (multi-slice or multi-host): how many slices each axis spans, over the slow
+    network (DCN), e.g. {"data": 2} for data parallelism across two slices with FSDP and tensor
+    parallelism inside each. `shape` stays the whole mesh; each slice holds shape / dcn_shape.
+    Slices are TPU slices (devices' `slice_index`) when there are that many, else processes (so
+    on GPU hosts and CPUs each process is one), as in `create_hybrid_device_mesh`.
+    """
+    unknown = (set(shape) | set(dcn_shape or {})) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"mesh axes must be {MESH_AXES}, got unknown {sorted(unknown)}")
-    devices = list(devices if devices is not None else jax.devices())
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
     if sizes.count(-1) > 1:
         raise ValueError(
@@ -101,8 +121,32 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
             f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {int(np.prod(sizes))} devices, "
             f"{len(devices)} are available"
         )
-    device_grid = np.asarray(devices).reshape(sizes)
-    return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    dcn = [int((dcn_shape or {}).get(a, 1)) for a in MESH_AXES]
+    if int(np.prod(dcn)) > 1:
+        return _hybrid_grid(sizes, dcn, list(devices))
+    return np.asarray(devices).reshape(sizes)
+
+
+def _hybrid_grid(sizes: list[int], dcn: list[int], devices: list) -> np.ndarray:
+    """Devices laid out so that the axes in `dcn` cross slices (or processes) and every other
+    step of an axis stays inside one."""
+    named = dict(zip(MESH_AXES, dcn, strict=True))
+    if any(d < 1 or s % d for s, d in zip(sizes, dcn, strict=True)):
+        raise ValueError(
+            f"dcn_shape {named} must divide the mesh {dict(zip(MESH_AXES, sizes, strict=True))}"
+        )
+    want = int(np.prod(dcn))
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    processes = len({d.process_index for d in devices})
+    if want not in (slices, processes):
+        raise ValueError(
+            f"dcn_shape {named} spans {want} slices, but the devices are in {slices} slice(s) "
+            f"and {processes} process(es)"
+        )
+    ici = [s // d for s, d in zip(sizes, dcn, strict=True)]
+    return mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=want != slices
+    )
 
 
 def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_helpers import DEVICES, ROOT, TIMING_KEYS, read_jsonl, run_cli
+from cli_helpers import ROOT, TIMING_KEYS, read_jsonl, run_cli
 from PIL import Image
 
 SMOKE = "--config=configs/vqdit_img.py:smoke"
@@ -101,10 +101,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
-    """launch/local_multiprocess.sh: 2 processes x 1 CPU device train exactly like the smoke run's
-    1 process x 2 devices. Both see the same 2-device data-parallel mesh; the loss of a step is the
-    same number when
+def test_two_processes_on_a_hybrid_mesh_log_the_same_losses_as_one(smoke_run, tmp_path):
+    """launch/local_multiprocess.sh: 2 processes x 4 CPU devices on a hybrid mesh (the data axis
+    across the processes, as across slices over DCN, FSDP over each process's 4 devices;
+    `mesh.dcn_shape`) train exactly like the smoke run's 1 process x 2 data-parallel devices. The
+    loss of a step is the same number when
       - the global batch holds the same examples in the same rows whatever the process count (the
         pipeline deals out whole local batches of one global stream, in process order), and
       - the random draws (diffusion time, noise, condition drop) depend only on the key and the
@@ -114,12 +115,22 @@ def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
     workdir, flags, _ = smoke_run
     two_dir = tmp_path / "two"
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
-    env.update(DEVICES_PER_PROCESS=str(DEVICES // 2), JAX_PLATFORMS="cpu")
+    env.update(DEVICES_PER_PROCESS="4", JAX_PLATFORMS="cpu")
     launcher = os.path.join(ROOT, "launch", "local_multiprocess.sh")
     same_flags = [f for f in flags if not f.startswith("--workdir=")]
+    hybrid = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=4"]
+    hybrid.append("--config.mesh.dcn_shape.data=2")
     # Training is what is compared: no test-split evaluation (a fifth of a smoke run).
     two = subprocess.run(
-        ["bash", launcher, "2", *same_flags, "--config.eval.at_end=False", f"--workdir={two_dir}"],
+        [
+            "bash",
+            launcher,
+            "2",
+            *same_flags,
+            *hybrid,
+            "--config.eval.at_end=False",
+            f"--workdir={two_dir}",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -127,7 +138,9 @@ def test_two_processes_log_the_same_losses_as_one(smoke_run, tmp_path):
         timeout=600,
     )
     assert two.returncode == 0, two.stdout[-4000:] + two.stderr[-2000:]
-    assert f"over {DEVICES} devices (cpu), 2 process(es)" in two.stdout
+    assert (
+        "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 devices (cpu), 2 process(es)" in two.stdout
+    )
     assert "[p1]" in two.stdout
     for stage in ("tokenizer", "generator"):
         one = {

@@ -1,6 +1,7 @@
 """The shared train_step: optimizer schedule, EMA, and sharded == one-device steps on a 4x2 mesh."""
 
 import functools
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -231,3 +232,26 @@ def test_mesh_fills_minus_one_and_rejects_bad_shapes():
         sharding.make_mesh({"data": 3, "fsdp": 2})
     with pytest.raises(ValueError, match="unknown"):
         sharding.make_mesh({"model": 2})
+
+
+def _fake_devices(processes: int, per_process: int) -> list:
+    """Stand-ins for the devices of a multi-process run (one granule a process, as on CPUs)."""
+    return [
+        SimpleNamespace(id=i, process_index=i // per_process, platform="cpu", device_kind="cpu")
+        for i in range(processes * per_process)
+    ]
+
+
+def test_a_hybrid_mesh_puts_the_dcn_axis_across_processes_and_the_rest_inside():
+    devices = _fake_devices(2, 4)
+    grid = sharding.mesh_devices({"data": 2, "fsdp": 4}, devices, dcn_shape={"data": 2})
+    owner = np.vectorize(lambda d: d.process_index)(grid)[..., 0]
+    np.testing.assert_array_equal(owner, [[0, 0, 0, 0], [1, 1, 1, 1]])  # data across, fsdp inside
+    # data 4 = 2 slices x 2: steps 0-1 of the data axis in process 0, 2-3 in process 1.
+    grid = sharding.mesh_devices({"data": -1, "fsdp": 2}, devices, dcn_shape={"data": 2})
+    owner = np.vectorize(lambda d: d.process_index)(grid)[..., 0]
+    np.testing.assert_array_equal(owner, [[0, 0], [0, 0], [1, 1], [1, 1]])
+    with pytest.raises(ValueError, match="spans 4 slices, but the devices are in 1 slice"):
+        sharding.mesh_devices({"data": 4, "fsdp": 2}, devices, dcn_shape={"data": 4})
+    with pytest.raises(ValueError, match=r"dcn_shape .* must divide the mesh"):
+        sharding.mesh_devices({"data": 1, "fsdp": 8}, devices, dcn_shape={"data": 2})
