@@ -31,8 +31,9 @@ from absl import app, flags
 from clu import parameter_overview
 
 from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax.models.attention import ATTENTION
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
-from crossmodal_jax.training import sharding
+from crossmodal_jax.training import sharding, throughput
 from crossmodal_jax.training.loop import compile_step
 from crossmodal_jax.training.stage import RunContext, StageSpec, abstract_state, fresh_state
 from crossmodal_jax.training.step import make_optimizer
@@ -45,6 +46,9 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Global batch (split over all devices)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compiling step).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of ONE device (0: no MFU).")
+_ATTENTION = flags.DEFINE_enum(
+    "attention", "xla", list(ATTENTION), "Attention kernel (models/attention.py)."
+)
 _XL_FLOPS = flags.DEFINE_bool("xl_flops", True, "Also count DiT-XL/2 forward FLOPs (compile only).")
 
 PAPER_XL2_GFLOPS = 118.6  # DiT paper, Table 4: DiT-XL/2 at 256x256 (fvcore: multiply-adds)
@@ -56,6 +60,7 @@ def build_dit(preset: str, patch: int, latent: int, channels: int, dtype: str) -
         in_channels=channels,
         patch_size=patch,
         dtype=jnp.dtype(dtype),
+        attention=_ATTENTION.value,
         **DIT_PRESETS[preset],
     )
 
@@ -76,14 +81,6 @@ def analytic_forward_macs(preset: str, patch: int, latent: int, channels: int) -
     return depth * block + embed + final
 
 
-def xla_flops(compiled) -> float:
-    """FLOPs of a compiled executable (per device for SPMD programs)."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list | tuple):  # older jax: one dict per executable
-        analysis = analysis[0]
-    return float(analysis["flops"])
-
-
 def forward_flops(dit: DiT, batch: int) -> float:
     """XLA FLOPs of one forward pass, compiled from abstract shapes (nothing is run)."""
     h, w = dit.input_size
@@ -92,7 +89,7 @@ def forward_flops(dit: DiT, batch: int) -> float:
     init = lambda k, x_, t_: nn.meta.unbox(dit.init(k, x_, t_))
     params = jax.eval_shape(init, jax.random.key(0), x, t)
     fwd = jax.jit(lambda v, x_, t_: dit.apply(v, x_, t_))
-    return xla_flops(fwd.lower(params, x, t).compile())
+    return throughput.step_flops(fwd.lower(params, x, t).compile())
 
 
 def diffusion_spec(dit: DiT, train_cfg: ml_collections.ConfigDict, batch: int) -> StageSpec:
@@ -151,11 +148,10 @@ def time_train_step(dit: DiT, batch: int, steps: int) -> dict:
         state = fresh_state(spec, init_fn, jax.random.key(0))
         data = sharding.global_batch(next(spec.make_iterator()), mesh)
         key = jax.random.key(1)
-        step_fn = compile_step(spec, tx, shardings, data, mesh)
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, data, key).compile()
+        compiled, device_flops = compile_step(spec, tx, shardings, state, data, key, mesh)
         compile_s = time.perf_counter() - t0
-        flops_per_step = xla_flops(compiled) * mesh.size
+        flops_per_step = device_flops * mesh.size
         state, metrics = compiled(state, data, key)  # warm-up (allocations, thread pools)
         jax.block_until_ready(metrics)
         times = []

@@ -8,13 +8,16 @@ GELU; adaLN-Zero), same batch, same step: eps-prediction Gaussian-diffusion MSE 
 (linear schedule, T=1000), backward, global-norm clipping at 1, AdamW (lr 1e-4, betas 0.9/0.999,
 no weight decay), weight EMA. Ours is unconditional (`cond_ids=None`); diffusers' DiT always takes
 class labels (all 0 here); the label and per-block timestep embeddings it adds are < 1% of FLOPs.
-Both run float32 on this machine's CPU with their default threading; one timed step of each
+Both run float32 (or, with --dtype=bfloat16, bf16 compute: ours through the model's dtype, theirs
+through torch.autocast; weights float32 in both) on this machine's CPU with their default
+threading, ours with --attention's kernel (models/attention.py); one timed step of each
 alternates per repeat (compile and warm-up excluded). Run it on an idle machine: under other load
 PyTorch's OpenMP threads slow down far more than XLA's (the JSON records the load average).
 Prints both medians and speed_ratio = torch time / JAX time (> 1: ours is faster); the last
 line is one JSON object.
 
-The model flags (--preset, --batch, --patch, --latent, --channels) are those of dit_step.py.
+The model flags (--preset, --batch, --patch, --latent, --channels, --dtype, --attention) are those
+of dit_step.py.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import jax
 import numpy as np
 from absl import app, flags
 from dit_step import (  # the sibling script; importing it defines the model flags
+    _ATTENTION,
     _BATCH,
     _CHANNELS,
+    _DTYPE,
     _LATENT,
     _PATCH,
     _PRESET,
@@ -52,7 +57,7 @@ EMA_DECAY = 0.9999
 
 def ours(preset: str, patch: int, latent: int, channels: int, batch: int):
     """(one blocking training step, parameter count, compile seconds) of our DiT, one device."""
-    dit = build_dit(preset, patch, latent, channels, "float32")
+    dit = build_dit(preset, patch, latent, channels, _DTYPE.value)
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     rules = sharding.DEFAULT_RULES
     ctx = RunContext("", mesh, rules, seed=0)
@@ -64,7 +69,7 @@ def ours(preset: str, patch: int, latent: int, channels: int, batch: int):
         data = sharding.global_batch(next(spec.make_iterator()), mesh)
         key = jax.random.key(1)
         t0 = time.perf_counter()
-        step_fn = compile_step(spec, tx, shardings, data, mesh).lower(state, data, key).compile()
+        step_fn, _ = compile_step(spec, tx, shardings, state, data, key, mesh)
         compile_s = time.perf_counter() - t0
     holder = {"state": state}
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -107,8 +112,10 @@ def theirs(preset: str, patch: int, latent: int, channels: int, batch: int):
         t = torch.randint(0, 1000, (batch,))
         noise = torch.randn_like(x0)
         xt = sqrt_ab[t][:, None, None, None] * x0 + sqrt_1m_ab[t][:, None, None, None] * noise
-        out = model(xt, timestep=t, class_labels=labels).sample
-        loss = torch.nn.functional.mse_loss(out, noise)
+        # bfloat16: autocast, PyTorch's mixed precision (weights stay float32, as ours do).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_DTYPE.value == "bfloat16"):
+            out = model(xt, timestep=t, class_labels=labels).sample
+        loss = torch.nn.functional.mse_loss(out.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,6 +141,8 @@ def main(argv) -> None:
         "model": f"DiT-{args[0]}/{args[1]}",
         "latent": [args[2], args[2], args[3]],
         "batch": args[4],
+        "dtype": _DTYPE.value,
+        "attention": _ATTENTION.value,
         "jax_ms": round(jax_ms, 2),
         "torch_ms": round(torch_ms, 2),
         "speed_ratio": round(torch_ms / jax_ms, 3),

@@ -41,15 +41,18 @@ def smoke_train(stage: ml_collections.ConfigDict) -> None:
 
 def mesh() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: all other devices
+    # -1: all other devices. sequence > 1 splits the tokens of every activation (sequence
+    # parallelism, for long token sequences; the batch is not split over it).
+    c.shape = ml_collections.ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1))
     # Multi-slice / multi-host: how many slices (TPU slices; processes on GPUs and CPUs) each axis
     # of `shape` spans over the slow network, e.g. data=2: data parallel across two slices,
     # fsdp and tensor inside each. All 1: one slice (devices laid out in order).
-    c.dcn_shape = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    c.dcn_shape = ml_collections.ConfigDict(dict(data=1, fsdp=1, sequence=1, tensor=1))
     # Logical axis -> mesh axes. See crossmodal_jax/sharding.py for the names and the presets.
     c.rules = [
         ["batch", ["data", "fsdp"]],
-        ["seq", None],
+        ["seq", "sequence"],
+        ["kv_seq", None],
         ["embed", "fsdp"],
         ["mlp", "tensor"],
         ["heads", "tensor"],
@@ -252,6 +255,10 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # (in front of them, shared blocks) | "cross_attention" (a gated cross-attention sublayer
     # per block) | "mmdit" (SD3: per-stream weights, one joint attention).
     c.conditioning = "in_context"
+    # Attention kernel (models/attention.py): "xla" (jax.nn.dot_product_attention) | "einsum"
+    # (the same maths in a [B, heads, L, D] layout: faster on CPUs) | "blocked" (online softmax
+    # over key blocks: memory linear in the sequence, for long sequences without a fused kernel).
+    c.attention = "xla"
     # X→text: the source's tokens enter the DiT as "ids" (a learned table) or "vectors" (their
     # codebook vectors, projected): vectors generalise from far fewer examples.
     c.cond_input = "vectors"

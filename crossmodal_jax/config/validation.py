@@ -25,6 +25,7 @@ from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.diffusion.masked_decoding import MASKED_SAMPLERS
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models.attention import ATTENTION
 from crossmodal_jax.models.conditioning import CONDITIONINGS
 from crossmodal_jax.models.dit import DIT_PRESETS
 from crossmodal_jax.models.lpips import MIN_SIZE
@@ -66,6 +67,8 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("condition input", gen.model.cond_input, tuple(SOURCE_CONDITIONS))
     key = "generator.model.conditioning"
     _check("DiT conditioning", gen.model.conditioning, tuple(CONDITIONINGS), key=key)
+    key = "generator.model.attention"
+    _check("attention", gen.model.attention, tuple(ATTENTION), key=key)
     if gen.model.preset:
         _check("DiT preset", gen.model.preset, tuple(DIT_PRESETS))
     _check_monitoring(config)

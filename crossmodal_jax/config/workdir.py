@@ -20,7 +20,8 @@ from crossmodal_jax.errors import UserError
 log = logging.getLogger("crossmodal_jax")
 
 # Keys a resumed run may change: which stages run, how long, how it logs, evaluates and samples, and
-# on which mesh (checkpoints restore onto any mesh). Everything else changes what is trained.
+# on which mesh and with which sharding rules (checkpoints restore onto any mesh). Everything else
+# changes what is trained.
 SAFE_KEYS = (
     "stages",
     "*.train.steps",
@@ -34,8 +35,7 @@ SAFE_KEYS = (
     "data.worker_count",
     "data.allow_changed_data",
     "data.data_dir",
-    "mesh.shape.*",
-    "mesh.dcn_shape.*",
+    "mesh.*",
     "peak_tflops",
     "profile_steps",
 )

@@ -33,16 +33,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from crossmodal_jax.models.attention import attend
 from crossmodal_jax.models.layers import (
     ZEROS,
     Mlp,
     SelfAttention,
     dense,
     dense_general,
+    gathered_keys,
     modulate,
     partitioned,
 )
-from crossmodal_jax.training.sharding import BATCH, EMBED, HEAD_DIM, HEADS, MLP, SEQ
+from crossmodal_jax.training.sharding import BATCH, EMBED, HEAD_DIM, HEADS, MLP, SEQ, constrain
 
 TOKEN_AXES = (BATCH, SEQ, EMBED)
 HEAD_AXES = (BATCH, SEQ, HEADS, HEAD_DIM)
@@ -79,7 +81,7 @@ def _heads(x_BxLxD: jax.Array, num_heads: int, dtype: jnp.dtype, name: str) -> j
     proj = dense_general(
         (d,), (num_heads, d // num_heads), (EMBED, HEADS, HEAD_DIM), dtype=dtype, name=name
     )
-    return nn.with_logical_constraint(proj(x_BxLxD), HEAD_AXES)
+    return constrain(proj(x_BxLxD), HEAD_AXES)
 
 
 def _merge_heads(out_BxLxNxH: jax.Array, dtype: jnp.dtype, name: str) -> jax.Array:
@@ -89,11 +91,12 @@ def _merge_heads(out_BxLxNxH: jax.Array, dtype: jnp.dtype, name: str) -> jax.Arr
     )
 
 
-def _attend(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, key_mask_BxS: jax.Array) -> jax.Array:
+def _attend(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, key_mask_BxS: jax.Array, impl: str) -> jax.Array:
     # Masked keys get exactly zero weight whenever a query has one unmasked key.
     mask = (key_mask_BxS > 0)[:, None, None, :]  # [B, 1 (heads), 1 (queries), S]
-    out = jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask)
-    return nn.with_logical_constraint(out, HEAD_AXES)
+    k_BxSxNxH, v_BxSxNxH = (gathered_keys(a) for a in (k_BxSxNxH, v_BxSxNxH))
+    out = attend(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask, impl=impl)
+    return constrain(out, HEAD_AXES)
 
 
 class DiTBlock(nn.Module):
@@ -106,6 +109,7 @@ class DiTBlock(nn.Module):
     # eps of the pre-MLP LayerNorm: diffusers' DiT uses its config's norm_eps (1e-5 by default)
     # there, facebookresearch/DiT 1e-6 like every other norm.
     mlp_norm_eps: float = 1e-6
+    attention: str = "xla"  # a key of attention.ATTENTION
 
     @nn.compact
     def __call__(
@@ -117,13 +121,16 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod_Bx6D, 6, -1)
 
         h = modulate(adaln_norm(self.dtype, "norm1")(x_BxLxD), shift_msa, scale_msa)
-        h = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(h, key_mask_BxL)
-        x_BxLxD = nn.with_logical_constraint(x_BxLxD + gate_msa[:, None, :] * h, TOKEN_AXES)
+        attn = SelfAttention(
+            self.num_heads, dtype=self.dtype, attention=self.attention, name="attn"
+        )
+        h = attn(h, key_mask_BxL)
+        x_BxLxD = constrain(x_BxLxD + gate_msa[:, None, :] * h, TOKEN_AXES)
 
         norm2 = adaln_norm(self.dtype, "norm2", self.mlp_norm_eps)
         h = modulate(norm2(x_BxLxD), shift_mlp, scale_mlp)
         h = Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
-        return nn.with_logical_constraint(x_BxLxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
+        return constrain(x_BxLxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -139,6 +146,7 @@ class CrossAttentionBlock(nn.Module):
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
     mlp_norm_eps: float = 1e-6
+    attention: str = "xla"  # a key of attention.ATTENTION
 
     @nn.compact
     def __call__(
@@ -152,24 +160,24 @@ class CrossAttentionBlock(nn.Module):
             mod_Bx7D, 7, -1
         )
         h = modulate(adaln_norm(dt, "norm1")(x_BxTxD), shift_msa, scale_msa)
-        h = SelfAttention(self.num_heads, dtype=dt, name="attn")(h)
-        x_BxTxD = nn.with_logical_constraint(x_BxTxD + gate_msa[:, None, :] * h, TOKEN_AXES)
+        h = SelfAttention(self.num_heads, dtype=dt, attention=self.attention, name="attn")(h)
+        x_BxTxD = constrain(x_BxTxD + gate_msa[:, None, :] * h, TOKEN_AXES)
 
         q = _heads(_affine_norm(dt, "norm_cross")(x_BxTxD), self.num_heads, dt, "cross_query")
         # The condition tokens come from an embedding table or a projection (std ~0.02):
         # normalised here, as the in-context blocks' norm1 does for them.
         kv_in = _affine_norm(dt, "norm_cond")(cond_BxLxD)
         k, v = (_heads(kv_in, self.num_heads, dt, n) for n in ("cross_key", "cross_value"))
-        h = _merge_heads(_attend(q, k, v, cond_mask_BxL), dt, "cross_out")
+        h = _merge_heads(_attend(q, k, v, cond_mask_BxL, self.attention), dt, "cross_out")
         # A fully masked row (dropped for guidance, or no condition) would average the masked
         # keys' values; such an example gets no cross-attention at all.
         has_cond_B = jnp.max(cond_mask_BxL, axis=1) > 0
         h = jnp.where(has_cond_B[:, None, None], h, jnp.zeros_like(h))
-        x_BxTxD = nn.with_logical_constraint(x_BxTxD + gate_ca[:, None, :] * h, TOKEN_AXES)
+        x_BxTxD = constrain(x_BxTxD + gate_ca[:, None, :] * h, TOKEN_AXES)
 
         h = modulate(adaln_norm(dt, "norm2", self.mlp_norm_eps)(x_BxTxD), shift_mlp, scale_mlp)
         h = Mlp(int(d * self.mlp_ratio), dtype=dt, name="mlp")(h)
-        return nn.with_logical_constraint(x_BxTxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
+        return constrain(x_BxTxD + gate_mlp[:, None, :] * h, TOKEN_AXES)
 
 
 class MMDiTBlock(nn.Module):
@@ -186,6 +194,7 @@ class MMDiTBlock(nn.Module):
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
     mlp_norm_eps: float = 1e-6
+    attention: str = "xla"  # a key of attention.ATTENTION
     last: bool = False
 
     def _modulation(self, c_BxD: jax.Array, chunks: int, name: str) -> list[jax.Array]:
@@ -198,7 +207,7 @@ class MMDiTBlock(nn.Module):
         norm2 = adaln_norm(self.dtype, f"{stream}_norm2", self.mlp_norm_eps)
         h = modulate(norm2(x_BxLxD), shift, scale)
         h = Mlp(int(self.hidden_size * self.mlp_ratio), dtype=self.dtype, name=f"{stream}_mlp")(h)
-        return nn.with_logical_constraint(x_BxLxD + gate[:, None, :] * h, TOKEN_AXES)
+        return constrain(x_BxLxD + gate[:, None, :] * h, TOKEN_AXES)
 
     @nn.compact
     def __call__(
@@ -219,16 +228,16 @@ class MMDiTBlock(nn.Module):
         q = _heads(hx, n, dt, "x_query")
         if not self.last:  # the condition's queries too: one attention over both streams
             q = jnp.concatenate([_heads(hc, n, dt, "c_query"), q], axis=1)
-        out = _attend(q, k, v, key_mask)
+        out = _attend(q, k, v, key_mask, self.attention)
 
         out_x = _merge_heads(out[:, -x_BxTxD.shape[1] :], dt, "x_out")
-        x_BxTxD = nn.with_logical_constraint(x_BxTxD + x_gate[:, None, :] * out_x, TOKEN_AXES)
+        x_BxTxD = constrain(x_BxTxD + x_gate[:, None, :] * out_x, TOKEN_AXES)
         x_BxTxD = self._mlp(x_BxTxD, x_shift2, x_scale2, x_gate2, "x")
         if self.last:
             return x_BxTxD, None
         _, _, c_gate, c_shift2, c_scale2, c_gate2 = c_mod
         out_c = _merge_heads(out[:, :num_cond], dt, "c_out")
-        cond_BxLxD = nn.with_logical_constraint(cond_BxLxD + c_gate[:, None, :] * out_c, TOKEN_AXES)
+        cond_BxLxD = constrain(cond_BxLxD + c_gate[:, None, :] * out_c, TOKEN_AXES)
         return x_BxTxD, self._mlp(cond_BxLxD, c_shift2, c_scale2, c_gate2, "c")
 
 
@@ -251,7 +260,7 @@ def joint_blocks(
         h = jnp.concatenate([cond_tokens_BxLxD.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
         target_mask = jnp.ones((x_BxTxD.shape[0], num_target), jnp.float32)
         key_mask = jnp.concatenate([cond_mask_BxL.astype(jnp.float32), target_mask], axis=1)
-    h = nn.with_logical_constraint(h, TOKEN_AXES)
+    h = constrain(h, TOKEN_AXES)
     for block in blocks:
         h = block(h, c_BxD, key_mask)
     return h[:, -num_target:]
@@ -266,7 +275,7 @@ def _condition_or_null(
         return jnp.zeros((b, 1, d), x_BxTxD.dtype), jnp.zeros((b, 1), jnp.float32)
     if cond_mask_BxL is None:
         cond_mask_BxL = jnp.ones(cond_BxLxD.shape[:2], jnp.float32)
-    cond = nn.with_logical_constraint(cond_BxLxD.astype(x_BxTxD.dtype), TOKEN_AXES)
+    cond = constrain(cond_BxLxD.astype(x_BxTxD.dtype), TOKEN_AXES)
     return cond, cond_mask_BxL.astype(jnp.float32)
 
 
@@ -279,7 +288,7 @@ def cross_attention_blocks(
 ) -> jax.Array:
     """Target tokens [B, T, D] through CrossAttentionBlocks reading the (fixed) condition tokens."""
     cond, mask = _condition_or_null(x_BxTxD, cond_tokens_BxLxD, cond_mask_BxL)
-    h = nn.with_logical_constraint(x_BxTxD, TOKEN_AXES)
+    h = constrain(x_BxTxD, TOKEN_AXES)
     for block in blocks:
         h = block(h, c_BxD, cond, mask)
     return h
@@ -294,7 +303,7 @@ def mmdit_blocks(
 ) -> jax.Array:
     """Both streams through MMDiTBlocks; the target stream's tokens [B, T, D] come back."""
     cond, mask = _condition_or_null(x_BxTxD, cond_tokens_BxLxD, cond_mask_BxL)
-    h = nn.with_logical_constraint(x_BxTxD, TOKEN_AXES)
+    h = constrain(x_BxTxD, TOKEN_AXES)
     for block in blocks:
         h, cond = block(h, c_BxD, cond, mask)
     return h
@@ -335,11 +344,12 @@ def make_blocks(
     remat: bool = False,
     mlp_norm_eps: float = 1e-6,
     conditioning: str = "in_context",
+    attention: str = "xla",
 ) -> list[nn.Module]:
     """`depth` blocks of a conditioning variant for a setup(); remat keeps the parameter names."""
     entry = _entry(conditioning)
     block_cls = _REMAT[conditioning] if remat else entry.block
-    kw = dict(dtype=dtype, mlp_norm_eps=mlp_norm_eps)
+    kw = dict(dtype=dtype, mlp_norm_eps=mlp_norm_eps, attention=attention)
     return [
         block_cls(
             hidden_size,

@@ -37,7 +37,7 @@ from crossmodal_jax.models.layers import (
     sincos_2d,
     unpatchify,
 )
-from crossmodal_jax.training.sharding import EMBED, MLP
+from crossmodal_jax.training.sharding import EMBED, MLP, constrain
 
 DIT_PRESETS: dict[str, dict[str, int]] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),
@@ -151,7 +151,7 @@ class ConditionEmbedder(nn.Module):
         else:
             tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)
         tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
-        tokens = nn.with_logical_constraint(tokens, TOKEN_AXES)
+        tokens = constrain(tokens, TOKEN_AXES)
 
         if not self.feature_dim:
             pooled_BxD = jnp.einsum("bld,bl->bd", tokens.astype(jnp.float32), mask)
@@ -243,6 +243,7 @@ class DiT(nn.Module):
     pos_embed_col_first: bool = False
     mlp_norm_eps: float = 1e-6
     conditioning: str = "in_context"  # a key of conditioning.CONDITIONINGS
+    attention: str = "xla"  # a key of attention.ATTENTION
 
     def setup(self):
         h, w = self.input_size
@@ -268,6 +269,7 @@ class DiT(nn.Module):
             self.remat,
             self.mlp_norm_eps,
             self.conditioning,
+            self.attention,
         )
         out_c = self.out_channels or self.in_channels
         self.final_layer = FinalLayer(self.hidden_size, p * p * out_c, dtype=self.dtype)
@@ -277,7 +279,7 @@ class DiT(nn.Module):
         pos = sincos_2d(self.hidden_size, *self.grid, col_first=self.pos_embed_col_first)
         pos_TxD = jnp.asarray(pos, self.dtype)
         tokens = self.patch_embed(x_BxHxWxC) + pos_TxD[None]
-        return nn.with_logical_constraint(tokens, TOKEN_AXES)
+        return constrain(tokens, TOKEN_AXES)
 
     def output_head(self, tokens_BxTxD: jax.Array, c_BxD: jax.Array) -> jax.Array:
         """Target tokens -> prediction f32[B, H, W, C]."""

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crossmodal_jax.models.attention import attend
 from crossmodal_jax.training.sharding import (
     BATCH,
     CONV_IN,
@@ -22,9 +23,11 @@ from crossmodal_jax.training.sharding import (
     EMBED,
     HEAD_DIM,
     HEADS,
+    KV_SEQ,
     MLP,
     SEQ,
     VOCAB,
+    constrain,
 )
 
 Initializer = Callable[..., jax.Array]
@@ -129,7 +132,7 @@ class Conv(nn.Conv):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         spec = (BATCH,) + (None,) * (inputs.ndim - 1)
-        return super().__call__(nn.with_logical_constraint(inputs, spec))
+        return super().__call__(constrain(inputs, spec))
 
 
 def _per_axis(value: int | tuple[int, ...], ndim: int, what: str) -> tuple[int, ...]:
@@ -310,8 +313,15 @@ class Mlp(nn.Module):
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         d = x_BxLxD.shape[-1]
         h_BxLxF = dense(self.hidden_dim, (EMBED, MLP), dtype=self.dtype, name="fc1")(x_BxLxD)
-        h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF, approximate=True), (BATCH, SEQ, MLP))
+        h_BxLxF = constrain(nn.gelu(h_BxLxF, approximate=True), (BATCH, SEQ, MLP))
         return dense(d, (MLP, EMBED), dtype=self.dtype, name="fc2")(h_BxLxF)
+
+
+def gathered_keys(x_BxSxNxH: jax.Array) -> jax.Array:
+    """Keys or values whole along the sequence (logical `kv_seq`, never sharded): with the
+    tokens split over a `sequence` mesh axis, each device all-gathers them and attends with its
+    own queries (sequence parallelism)."""
+    return constrain(x_BxSxNxH, (BATCH, KV_SEQ, HEADS, HEAD_DIM))
 
 
 class SelfAttention(nn.Module):
@@ -323,6 +333,7 @@ class SelfAttention(nn.Module):
 
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"  # a key of attention.ATTENTION
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array, key_mask_BxL: jax.Array | None = None) -> jax.Array:
@@ -340,14 +351,13 @@ class SelfAttention(nn.Module):
             )(x_BxLxD)
             for name in ("query", "key", "value")
         ]
-        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (
-            nn.with_logical_constraint(a, (BATCH, SEQ, HEADS, HEAD_DIM)) for a in qkv
-        )
+        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (constrain(a, (BATCH, SEQ, HEADS, HEAD_DIM)) for a in qkv)
+        k_BxLxNxH, v_BxLxNxH = (gathered_keys(a) for a in (k_BxLxNxH, v_BxLxNxH))
         mask = None
         if key_mask_BxL is not None:
             mask = (key_mask_BxL > 0)[:, None, None, :]  # [B, 1 (heads), 1 (queries), L]
-        out_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask)
-        out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, (BATCH, SEQ, HEADS, HEAD_DIM))
+        out_BxLxNxH = attend(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, impl=self.attention)
+        out_BxLxNxH = constrain(out_BxLxNxH, (BATCH, SEQ, HEADS, HEAD_DIM))
         return dense_general(
             (self.num_heads, head_dim), (d,), (HEADS, HEAD_DIM, EMBED), dtype=self.dtype, name="out"
         )(out_BxLxNxH)

@@ -23,7 +23,7 @@ from crossmodal_jax.models.condition_stem import ConditionStem
 from crossmodal_jax.models.conditioning import TOKEN_AXES, make_blocks, run_blocks
 from crossmodal_jax.models.dit import ConditionEmbedder, FinalLayer, condition_vector
 from crossmodal_jax.models.layers import TimestepEmbedder, embed, partitioned
-from crossmodal_jax.training.sharding import EMBED
+from crossmodal_jax.training.sharding import EMBED, constrain
 
 
 class TokenDiT(nn.Module):
@@ -58,6 +58,7 @@ class TokenDiT(nn.Module):
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
     conditioning: str = "in_context"  # a key of conditioning.CONDITIONINGS
+    attention: str = "xla"  # a key of attention.ATTENTION
 
     def setup(self):
         d = self.hidden_size
@@ -98,6 +99,7 @@ class TokenDiT(nn.Module):
             self.dtype,
             self.remat,
             conditioning=self.conditioning,
+            attention=self.attention,
         )
         self.final_layer = FinalLayer(d, self.vocab_size, dtype=self.dtype)
 
@@ -114,7 +116,7 @@ class TokenDiT(nn.Module):
         if length > self.seq_len:
             raise ValueError(f"target length {length} exceeds seq_len {self.seq_len}")
         tokens = self.token_embed(ids_BxL) + self.pos_embed[:length].astype(self.dtype)[None]
-        return nn.with_logical_constraint(tokens, TOKEN_AXES)
+        return constrain(tokens, TOKEN_AXES)
 
     def __call__(
         self,

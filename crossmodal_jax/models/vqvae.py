@@ -25,7 +25,7 @@ from crossmodal_jax.models.quantizers import (
     codes_per_position,
     vocabulary_size,
 )
-from crossmodal_jax.training.sharding import BATCH, CONV_OUT
+from crossmodal_jax.training.sharding import BATCH, CONV_OUT, constrain
 
 Strides = tuple[tuple[int, ...], ...]
 
@@ -94,7 +94,7 @@ class ResBlock(nn.Module):
         skip = x_BxSxC
         if c_in != self.channels:
             skip = conv(self.channels, 1, ndim=nd, dtype=self.dtype, name="skip")(x_BxSxC)
-        return nn.with_logical_constraint(skip + h, act_axes(nd))
+        return constrain(skip + h, act_axes(nd))
 
 
 class AttnBlock(nn.Module):
@@ -112,7 +112,7 @@ class AttnBlock(nn.Module):
         h_BxLxC = SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(
             h.reshape(shape[0], -1, shape[-1])
         )
-        return nn.with_logical_constraint(x_BxSxC + h_BxLxC.reshape(shape), act_axes(nd))
+        return constrain(x_BxSxC + h_BxLxC.reshape(shape), act_axes(nd))
 
 
 class Encoder(nn.Module):
@@ -145,7 +145,7 @@ class Encoder(nn.Module):
                     dtype=self.dtype,
                     name=f"down{level}_downsample",
                 )(h)
-                h = nn.with_logical_constraint(h, act_axes(nd))
+                h = constrain(h, act_axes(nd))
         width = h.shape[-1]
         h = ResBlock(width, dtype=self.dtype, name="mid_block")(h)
         if self.mid_attention:
@@ -197,7 +197,7 @@ class Decoder(nn.Module):
             if level > 0:
                 h = upsample_nearest(h, self.strides[level - 1])
                 h = conv(width, 3, ndim=nd, dtype=self.dtype, name=f"up{level}_upsample")(h)
-                h = nn.with_logical_constraint(h, act_axes(nd))
+                h = constrain(h, act_axes(nd))
         h = nn.silu(group_norm(h.shape[-1], dtype=self.dtype, name="norm_out")(h))
         # The last layer's input: VQGAN's adaptive weight needs gradients at conv_out's kernel
         # (stages/adversarial.py); kept only when "intermediates" is mutable.

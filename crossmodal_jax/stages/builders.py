@@ -48,6 +48,7 @@ def build_dit(exp: Experiment) -> DiT:
         dtype=DTYPES[m.dtype],
         remat=m.remat,
         conditioning=m.conditioning,
+        attention=m.attention,
         **_dit_size(m),
     )
 
@@ -82,6 +83,7 @@ def build_token_dit(exp: Experiment) -> TokenDiT:
         dtype=DTYPES[m.dtype],
         remat=m.remat,
         conditioning=m.conditioning,
+        attention=m.attention,
         **sizes,
         **cond,
         **_dit_size(m),

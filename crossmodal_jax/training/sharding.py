@@ -1,8 +1,9 @@
 """Device mesh, logical axis names and the shardings of states and batches.
 
 Models name the axes of every parameter and of the activations at block boundaries with the logical
-names below; a rules table in the config maps them onto the mesh axes ("data", "fsdp", "tensor").
-One table therefore selects data parallel, FSDP or FSDP + tensor parallel without touching model code.
+names below; a rules table in the config maps them onto the mesh axes ("data", "fsdp", "sequence",
+"tensor"). One table therefore selects data parallel, FSDP, sequence parallel or FSDP + tensor
+parallel without touching model code.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ __all__ = [
     "EMBED",
     "HEADS",
     "HEAD_DIM",
+    "KV_SEQ",
     "MESH_AXES",
     "MLP",
     "SEQ",
     "VOCAB",
     "batch_sharding",
+    "constrain",
     "data_parallel_size",
     "global_batch",
     "logical_shardings",
@@ -47,6 +50,7 @@ __all__ = [
 # Logical axis names used by the models (parameters and activations).
 BATCH = "batch"
 SEQ = "seq"
+KV_SEQ = "kv_seq"  # keys and values inside attention: gathered whole (sequence parallelism)
 EMBED = "embed"
 MLP = "mlp"
 HEADS = "heads"
@@ -57,15 +61,17 @@ CONV_OUT = "conv_out"
 CODEBOOK = "codebook"
 CODE_DIM = "code_dim"
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 # Mesh axes that split the batch: every replica along them sees different examples.
 DATA_AXES = ("data", "fsdp")
 
 # Default rules: batch over data and fsdp; weights' embed dimension over fsdp (ZeRO-3 style);
-# MLP hidden, heads and conv outputs over tensor (Megatron style). Codebooks stay replicated.
+# tokens over sequence (activations only: attention gathers keys and values); MLP hidden, heads
+# and conv outputs over tensor (Megatron style). Codebooks stay replicated.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     (BATCH, DATA_AXES),
-    (SEQ, None),
+    (SEQ, "sequence"),
+    (KV_SEQ, None),
     (EMBED, "fsdp"),
     (MLP, "tensor"),
     (HEADS, "tensor"),
@@ -83,7 +89,7 @@ def make_mesh(
     devices: Sequence[jax.Device] | None = None,
     dcn_shape: dict[str, int] | None = None,
 ) -> Mesh:
-    """A mesh with axes ("data", "fsdp", "tensor") over `mesh_devices(shape, devices, dcn_shape)`.
+    """A mesh with axes MESH_AXES over `mesh_devices(shape, devices, dcn_shape)`.
 
     Axes are `Auto` so linen's logical constraints drive GSPMD (explicit axes reject sharded
     contractions in tensor-parallel layers).
@@ -167,6 +173,18 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
         size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
         fitted.append(axes if names and dim % size == 0 else None)
     return P(*fitted)
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+    """`nn.with_logical_constraint`, except that a mesh axis is dropped from a dimension it does
+    not divide: a 9-token caption on a 2-way `sequence` axis stays whole rather than failing to
+    compile, as parameters too small to split stay whole (`_fit_spec`)."""
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return nn.with_logical_constraint(x, logical_axes)  # flax's: outside a mesh, a no-op
+    spec = nn.logical_to_mesh_axes(logical_axes, rules)
+    return jax.lax.with_sharding_constraint(x, _fit_spec(spec, x.shape, mesh))
 
 
 def _is_box(x: Any) -> bool:

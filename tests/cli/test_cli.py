@@ -139,7 +139,8 @@ def test_two_processes_on_a_hybrid_mesh_log_the_same_losses_as_one(smoke_run, tm
     )
     assert two.returncode == 0, two.stdout[-4000:] + two.stderr[-2000:]
     assert (
-        "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} over 8 devices (cpu), 2 process(es)" in two.stdout
+        "mesh {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1} over 8 devices (cpu), 2 process(es)"
+        in two.stdout
     )
     assert "[p1]" in two.stdout
     for stage in ("tokenizer", "generator"):

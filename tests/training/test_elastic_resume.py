@@ -18,8 +18,8 @@ from crossmodal_jax.training import sharding
 from crossmodal_jax.training.loop import MESH_FILE, fit
 from crossmodal_jax.training.stage import RunContext, StageSpec
 
-EIGHT = {"data": 8, "fsdp": 1, "tensor": 1}
-FOUR_FSDP = {"data": 2, "fsdp": 2, "tensor": 1}
+EIGHT = {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}
+FOUR_FSDP = {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 1}
 
 
 def _fit(workdir: str, mesh_shape: dict, steps: int, data_dir: str):

@@ -77,15 +77,18 @@ def _batch(rng, n=8, text_len=32):
     }
 
 
-def _run_steps(spec, mesh, rules, batch_np, steps=2):
-    """Init + `steps` shared train steps on `mesh`, exactly as the training loop does it."""
+def _run_steps(spec, mesh, rules, batch_np, steps=2, hlo=None):
+    """Init + `steps` shared train steps on `mesh`, exactly as the training loop does it (the
+    compiled step's HLO text is appended to `hlo` if given)."""
     ctx = RunContext(workdir="", mesh=mesh, rules=rules, seed=0)
     tx, _ = make_optimizer(spec.train_cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(1), ctx)
         state = fresh_state(spec, init_fn, jax.random.key(1))
         batch = sharding.global_batch(batch_np, mesh)
-        step_fn = compile_step(spec, tx, shardings, batch, mesh)
+        step_fn, _ = compile_step(spec, tx, shardings, state, batch, jax.random.key(2), mesh)
+        if hlo is not None:
+            hlo.append(step_fn.as_text())
         for _ in range(steps):
             state, metrics = step_fn(state, batch, jax.random.key(2))
     return jax.device_get(state), jax.device_get(metrics), shardings
@@ -95,6 +98,7 @@ MESHES = {
     "data4_tensor2": dict(data=4, fsdp=1, tensor=2),
     "data4_fsdp2": dict(data=4, fsdp=2, tensor=1),
     "data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2),
+    "data2_sequence4": dict(data=2, sequence=4),
 }
 
 
@@ -174,7 +178,10 @@ def test_sharded_tokenizer_step_equals_one_device(mesh_name):
     assert any(any(a is not None for a in spec) for spec in specs)
 
 
-def test_sharded_generator_step_equals_one_device():
+# data2_sequence4: sequence parallelism, the DiT's 48 tokens (32 caption + 16 latent) split 4 ways
+# in every activation, keys and values gathered inside attention.
+@pytest.mark.parametrize("mesh_name", ["data2_fsdp2_tensor2", "data2_sequence4"])
+def test_sharded_generator_step_equals_one_device(mesh_name):
     config = _tiny_config()
     tokenizer = vqvae_from_config(config.tokenizer.model, in_channels=1)
     tok_vars = tokenizer.init(
@@ -219,15 +226,18 @@ def test_sharded_generator_step_equals_one_device():
     rules = sharding.DEFAULT_RULES
     mesh1 = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     one, m1, _ = _run_steps(make_spec(mesh1), mesh1, rules, batch)
-    mesh8 = sharding.make_mesh(MESHES["data2_fsdp2_tensor2"])
-    many, m8, _ = _run_steps(make_spec(mesh8), mesh8, rules, batch)
+    mesh8 = sharding.make_mesh(MESHES[mesh_name])
+    hlo = []
+    many, m8, _ = _run_steps(make_spec(mesh8), mesh8, rules, batch, hlo=hlo)
+    if mesh_name == "data2_sequence4":  # tokens really are split: keys and values all-gathered
+        assert "all-gather" in hlo[0]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, many)
     np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
 
 
 def test_mesh_fills_minus_one_and_rejects_bad_shapes():
     mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 1})
-    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "sequence": 1, "tensor": 1}
     with pytest.raises(ValueError, match="needs 6 devices"):
         sharding.make_mesh({"data": 3, "fsdp": 2})
     with pytest.raises(ValueError, match="unknown"):
@@ -245,11 +255,11 @@ def _fake_devices(processes: int, per_process: int) -> list:
 def test_a_hybrid_mesh_puts_the_dcn_axis_across_processes_and_the_rest_inside():
     devices = _fake_devices(2, 4)
     grid = sharding.mesh_devices({"data": 2, "fsdp": 4}, devices, dcn_shape={"data": 2})
-    owner = np.vectorize(lambda d: d.process_index)(grid)[..., 0]
+    owner = np.vectorize(lambda d: d.process_index)(grid)[:, :, 0, 0]
     np.testing.assert_array_equal(owner, [[0, 0, 0, 0], [1, 1, 1, 1]])  # data across, fsdp inside
     # data 4 = 2 slices x 2: steps 0-1 of the data axis in process 0, 2-3 in process 1.
     grid = sharding.mesh_devices({"data": -1, "fsdp": 2}, devices, dcn_shape={"data": 2})
-    owner = np.vectorize(lambda d: d.process_index)(grid)[..., 0]
+    owner = np.vectorize(lambda d: d.process_index)(grid)[:, :, 0, 0]
     np.testing.assert_array_equal(owner, [[0, 0], [0, 0], [1, 1], [1, 1]])
     with pytest.raises(ValueError, match="spans 4 slices, but the devices are in 1 slice"):
         sharding.mesh_devices({"data": 4, "fsdp": 2}, devices, dcn_shape={"data": 4})
