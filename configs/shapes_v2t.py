@@ -7,7 +7,11 @@ Run (docs/results.md gives its time and scores):
   python -m crossmodal_jax.main --config=configs/shapes_v2t.py --workdir=runs/shapes_v2t
 Caption a folder of .gif / .npy clips with the trained run:
   python -m crossmodal_jax.sample --workdir=runs/shapes_v2t --input=FOLDER --output=OUT
-Smoke variant for tests (seconds): --config=configs/shapes_v2t.py:smoke
+Sequence parallelism (:sequence): the DiT's tokens (6 caption + 16 clip tokens) split over 2
+devices in every activation, keys and values gathered in attention (docs/sharding.md); the same
+numbers as data parallelism, for clips too long for one device's memory:
+  python -m crossmodal_jax.main --config=configs/shapes_v2t.py:sequence --workdir=runs/shapes_v2t_sp
+Smoke variant for tests (seconds): --config=configs/shapes_v2t.py:smoke (also :smoke,sequence)
 """
 
 import ml_collections
@@ -17,6 +21,7 @@ from crossmodal_jax.evaluation import shapes_judge
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variants = set((arg or "").split(",")) - {""}
     c = ml_collections.ConfigDict()
     c.task = "video2text"  # source→target task (see crossmodal_jax/tasks.py)
     c.seed = 0  # seeds init, data order and the diffusion noise
@@ -61,8 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.eval = blocks.evaluation(batch_size=128, num_examples=0)
 
-    if arg == "smoke":
+    if "sequence" in variants:
+        c.mesh.shape.update(data=-1, sequence=2)
+    if "smoke" in variants:
         blocks.text_task_smoke(c)
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; available: smoke")
+    unknown = variants - {"smoke", "sequence"}
+    if unknown:
+        raise ValueError(f"unknown config variant {sorted(unknown)}; available: smoke, sequence")
     return c

@@ -14,7 +14,9 @@ CONFIGS = {
     "t2i": "configs/shapes_t2i.py:smoke,fsq",
     "i2t": "configs/shapes_i2t.py:smoke",
     "s2t": "configs/shapes_s2t.py:smoke",
-    "v2t": "configs/shapes_v2t.py:smoke",
+    # Sequence parallel: the DiT's tokens split over the 2 devices (the step equals the unsharded
+    # one: tests/training/test_step.py).
+    "v2t": "configs/shapes_v2t.py:smoke,sequence",
 }
 
 
@@ -47,6 +49,8 @@ def test_every_shapes_config_scores_test_and_novel(shapes_run):
             assert os.path.isfile(os.path.join(workdir, f"{split}_captions.png"))
     if name == "v2t":
         assert "test_attribute_accuracy/direction" in metrics
+        mesh = json.load(open(os.path.join(workdir, "generator", "mesh.json")))
+        assert mesh == {"data": 1, "fsdp": 1, "sequence": 2, "tensor": 1}
 
 
 def _inputs(name: str, folder, data_dir: str) -> list[str]:
