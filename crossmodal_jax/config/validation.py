@@ -107,6 +107,12 @@ def check_data(exp: Experiment) -> None:
 
 def check_batches(exp: Experiment) -> None:
     replicas, processes = sharding.data_parallel_size(exp.ctx.mesh), jax.process_count()
+    spanning = sharding.axes_across_processes(exp.ctx.mesh.devices, ("sequence", "tensor"))
+    if spanning:
+        raise UserError(
+            f"mesh axis {spanning[0]!r} spans several processes; keep sequence and tensor "
+            "parallelism inside one host (put data or fsdp across hosts: mesh.dcn_shape)"
+        )
     train_size = len(exp.dataset.split("train"))
     for stage in exp.config.stages:
         batch = exp.config[stage].train.batch_size

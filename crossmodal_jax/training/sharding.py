@@ -34,6 +34,7 @@ __all__ = [
     "MLP",
     "SEQ",
     "VOCAB",
+    "axes_across_processes",
     "batch_sharding",
     "constrain",
     "data_parallel_size",
@@ -153,6 +154,19 @@ def _hybrid_grid(sizes: list[int], dcn: list[int], devices: list) -> np.ndarray:
     return mesh_utils.create_hybrid_device_mesh(
         ici, dcn, devices, process_is_granule=want != slices
     )
+
+
+def axes_across_processes(device_grid: np.ndarray, axes: Sequence[str]) -> list[str]:
+    """Which of `axes` (mesh axes that do not split the batch: sequence, tensor) hold devices of
+    several processes along them. Processes are dealt distinct rows of the global batch, so such
+    an axis would give its replicas different examples."""
+    owner = np.vectorize(lambda d: d.process_index)(device_grid)
+    spanning = []
+    for axis in axes:
+        first = np.take(owner, [0], axis=MESH_AXES.index(axis))
+        if (owner != first).any():
+            spanning.append(axis)
+    return spanning
 
 
 def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:

@@ -265,3 +265,16 @@ def test_a_hybrid_mesh_puts_the_dcn_axis_across_processes_and_the_rest_inside():
         sharding.mesh_devices({"data": 4, "fsdp": 2}, devices, dcn_shape={"data": 4})
     with pytest.raises(ValueError, match=r"dcn_shape .* must divide the mesh"):
         sharding.mesh_devices({"data": 1, "fsdp": 8}, devices, dcn_shape={"data": 2})
+
+
+def test_sequence_or_tensor_across_processes_is_found():
+    """Processes get distinct batch rows: an axis that replicates the batch must stay inside one."""
+    devices = _fake_devices(2, 4)
+    inside = sharding.mesh_devices({"data": 2, "sequence": 4}, devices)
+    assert sharding.axes_across_processes(inside, ("sequence", "tensor")) == []
+    across = sharding.mesh_devices({"sequence": 8}, devices)
+    assert sharding.axes_across_processes(across, ("sequence", "tensor")) == ["sequence"]
+    across = sharding.mesh_devices({"fsdp": 4, "tensor": 2}, _fake_devices(4, 2))
+    assert sharding.axes_across_processes(across, ("sequence", "tensor")) == []
+    across = sharding.mesh_devices({"data": 2, "tensor": 4}, _fake_devices(4, 2))
+    assert sharding.axes_across_processes(across, ("sequence", "tensor")) == ["tensor"]
