@@ -32,8 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
 
-    # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer).
+    # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer), trained twice the
+    # block's 800 steps, as shapes_t2i's: test PSNR 35.3 dB instead of 31.0, and exact captions
+    # 99.4 % / 81.4 % (test / novel) instead of 97.9 % / 64.4 % (results.md, the shapes world).
     c.tokenizer = blocks.shapes_tokenizer()
+    c.tokenizer.train.steps = 1600
 
     # Stage 2: DiT over caption words, masked diffusion, attending to the 64 codes grouped 2×2
     # into 16 tokens (cond_patch). 20,000 scenes need no augmentation (a shift would move an
