@@ -191,10 +191,17 @@ def tokenizer_model(**overrides) -> ml_collections.ConfigDict:
 
 # Config variants choosing the quantizer (configs/vqdit_img.py:fsq), each at ~8 bits a position like
 # the default VQ: FSQ (8, 6, 5) = 240 codes (the FSQ paper's 2^8), LFQ 8 bits, residual VQ 2 x 16.
+# rotation_trick=False: a variant means what was measured, whatever its config's default VQ does.
 QUANTIZER_VARIANTS = {
-    "fsq": dict(quantizer="fsq", levels=(8, 6, 5)),
-    "lfq": dict(quantizer="lfq", code_dim=8),
-    "rvq": dict(quantizer="rvq", residual_quantizer="vq", residual_stages=2, num_codes=16),
+    "fsq": dict(quantizer="fsq", levels=(8, 6, 5), rotation_trick=False),
+    "lfq": dict(quantizer="lfq", code_dim=8, rotation_trick=False),
+    "rvq": dict(
+        quantizer="rvq",
+        residual_quantizer="vq",
+        residual_stages=2,
+        num_codes=16,
+        rotation_trick=False,
+    ),
     "rotation": dict(rotation_trick=True),
 }
 
