@@ -70,6 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.mesh.shape.update(data=-1, sequence=2)
     if "smoke" in variants:
         blocks.text_task_smoke(c)
+        # One evaluation during training too, at the last step (eval.every; the final evaluation's
+        # batch shape, so the sampler compiles once): the suite's test of X→text's periodic path.
+        c.eval.update(every=6, every_examples=c.eval.num_examples)
     unknown = variants - {"smoke", "sequence"}
     if unknown:
         raise ValueError(f"unknown config variant {sorted(unknown)}; available: smoke, sequence")

@@ -433,10 +433,6 @@ def text_task_smoke(c: ml_collections.ConfigDict, num_examples: int = 16) -> Non
     if c.generator.model.cond_conv:  # the stem still runs, one narrow layer
         c.generator.model.cond_conv = (8,)
     c.generator.sample.steps = 4
-    # One evaluation during training too (at the last step; the final one's batch shape, so the
-    # sampler compiles once): the periodic path of X→text.
-    c.eval.update(
-        num_examples=num_examples, batch_size=num_examples, every=6, every_examples=num_examples
-    )
+    c.eval.update(num_examples=num_examples, batch_size=num_examples)
     smoke_train(c.tokenizer)
     smoke_train(c.generator)
