@@ -37,7 +37,7 @@ _LOSS_SALT = 7 * 10**8  # fold-in of the run seed for the evaluation loss's keys
 Evaluator = Callable[[TrainState], dict[str, float]]
 
 
-def test_loss(exp: Experiment, spec: StageSpec, limit: int) -> Evaluator:
+def subset_loss(exp: Experiment, spec: StageSpec, limit: int) -> Evaluator:
     """state -> the objective's scalars (loss, psnr, ...) averaged over the subset's examples."""
     size = min(exp.config.eval.batch_size, limit)
     batches = list(exp.batches("test", size, limit=limit))  # small: read once, reused
@@ -99,7 +99,7 @@ def task_metric(exp: Experiment, spec: StageSpec, limit: int) -> Evaluator | Non
 def periodic_evaluator(exp: Experiment, spec: StageSpec) -> Evaluator:
     """The evaluation `training.loop.fit` runs every `eval.every` steps of this stage."""
     limit = exp.config.eval.every_examples
-    loss = test_loss(exp, spec, limit)
+    loss = subset_loss(exp, spec, limit)
     metric = task_metric(exp, spec, limit)
 
     def evaluate(state: TrainState) -> dict[str, float]:
