@@ -11,9 +11,12 @@ Multi-process (TPU pods, SLURM, or `launch/local_multiprocess.sh`): pass --coord
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -108,11 +111,29 @@ def main(argv: list[str]) -> None:
 
     try:
         run.run(_CONFIG.value, _WORKDIR.value)
-    except UserError as e:
-        fail(str(e))
-    except Preempted as e:
+    except Preempted as e:  # every process stops at the same step: a clean shutdown
         logging.getLogger("crossmodal_jax").info("%s", e)
         sys.exit(0)
+    except Exception as e:
+        if jax.process_count() > 1:
+            _exit_alone(e)
+        if isinstance(e, UserError):
+            fail(str(e))
+        raise
+
+
+def _exit_alone(e: Exception) -> NoReturn:
+    """Exit one process of a multi-process run now. A normal exit would first wait (5 minutes) at
+    jax.distributed's shutdown barrier for the other processes, which never come: they wait in
+    this process's next collective. Exiting without it lets a launcher stop the others at once
+    (launch/local_multiprocess.sh does), else the coordinator's missed heartbeats end them."""
+    if isinstance(e, UserError):
+        print(f"error: {e}", file=sys.stderr)
+    else:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2 if isinstance(e, UserError) else 1)
 
 
 def run_main() -> None:

@@ -16,6 +16,7 @@ import ml_collections
 from crossmodal_jax.config import blocks
 from crossmodal_jax.data.fingerprint import changed
 from crossmodal_jax.errors import UserError
+from crossmodal_jax.logs.writers import write_json
 
 log = logging.getLogger("crossmodal_jax")
 
@@ -186,5 +187,5 @@ def write_data_fingerprint(dataset: Any, workdir: str) -> None:
     path = os.path.join(workdir, FINGERPRINT_FILE)
     if dataset.fingerprint is None or os.path.exists(path) or jax.process_index() != 0:
         return
-    with open(path, "w") as f:
-        json.dump({"train": dataset.fingerprint("train")}, f, indent=2)
+    # Whole or absent: the other processes read it (check_data_fingerprint) meanwhile.
+    write_json(path, {"train": dataset.fingerprint("train")}, indent=2)

@@ -24,6 +24,15 @@ def quiet_library_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def write_json(path: str, value: Any, **dump_kwargs: Any) -> None:
+    """Write `path` whole or not at all (a temporary file renamed over it): another process that
+    reads it while it is written, or a run killed meanwhile, never sees half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, **dump_kwargs)
+    os.replace(tmp, path)
+
+
 class MetricWriter:
     """Appends `<stage_dir>/metrics.jsonl` and writes TensorBoard events into `<stage_dir>/tb`."""
 

@@ -16,7 +16,7 @@ import jax
 from clu import parameter_overview
 
 from crossmodal_jax.logs.progress import Progress, format_duration
-from crossmodal_jax.logs.writers import MetricWriter
+from crossmodal_jax.logs.writers import MetricWriter, write_json
 from crossmodal_jax.training import sharding, throughput
 from crossmodal_jax.training.checkpoint import StageCheckpointer
 from crossmodal_jax.training.guards import Preempted, PreemptionGuard, check_finite
@@ -50,20 +50,22 @@ MESH_FILE = "mesh.json"
 
 
 def record_mesh(stage_dir: str, mesh: jax.sharding.Mesh) -> dict | None:
-    """Write the mesh this run trains the stage on (process 0); return the last run's, if any.
+    """Process 0: write the mesh this run trains the stage on and return the last run's, if any
+    (other processes: None).
 
     Checkpoints restore onto any mesh that divides the global batch (elastic resume: a job that
     comes back on another slice), so the mesh is not part of the checkpoint; this note only lets
-    the log say that it changed."""
+    the log (process 0's) say that it changed. Only process 0 touches the file: another process
+    reading it while process 0 rewrites it would see half a file."""
+    if jax.process_index() != 0:
+        return None
     path = os.path.join(stage_dir, MESH_FILE)
     previous = None
     if os.path.isfile(path):
         with open(path) as f:
             previous = json.load(f)
-    if jax.process_index() == 0:
-        os.makedirs(stage_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(dict(mesh.shape), f)
+    os.makedirs(stage_dir, exist_ok=True)
+    write_json(path, dict(mesh.shape))
     return previous
 
 

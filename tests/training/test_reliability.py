@@ -203,6 +203,53 @@ def test_preemption_is_agreed_by_every_process(monkeypatch):
     assert gathered == [0, 0, 1]  # each process contributes its own flag
 
 
+def test_only_process_0_reads_or_writes_the_mesh_note(tmp_path, monkeypatch):
+    """Another process reading mesh.json while process 0 rewrites it once crashed on half a file
+    (then hung its peer in a collective): it is process 0's alone, and written whole."""
+    from crossmodal_jax.training.loop import record_mesh
+
+    mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
+    (tmp_path / "mesh.json").write_text('{"da')  # what a reader saw mid-write
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert record_mesh(str(tmp_path), mesh) is None
+    assert (tmp_path / "mesh.json").read_text() == '{"da'
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    (tmp_path / "mesh.json").write_text('{"data": 4}')
+    assert record_mesh(str(tmp_path), mesh) == {"data": 4}
+    assert json.loads((tmp_path / "mesh.json").read_text())["data"] == 2
+    assert os.listdir(tmp_path) == ["mesh.json"]  # no temporary file left
+
+
+def test_a_json_file_is_written_whole_or_not_at_all(tmp_path):
+    from crossmodal_jax.logs.writers import write_json
+
+    path = str(tmp_path / "metrics.json")
+    write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})  # fails half-way through json.dump
+    assert json.load(open(path)) == {"a": 1}
+
+
+@pytest.mark.parametrize("error, code", [(UserError("bad value x"), 2), (RuntimeError("bug"), 1)])
+def test_a_failing_process_of_a_multi_process_run_exits_at_once(monkeypatch, capsys, error, code):
+    """Not through jax.distributed's shutdown barrier, where it would wait 5 minutes for peers
+    that wait in its next collective; a user error is still one line."""
+    from crossmodal_jax import main
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    try:
+        raise error
+    except Exception as e:
+        main._exit_alone(e)
+    err = capsys.readouterr().err
+    assert exits == [code]
+    if code == 2:
+        assert err == "error: bad value x\n"
+    else:
+        assert "Traceback" in err and "RuntimeError: bug" in err
+
+
 # --- untrusted input ------------------------------------------------------------------------------
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "crossmodal_jax"
