@@ -49,7 +49,7 @@ def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> No
 
 
 def _block_defaults(config: dict) -> dict:
-    """The defaults of the config blocks a resolved config is made of (config/blocks.py)."""
+    """The defaults of the config blocks a resolved config is made of (run_blocks, model_blocks)."""
     out: dict = {"eval": blocks.evaluation().to_dict(), **blocks.monitoring().to_dict()}
     for name, stage in config.items():
         if not isinstance(stage, dict) or "train" not in stage:

@@ -27,8 +27,7 @@ from crossmodal_jax.evaluation.image_generation import (
 )
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.stages.generators import sampler
-from crossmodal_jax.stages.objectives import TOKENIZER_CODES, source_code_ids
-from crossmodal_jax.stages.tokenizer import tokenizer_variables
+from crossmodal_jax.stages.precompute import codes_converter
 from crossmodal_jax.training.stage import StageSpec
 from crossmodal_jax.training.step import TrainState, eval_step
 
@@ -42,7 +41,9 @@ def subset_loss(exp: Experiment, spec: StageSpec, limit: int) -> Evaluator:
     size = min(exp.config.eval.batch_size, limit)
     batches = list(exp.batches("test", size, limit=limit))  # small: read once, reused
     if spec.name == "generator" and exp.config.generator.precompute_codes:
-        batches = _as_precomputed(exp, batches)
+        # Shaped like the precomputed training records (stages/precompute.py).
+        convert = codes_converter(exp, exp.tokenizer)
+        batches = [convert(b) for b in batches]
     step = jax.jit(partial(eval_step, objective=spec.objective), out_shardings=P())
     key = jax.random.fold_in(jax.random.key(exp.config.seed), _LOSS_SALT)
 
@@ -60,23 +61,6 @@ def subset_loss(exp: Experiment, spec: StageSpec, limit: int) -> Evaluator:
         return {k: v / count for k, v in totals.items() if k != "nonfinite"}
 
     return evaluate
-
-
-def _as_precomputed(exp: Experiment, batches: list[dict]) -> list[dict]:
-    """Test batches shaped like the precomputed training records (stages/precompute.py): the
-    frozen tokenizer's code ids in place of the continuous modality, which the objective's code
-    augmentations read."""
-    tok_vars = tokenizer_variables(exp)
-    encode = jax.jit(lambda v, x: source_code_ids(exp.tokenizer, v, x), out_shardings=P())
-    source = exp.task.continuous
-    return [
-        {
-            TOKENIZER_CODES: np.asarray(encode(tok_vars, b[source])),
-            "text": b["text"],
-            "text_mask": b["text_mask"],
-        }
-        for b in batches
-    ]
 
 
 def task_metric(exp: Experiment, spec: StageSpec, limit: int) -> Evaluator | None:

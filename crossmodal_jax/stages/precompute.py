@@ -45,6 +45,28 @@ def latent_statistics(exp: Experiment, tok_vars: dict, num_batches: int = 8) -> 
     }
 
 
+def codes_converter(exp: Experiment, tokenizer: VQVAE) -> Callable[..., dict]:
+    """(batch, pad_to=None) -> {TOKENIZER_CODES, "text", "text_mask"}: the batch as precomputed
+    training records hold it, the frozen tokenizer's code ids in place of its continuous modality
+    (the objective's code augmentations read them). `pad_to` pads a short last batch to the
+    compiled size."""
+    tok_vars = tokenizer_variables(exp)
+    encode = jax.jit(lambda v, x: source_code_ids(tokenizer, v, x), out_shardings=P())
+    source_key = exp.task.continuous
+
+    def convert(batch: dict, pad_to: int | None = None) -> dict:
+        x = batch[source_key]
+        n = len(x)
+        ids = encode(tok_vars, pipeline.pad_batch(x, pad_to) if pad_to else x)
+        return {
+            TOKENIZER_CODES: np.asarray(ids)[:n],
+            "text": batch["text"],
+            "text_mask": batch["text_mask"],
+        }
+
+    return convert
+
+
 def precomputed_codes_iterator_factory(exp: Experiment, tokenizer: VQVAE) -> Callable[[], Any]:
     """Train batches {TOKENIZER_CODES, "text", "text_mask"}: the frozen tokenizer's code ids of every
     training example's continuous modality (the source of X→text, the image of text→image),
@@ -56,24 +78,15 @@ def precomputed_codes_iterator_factory(exp: Experiment, tokenizer: VQVAE) -> Cal
     those of every stage (the records are a random-access list, like `data.materialize`).
     """
     config = exp.config
-    source_key = exp.task.continuous
     size = config.eval.batch_size
 
     def make_iterator():
-        tok_vars = tokenizer_variables(exp)
-        encode = jax.jit(lambda v, x: source_code_ids(tokenizer, v, x), out_shardings=P())
+        convert = codes_converter(exp, tokenizer)
         start, records = time.perf_counter(), []
         for batch in exp.batches("train", size):
-            n = len(batch[source_key])
-            ids = np.asarray(encode(tok_vars, pipeline.pad_batch(batch[source_key], size)))[:n]
-            records += [
-                {
-                    TOKENIZER_CODES: ids[i],
-                    "text": batch["text"][i],
-                    "text_mask": batch["text_mask"][i],
-                }
-                for i in range(n)
-            ]
+            coded = convert(batch, pad_to=size)
+            n = len(coded[TOKENIZER_CODES])
+            records += [{k: v[i] for k, v in coded.items()} for i in range(n)]
         log.info(
             "[generator] code ids of %d training examples in %.1f s (generator.precompute_codes)",
             len(records),
