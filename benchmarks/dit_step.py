@@ -92,13 +92,17 @@ def forward_flops(dit: DiT, batch: int) -> float:
     return throughput.step_flops(fwd.lower(params, x, t).compile())
 
 
-def diffusion_spec(dit: DiT, train_cfg: ml_collections.ConfigDict, batch: int) -> StageSpec:
-    """A generator-like stage: eps-prediction loss over random (already normalised) latents."""
+def diffusion_spec(
+    dit: DiT, train_cfg: ml_collections.ConfigDict, batch: int, caption_len: int = 0
+) -> StageSpec:
+    """A generator-like stage: eps-prediction loss over random (already normalised) latents, and
+    with `caption_len` > 0 caption ids the DiT is conditioned on (a DiT built with cond_len)."""
     schedule = gaussian.make_schedule("linear", 1000)
     h, w = dit.input_size
 
     def objective(params, model_state, batch_, key):
-        model_fn = lambda xt, t: dit.apply({"params": params}, xt, t, train=True)
+        cond = (batch_["text"], batch_["text_mask"]) if caption_len else ()
+        model_fn = lambda xt, t: dit.apply({"params": params}, xt, t, *cond, train=True)
         loss, _ = gaussian.training_loss(
             schedule, model_fn, batch_["latents"], key, prediction="eps"
         )
@@ -106,16 +110,23 @@ def diffusion_spec(dit: DiT, train_cfg: ml_collections.ConfigDict, batch: int) -
 
     def init_variables(key):
         x = jnp.zeros((1, h, w, dit.in_channels), jnp.float32)
-        return dit.init(key, x, jnp.zeros((1,), jnp.int32))
+        cond = (jnp.zeros((1, caption_len), jnp.int32),) * 2 if caption_len else ()
+        return dit.init(key, x, jnp.zeros((1,), jnp.int32), *cond)
 
-    rng = np.random.default_rng(0)
-    data = {"latents": rng.standard_normal((batch, h, w, dit.in_channels), np.float32)}
+    def make_iterator():
+        rng = np.random.default_rng(0)
+        data = {"latents": rng.standard_normal((batch, h, w, dit.in_channels), np.float32)}
+        if caption_len:
+            data["text"] = rng.integers(0, dit.cond_vocab_size, (batch, caption_len), np.int32)
+            data["text_mask"] = np.ones((batch, caption_len), np.int32)
+        return iter(lambda: data, None)  # the same batch forever
+
     return StageSpec(
         name="dit",
         train_cfg=train_cfg,
         init_variables=init_variables,
         objective=objective,
-        make_iterator=lambda: iter(lambda: data, None),  # the same batch forever
+        make_iterator=make_iterator,
     )
 
 

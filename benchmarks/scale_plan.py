@@ -23,6 +23,7 @@ is fixed when JAX starts). The last line is one JSON object.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -61,38 +62,16 @@ def preset_mesh(preset: str, n: int) -> dict[str, int]:
 def stage_spec(model: str):
     """The StageSpec of a model: eps-prediction Gaussian diffusion on latents (+ caption ids)."""
     import jax.numpy as jnp
-    from dit_step import train_config
+    from dit_step import diffusion_spec, train_config
 
-    from crossmodal_jax.diffusion import gaussian
     from crossmodal_jax.models.dit import DiT
-    from crossmodal_jax.training.stage import StageSpec
 
     size = MODELS[model]
     dit = DiT((LATENT, LATENT), CHANNELS, patch_size=PATCH, dtype=jnp.bfloat16, remat=True, **size)
-    schedule = gaussian.make_schedule("linear", 1000)
     captioned = "cond_len" in size
-
-    def objective(params, model_state, batch, key):
-        cond = (batch["text"], batch["text_mask"]) if captioned else ()
-        model_fn = lambda xt, t: dit.apply({"params": params}, xt, t, *cond, train=True)
-        loss, _ = gaussian.training_loss(
-            schedule, model_fn, batch["latents"], key, prediction="eps"
-        )
-        return loss, (model_state, {})
-
-    def init_variables(key):
-        x = jnp.zeros((1, LATENT, LATENT, CHANNELS), jnp.float32)
-        cond = (jnp.zeros((1, CAPTION), jnp.int32),) * 2 if captioned else ()
-        return dit.init(key, x, jnp.zeros((1,), jnp.int32), *cond)
-
-    spec = StageSpec(
-        name=model,
-        train_cfg=train_config(1000),
-        init_variables=init_variables,
-        objective=objective,
-        make_iterator=lambda: None,
-    )
-    return spec, captioned
+    caption_len = CAPTION if captioned else 0
+    spec = diffusion_spec(dit, train_config(1000), _BATCH.value, caption_len=caption_len)
+    return dataclasses.replace(spec, name=model), captioned
 
 
 def child(n: int) -> None:
