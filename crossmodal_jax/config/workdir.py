@@ -43,9 +43,11 @@ SAFE_KEYS = (
 
 
 def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Process 0 writes config.json, whole or not at all: the other processes may be reading it
+    meanwhile (check_workdir) and must not see half a file."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        resolved = json.loads(config.to_json_best_effort())
+        write_json(os.path.join(workdir, "config.json"), resolved, indent=2)
 
 
 def _block_defaults(config: dict) -> dict:
