@@ -18,7 +18,7 @@ from absl import flags
 from crossmodal_jax.data import text as text_lib
 
 # Prefetch on a couple of threads only: the CI machine has 2 cores and our transforms are cheap.
-_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
 def image_to_unit(raw: np.ndarray, max_value: float) -> np.ndarray:
@@ -120,7 +120,7 @@ def make_train_iterator(
     ds = ds.batch(batch_size, drop_remainder=True)
     # Lazy: a process maps and reads only the batches it takes.
     ds = ds[jax.process_index() :: jax.process_count()]
-    iter_ds = ds.to_iter_dataset(_READ_OPTIONS)
+    iter_ds = ds.to_iter_dataset(READ_OPTIONS)
     if worker_count > 0:
         # grain workers read absl flags; outside an absl app (tests, notebooks) use the defaults.
         if not flags.FLAGS.is_parsed():
@@ -147,7 +147,7 @@ def make_eval_batches(
     if transform is not None:
         ds = ds.map(transform)
     ds = ds.batch(batch_size, drop_remainder=False)
-    return iter(ds.to_iter_dataset(_READ_OPTIONS))
+    return iter(ds.to_iter_dataset(READ_OPTIONS))
 
 
 def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
