@@ -11,8 +11,7 @@ from crossmodal_jax.data import mixture
 def records(task_offset: int, n: int) -> list[dict]:
     """Records whose `x` names them uniquely: task_offset * 1000 + index."""
     return [
-        {"x": np.int32(task_offset * 1000 + i), "v": np.full((2,), i, np.float32)}
-        for i in range(n)
+        {"x": np.int32(task_offset * 1000 + i), "v": np.full((2,), i, np.float32)} for i in range(n)
     ]
 
 
@@ -87,7 +86,11 @@ def test_a_task_left_out_of_the_weights_is_not_drawn():
 @pytest.mark.parametrize(
     "sources, weights, message",
     [
-        (SOURCES, {"t2i": 1.0, "v2t": 1.0}, "mixture weights name task 'v2t', which has no records"),
+        (
+            SOURCES,
+            {"t2i": 1.0, "v2t": 1.0},
+            "mixture weights name task 'v2t', which has no records",
+        ),
         (SOURCES, {"t2i": 1.0, "i2t": 0.0}, "mixture weight of task 'i2t' must be > 0, got 0.0"),
         (SOURCES, {}, "a mixture needs at least one task with a weight"),
         ({"a": records(1, 4), "b": []}, {"a": 1, "b": 1}, "task 'b' of the mixture has no records"),
