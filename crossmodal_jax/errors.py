@@ -6,7 +6,9 @@ catch it and call `fail`. Bugs still raise ordinary exceptions with their traceb
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import NoReturn
 
 
@@ -36,3 +38,18 @@ def last_line(e: BaseException | str) -> str:
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def exit_alone(e: BaseException) -> NoReturn:
+    """Exit one process of a multi-process run now, as `fail` would (a UserError: one line, code
+    2; anything else: its traceback, code 1). A normal exit would first wait (5 minutes) at
+    jax.distributed's shutdown barrier for the other processes, which never come: they wait in
+    this process's next collective. Exiting without it lets a launcher stop the others at once
+    (launch/local_multiprocess.sh does), else the coordinator's missed heartbeats end them."""
+    if isinstance(e, UserError):
+        print(f"error: {e}", file=sys.stderr)
+    else:
+        traceback.print_exception(e)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2 if isinstance(e, UserError) else 1)

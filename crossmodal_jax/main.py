@@ -11,17 +11,14 @@ Multi-process (TPU pods, SLURM, or `launch/local_multiprocess.sh`): pass --coord
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
-import traceback
 from pathlib import Path
-from typing import NoReturn
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from crossmodal_jax.errors import UserError, fail, last_line, one_line
+from crossmodal_jax.errors import UserError, exit_alone, fail, last_line, one_line
 from crossmodal_jax.logs.writers import quiet_library_logs
 from crossmodal_jax.training.guards import Preempted
 
@@ -116,24 +113,10 @@ def main(argv: list[str]) -> None:
         sys.exit(0)
     except Exception as e:
         if jax.process_count() > 1:
-            _exit_alone(e)
+            exit_alone(e)
         if isinstance(e, UserError):
             fail(str(e))
         raise
-
-
-def _exit_alone(e: Exception) -> NoReturn:
-    """Exit one process of a multi-process run now. A normal exit would first wait (5 minutes) at
-    jax.distributed's shutdown barrier for the other processes, which never come: they wait in
-    this process's next collective. Exiting without it lets a launcher stop the others at once
-    (launch/local_multiprocess.sh does), else the coordinator's missed heartbeats end them."""
-    if isinstance(e, UserError):
-        print(f"error: {e}", file=sys.stderr)
-    else:
-        traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(2 if isinstance(e, UserError) else 1)
 
 
 def run_main() -> None:

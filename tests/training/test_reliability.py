@@ -234,14 +234,14 @@ def test_a_json_file_is_written_whole_or_not_at_all(tmp_path):
 def test_a_failing_process_of_a_multi_process_run_exits_at_once(monkeypatch, capsys, error, code):
     """Not through jax.distributed's shutdown barrier, where it would wait 5 minutes for peers
     that wait in its next collective; a user error is still one line."""
-    from crossmodal_jax import main
+    from crossmodal_jax.errors import exit_alone
 
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
     try:
         raise error
     except Exception as e:
-        main._exit_alone(e)
+        exit_alone(e)
     err = capsys.readouterr().err
     assert exits == [code]
     if code == 2:
