@@ -28,9 +28,13 @@ def write_json(path: str, value: Any, **dump_kwargs: Any) -> None:
     """Write `path` whole or not at all (a temporary file renamed over it): another process that
     reads it while it is written, or a run killed meanwhile, never sees half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, **dump_kwargs)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f, **dump_kwargs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the dump failed: leave nothing behind
+            os.remove(tmp)
 
 
 class MetricWriter:

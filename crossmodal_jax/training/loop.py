@@ -62,8 +62,11 @@ def record_mesh(stage_dir: str, mesh: jax.sharding.Mesh) -> dict | None:
     path = os.path.join(stage_dir, MESH_FILE)
     previous = None
     if os.path.isfile(path):
-        with open(path) as f:
-            previous = json.load(f)
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except ValueError:  # half a file from a version that wrote it in place: only a log note
+            previous = None
     os.makedirs(stage_dir, exist_ok=True)
     write_json(path, dict(mesh.shape))
     return previous

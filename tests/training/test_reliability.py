@@ -214,6 +214,7 @@ def test_only_process_0_reads_or_writes_the_mesh_note(tmp_path, monkeypatch):
     assert record_mesh(str(tmp_path), mesh) is None
     assert (tmp_path / "mesh.json").read_text() == '{"da'
     monkeypatch.setattr(jax, "process_index", lambda: 0)
+    assert record_mesh(str(tmp_path), mesh) is None  # a half file is no previous mesh
     (tmp_path / "mesh.json").write_text('{"data": 4}')
     assert record_mesh(str(tmp_path), mesh) == {"data": 4}
     assert json.loads((tmp_path / "mesh.json").read_text())["data"] == 2
@@ -228,6 +229,7 @@ def test_a_json_file_is_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(TypeError):
         write_json(path, {"a": object()})  # fails half-way through json.dump
     assert json.load(open(path)) == {"a": 1}
+    assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary file left
 
 
 @pytest.mark.parametrize("error, code", [(UserError("bad value x"), 2), (RuntimeError("bug"), 1)])
