@@ -16,7 +16,6 @@ shapes and dtypes (pad them per task first), or they could not be stacked into o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import grain
 import jax
@@ -97,8 +96,3 @@ def make_mixture_iterator(
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds[jax.process_index() :: jax.process_count()]
     return iter(ds.to_iter_dataset(READ_OPTIONS))
-
-
-def task_counts(task_column: Any, num_tasks: int) -> np.ndarray:
-    """How many rows of a batch's `task` column belong to each task."""
-    return np.bincount(np.asarray(task_column).ravel(), minlength=num_tasks)
