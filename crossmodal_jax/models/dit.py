@@ -21,6 +21,8 @@ parameters are float32 whatever it is, outputs float32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -244,6 +246,11 @@ class DiT(nn.Module):
     mlp_norm_eps: float = 1e-6
     conditioning: str = "in_context"  # a key of conditioning.CONDITIONINGS
     attention: str = "xla"  # a key of attention.ATTENTION
+    # A view of a joint model (joint_dit.JointDiT): the blocks and timestep embedder it shares
+    # with the other tasks' views, and a learned task vector added to the adaLN vector.
+    shared_blocks: Sequence[nn.Module] | None = None
+    shared_t_embed: nn.Module | None = None
+    task_vector: bool = False
 
     def setup(self):
         h, w = self.input_size
@@ -255,21 +262,33 @@ class DiT(nn.Module):
         self.cond_embed = ConditionEmbedder(
             self.cond_vocab_size, self.cond_len, self.hidden_size, dtype=self.dtype
         )
-        self.t_embed = TimestepEmbedder(
-            self.hidden_size, dtype=self.dtype, freq_shift=self.t_freq_shift
+        self.t_embed = (
+            self.shared_t_embed
+            if self.shared_t_embed is not None
+            else TimestepEmbedder(self.hidden_size, dtype=self.dtype, freq_shift=self.t_freq_shift)
         )
         if self.num_classes:
             self.label_embed = LabelEmbedder(self.num_classes, self.hidden_size, dtype=self.dtype)
-        self.blocks = make_blocks(
-            self.depth,
-            self.hidden_size,
-            self.num_heads,
-            self.mlp_ratio,
-            self.dtype,
-            self.remat,
-            self.mlp_norm_eps,
-            self.conditioning,
-            self.attention,
+        if self.task_vector:
+            self.task_embed = self.param(
+                "task_embed",
+                partitioned(nn.initializers.normal(0.02), (EMBED,)),
+                (self.hidden_size,),
+            )
+        self.blocks = (
+            self.shared_blocks
+            if self.shared_blocks is not None
+            else make_blocks(
+                self.depth,
+                self.hidden_size,
+                self.num_heads,
+                self.mlp_ratio,
+                self.dtype,
+                self.remat,
+                self.mlp_norm_eps,
+                self.conditioning,
+                self.attention,
+            )
         )
         out_c = self.out_channels or self.in_channels
         self.final_layer = FinalLayer(self.hidden_size, p * p * out_c, dtype=self.dtype)
@@ -312,6 +331,8 @@ class DiT(nn.Module):
     ) -> jax.Array:
         del train  # no dropout; kept so every model shares one call signature
         c_BxD, cond_tokens, cond_mask = self.condition(t_B, cond_ids_BxL, cond_mask_BxL)
+        if self.task_vector:
+            c_BxD = c_BxD + self.task_embed.astype(c_BxD.dtype)
         x_tokens = self.embed_input(x_BxHxWxC)
         h = run_blocks(self.conditioning, self.blocks, x_tokens, c_BxD, cond_tokens, cond_mask)
         return self.output_head(h, c_BxD)

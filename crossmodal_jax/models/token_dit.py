@@ -14,6 +14,8 @@ have vocab_size columns; the loss/sampler suppress the mask id's logit (diffusio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,10 @@ class TokenDiT(nn.Module):
     remat: bool = False
     conditioning: str = "in_context"  # a key of conditioning.CONDITIONINGS
     attention: str = "xla"  # a key of attention.ATTENTION
+    # A view of a joint model (joint_dit.JointDiT): see dit.DiT.
+    shared_blocks: Sequence[nn.Module] | None = None
+    shared_t_embed: nn.Module | None = None
+    task_vector: bool = False
 
     def setup(self):
         d = self.hidden_size
@@ -90,16 +96,28 @@ class TokenDiT(nn.Module):
             dropout=self.cond_dropout,
             summary_dim=summary_dim,
         )
-        self.t_embed = TimestepEmbedder(d, dtype=self.dtype)
-        self.blocks = make_blocks(
-            self.depth,
-            d,
-            self.num_heads,
-            self.mlp_ratio,
-            self.dtype,
-            self.remat,
-            conditioning=self.conditioning,
-            attention=self.attention,
+        self.t_embed = (
+            self.shared_t_embed
+            if self.shared_t_embed is not None
+            else TimestepEmbedder(d, dtype=self.dtype)
+        )
+        if self.task_vector:
+            self.task_embed = self.param(
+                "task_embed", partitioned(nn.initializers.normal(0.02), (EMBED,)), (d,)
+            )
+        self.blocks = (
+            self.shared_blocks
+            if self.shared_blocks is not None
+            else make_blocks(
+                self.depth,
+                d,
+                self.num_heads,
+                self.mlp_ratio,
+                self.dtype,
+                self.remat,
+                conditioning=self.conditioning,
+                attention=self.attention,
+            )
         )
         self.final_layer = FinalLayer(d, self.vocab_size, dtype=self.dtype)
 
@@ -142,6 +160,8 @@ class TokenDiT(nn.Module):
             train=train,
             summary_BxS=summary,
         )
+        if self.task_vector:
+            c_BxD = c_BxD + self.task_embed.astype(c_BxD.dtype)
         x_tokens = self.embed_input(ids_BxL)
         h = run_blocks(self.conditioning, self.blocks, x_tokens, c_BxD, cond_tokens, cond_mask)
         return self.final_layer(h, c_BxD).astype(jnp.float32)
