@@ -1,98 +1,98 @@
-"""Training batches drawn from several tasks' record lists at configured weights: one grain
-pipeline for a model that learns every task at once.
+"""Training batches of several tasks at once, in fixed proportions: a model that learns every
+task from one stream.
 
-Each task's records are shuffled with a fresh permutation every epoch and repeated without end
-(as `pipeline.make_train_iterator` does for one task), then `grain.MapDataset.mix` interleaves
-the tasks deterministically in the proportions of the weights. The mixture is random-access like
-a single task's stream, so the same guarantees hold: the global batch of step s is the same rows
-whatever the process count (processes take whole local batches in turn), and the iterator's
-state, saved in every checkpoint, resumes it exactly, the position in every task included.
+Each task keeps its own grain pipeline (its own records, shuffled and repeated, local batches dealt
+to processes as `pipeline.make_train_iterator` does), sized to that task's rows of the global
+batch: `task_rows` splits the batch by the configured weights, and every step draws exactly that
+many rows of each task. The tasks' records keep their own layouts (an image's code ids and a
+caption; a spectrogram's codes and a transcript): a step's batch is one flat dict whose keys are
+`<task>/<key>`, so it is sharded like any batch, and `task_batch` gives a task its own rows back.
 
-Every record gets a `task` field (the task's index in the sorted task names), so a mixed batch
-says which rows belong to which task; records of all tasks must hold the same keys with the same
-shapes and dtypes (pad them per task first), or they could not be stacked into one batch.
+Stratified, not interleaved: with the tasks' rows drawn at random per step, every task's share of
+a batch would change from step to step, so a model running each task on its own rows would see a
+new shape (and compile again) at nearly every step, or would have to pad every row to the largest
+layout. Fixed rows per task give fixed shapes under jit, the configured proportions exactly at
+every step, and no padding.
+
+The iterator's state is every task's position (grain states, JSON): saved in each checkpoint by
+the loop and restored exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-import grain
-import jax
-import numpy as np
-
-from crossmodal_jax.data.pipeline import READ_OPTIONS, local_batch_size
+SEPARATOR = "/"
 
 
-def task_ids(weights: Mapping[str, float]) -> dict[str, int]:
-    """Task name -> the integer in its records' `task` field (sorted names: stable in configs)."""
-    return {name: i for i, name in enumerate(sorted(weights))}
-
-
-def check_mixture(sources: Mapping[str, Sequence[dict]], weights: Mapping[str, float]) -> None:
-    """One-line ValueErrors for a mixture that cannot be batched or drawn from."""
+def task_rows(global_batch_size: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Task -> its rows in each global batch (sorted task names), proportional to the weights;
+    one-line ValueError when they are not whole numbers of rows or a weight is not > 0."""
     if not weights:
         raise ValueError("a mixture needs at least one task with a weight")
-    missing = sorted(set(weights) - set(sources))
-    if missing:
-        raise ValueError(f"mixture weights name task {missing[0]!r}, which has no records")
     for name, weight in weights.items():
         if not weight > 0:
             raise ValueError(f"mixture weight of task {name!r} must be > 0, got {weight}")
-        if len(sources[name]) == 0:
-            raise ValueError(f"task {name!r} of the mixture has no records")
-    reference_name = sorted(weights)[0]
-    reference = _layout(sources[reference_name][0])
+    total = sum(weights.values())
+    rows = {}
     for name in sorted(weights):
-        layout = _layout(sources[name][0])
-        if layout != reference:
-            key = sorted(set(layout) ^ set(reference)) or [
-                k for k in sorted(layout) if layout[k] != reference[k]
-            ]
+        exact = global_batch_size * weights[name] / total
+        if abs(exact - round(exact)) > 1e-6 or round(exact) < 1:
             raise ValueError(
-                f"records of task {name!r} differ from those of {reference_name!r} in "
-                f"{key[0]!r} ({layout.get(key[0])} against {reference.get(key[0])}): pad every "
-                "task's records to one layout"
+                f"mixture weights {dict(sorted(weights.items()))} split the global batch "
+                f"{global_batch_size} into {exact:g} rows of task {name!r}: choose weights "
+                "that give every task a whole number of rows (e.g. the rows themselves)"
             )
+        rows[name] = int(round(exact))
+    return rows
 
 
-def _layout(record: dict) -> dict[str, tuple]:
-    return {k: (np.shape(v), np.asarray(v).dtype.str) for k, v in record.items()}
+def task_batch(batch: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The rows of one task in a mixed batch, under the task's own keys."""
+    prefix = task + SEPARATOR
+    return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
 
 
-class _Tagged(grain.transforms.Map):
-    """Adds the task's id to each of its records (a module-level class: picklable for workers)."""
+class MixtureIterator:
+    """Steps every task's iterator together: next() = one flat dict of `<task>/<key>` arrays.
 
-    def __init__(self, task: int):
-        self.task = task
+    Checkpointed by grain's handler like a DataLoader iterator (state as bytes): the JSON of
+    every task's own iterator state."""
 
-    def map(self, record: dict) -> dict:
-        return {**record, "task": np.int32(self.task)}
+    def __init__(self, iterators: Mapping[str, Iterator]):
+        self.iterators = dict(sorted(iterators.items()))
 
+    def __iter__(self) -> MixtureIterator:
+        return self
 
-def make_mixture_iterator(
-    sources: Mapping[str, Sequence[dict]],
-    weights: Mapping[str, float],
-    *,
-    global_batch_size: int,
-    seed: int,
-) -> grain.DatasetIterator:
-    """Infinite, seeded, per-process-sharded batches mixing `sources` (task name -> records) in
-    the proportions of `weights` (task name -> weight > 0; tasks without a weight are left out).
+    def __next__(self) -> dict[str, Any]:
+        return {
+            f"{task}{SEPARATOR}{k}": v
+            for task, it in self.iterators.items()
+            for k, v in next(it).items()
+        }
 
-    Task i's stream is shuffled with seed + i, so adding a task does not reorder the others'."""
-    check_mixture(sources, weights)
-    ids = task_ids(weights)
-    names = sorted(weights)
-    batch_size = local_batch_size(global_batch_size, sum(len(sources[n]) for n in names))
-    streams = [
-        grain.MapDataset.source(sources[name])
-        .shuffle(seed=seed + ids[name])
-        .repeat(None)  # reshuffled every epoch
-        .map(_Tagged(ids[name]))
-        for name in names
-    ]
-    ds = grain.MapDataset.mix(streams, weights=[float(weights[n]) for n in names])
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds[jax.process_index() :: jax.process_count()]
-    return iter(ds.to_iter_dataset(READ_OPTIONS))
+    def get_state(self) -> bytes:
+        return json.dumps({task: it.get_state() for task, it in self.iterators.items()}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        states = json.loads(state)
+        if set(states) != set(self.iterators):
+            raise ValueError(
+                f"the saved data position holds tasks {sorted(states)}, this run has "
+                f"{sorted(self.iterators)}"
+            )
+        for task, it in self.iterators.items():
+            it.set_state(states[task])
+
+    def start_prefetch(self) -> None:  # grain's handler calls it after set_state
+        for it in self.iterators.values():
+            if hasattr(it, "start_prefetch"):
+                it.start_prefetch()
+
+    def close(self) -> None:
+        for it in self.iterators.values():
+            if hasattr(it, "close"):
+                it.close()

@@ -1,108 +1,102 @@
-"""The task mixture (data/mixture.py): proportions, epochs, exact resume, process sharding and
-one-line errors."""
+"""The task mixture (data/mixture.py): whole rows per task, every task's own stream, exact resume
+through grain's checkpoint handler, and one-line errors."""
 
-import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from grain import checkpoint as grain_checkpoint
 
-from crossmodal_jax.data import mixture
+from crossmodal_jax.data import mixture, pipeline
 
 
-def records(task_offset: int, n: int) -> list[dict]:
-    """Records whose `x` names them uniquely: task_offset * 1000 + index."""
+def records(task_offset: int, n: int, width: int) -> list[dict]:
+    """Records whose `x` names them uniquely (task_offset * 1000 + index); each task has its own
+    layout (`v` of `width` values)."""
     return [
-        {"x": np.int32(task_offset * 1000 + i), "v": np.full((2,), i, np.float32)} for i in range(n)
+        {"x": np.int32(task_offset * 1000 + i), "v": np.full((width,), i, np.float32)}
+        for i in range(n)
     ]
 
 
-SOURCES = {"t2i": records(1, 50), "i2t": records(2, 30), "s2t": records(3, 20)}
+SOURCES = {"t2i": records(1, 50, 2), "i2t": records(2, 30, 3), "s2t": records(3, 20, 5)}
 WEIGHTS = {"t2i": 2.0, "i2t": 1.0, "s2t": 1.0}
+
+
+def make(batch=16, seed=0):
+    rows = mixture.task_rows(batch, WEIGHTS)
+    return mixture.MixtureIterator(
+        {
+            name: pipeline.make_train_iterator(
+                SOURCES[name], global_batch_size=rows[name], seed=seed + i, transform=None
+            )
+            for i, name in enumerate(sorted(SOURCES))
+        }
+    )
 
 
 def take(it, n):
     return [next(it) for _ in range(n)]
 
 
-def test_batches_mix_the_tasks_in_the_proportions_of_the_weights():
-    it = mixture.make_mixture_iterator(SOURCES, WEIGHTS, global_batch_size=16, seed=0)
-    ids = mixture.task_ids(WEIGHTS)
-    counts = sum(np.bincount(b["task"], minlength=3) for b in take(it, 50))
-    assert counts.sum() == 800
-    np.testing.assert_allclose(counts[ids["t2i"]] / 800, 0.5, atol=0.01)
-    np.testing.assert_allclose(counts[ids["i2t"]] / 800, 0.25, atol=0.01)
-    np.testing.assert_allclose(counts[ids["s2t"]] / 800, 0.25, atol=0.01)
+def test_rows_follow_the_weights_exactly():
+    assert mixture.task_rows(16, WEIGHTS) == {"i2t": 4, "s2t": 4, "t2i": 8}
+    assert mixture.task_rows(128, dict(a=48, b=40, c=20, d=20)) == dict(a=48, b=40, c=20, d=20)
 
 
-def test_each_task_is_a_fresh_permutation_every_epoch_and_rows_keep_their_task():
-    it = mixture.make_mixture_iterator(SOURCES, WEIGHTS, global_batch_size=16, seed=0)
-    ids = mixture.task_ids(WEIGHTS)
-    seen = {name: [] for name in WEIGHTS}
-    for batch in take(it, 50):
-        for x, task in zip(batch["x"], batch["task"], strict=True):
-            name = next(n for n, i in ids.items() if i == task)
-            assert x // 1000 == {"t2i": 1, "i2t": 2, "s2t": 3}[name]  # the row is its task's
-            seen[name].append(int(x))
-    for name, xs in seen.items():
+def test_every_step_holds_each_tasks_rows_in_its_own_layout():
+    for batch in take(make(), 20):
+        assert sorted(batch) == ["i2t/v", "i2t/x", "s2t/v", "s2t/x", "t2i/v", "t2i/x"]
+        for name, rows, width in (("t2i", 8, 2), ("i2t", 4, 3), ("s2t", 4, 5)):
+            own = mixture.task_batch(batch, name)
+            assert sorted(own) == ["v", "x"]
+            assert own["v"].shape == (rows, width)
+            assert np.all(own["x"] // 1000 == {"t2i": 1, "i2t": 2, "s2t": 3}[name])
+
+
+def test_each_task_is_a_fresh_permutation_every_epoch():
+    seen = {name: [] for name in SOURCES}
+    for batch in take(make(), 25):  # 200 t2i rows (4 epochs), 100 i2t, 100 s2t (5 epochs)
+        for name in SOURCES:
+            seen[name] += list(mixture.task_batch(batch, name)["x"] % 1000)
+    for name, rows in seen.items():
         n = len(SOURCES[name])
-        first, second = xs[:n], xs[n : 2 * n]
-        assert sorted(first) == sorted(second) == sorted(int(r["x"]) for r in SOURCES[name])
-        assert first != second  # reshuffled
+        epochs = [rows[i : i + n] for i in range(0, len(rows) - n + 1, n)]
+        for epoch in epochs:
+            assert sorted(epoch) == list(range(n))
+        assert any(a != b for a, b in zip(epochs, epochs[1:], strict=False))
 
 
-def test_the_saved_state_resumes_every_task_where_it_was():
-    it = mixture.make_mixture_iterator(SOURCES, WEIGHTS, global_batch_size=8, seed=3)
+def test_the_saved_state_resumes_every_task_exactly(tmp_path):
+    it = make()
     take(it, 7)
-    state = it.get_state()
-    expected = take(it, 5)
-    again = mixture.make_mixture_iterator(SOURCES, WEIGHTS, global_batch_size=8, seed=3)
-    again.set_state(state)
-    for a, b in zip(take(again, 5), expected, strict=True):
-        for key in ("x", "v", "task"):
-            np.testing.assert_array_equal(a[key], b[key])
+    with ocp.Checkpointer(grain_checkpoint.CheckpointHandler()) as ckpt:
+        ckpt.save(tmp_path / "data", args=grain_checkpoint.CheckpointSave(it))
+        expected = take(it, 5)
+        again = make()  # a fresh run: restored through grain's handler, as the loop does
+        ckpt.restore(tmp_path / "data", args=grain_checkpoint.CheckpointRestore(again))
+    for a, b in zip(expected, take(again, 5), strict=True):
+        assert sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_processes_take_whole_local_batches_of_one_global_stream(monkeypatch):
-    one = take(mixture.make_mixture_iterator(SOURCES, WEIGHTS, global_batch_size=8, seed=1), 4)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    parts = []
-    for p in (0, 1):
-        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
-        it = mixture.make_mixture_iterator(SOURCES, WEIGHTS, global_batch_size=8, seed=1)
-        parts.append(take(it, 2))
-    # The 1-process stream of 4-row local halves: batch s of process p is local batch 2s + p.
-    halves = [b["x"][i : i + 4] for b in one for i in (0, 4)]
-    for s in range(2):
-        for p in (0, 1):
-            np.testing.assert_array_equal(parts[p][s]["x"], halves[2 * s + p])
-
-
-def test_a_task_left_out_of_the_weights_is_not_drawn():
-    weights = {"t2i": 1.0, "s2t": 1.0}
-    it = mixture.make_mixture_iterator(SOURCES, weights, global_batch_size=8, seed=0)
-    xs = np.concatenate([b["x"] for b in take(it, 10)])
-    assert not np.any(xs // 1000 == 2)
+def test_a_state_of_other_tasks_is_refused():
+    state = make().get_state()
+    other = mixture.MixtureIterator({"t2i": iter([])})
+    with pytest.raises(ValueError, match=r"holds tasks \['i2t', 's2t', 't2i'\], this run has"):
+        other.set_state(state)
 
 
 @pytest.mark.parametrize(
-    "sources, weights, message",
+    "batch, weights, message",
     [
-        (
-            SOURCES,
-            {"t2i": 1.0, "v2t": 1.0},
-            "mixture weights name task 'v2t', which has no records",
-        ),
-        (SOURCES, {"t2i": 1.0, "i2t": 0.0}, "mixture weight of task 'i2t' must be > 0, got 0.0"),
-        (SOURCES, {}, "a mixture needs at least one task with a weight"),
-        ({"a": records(1, 4), "b": []}, {"a": 1, "b": 1}, "task 'b' of the mixture has no records"),
-        (
-            {"a": records(1, 4), "b": [{"x": np.int32(0), "v": np.zeros(3, np.float32)}]},
-            {"a": 1, "b": 1},
-            "records of task 'b' differ from those of 'a' in 'v' (((3,), '<f4') against "
-            "((2,), '<f4')): pad every task's records to one layout",
-        ),
+        (16, {}, "at least one task"),
+        (16, {"a": 1.0, "b": 0.0}, "weight of task 'b' must be > 0"),
+        (16, {"a": 1.0, "b": 2.0}, "into 5.33333 rows of task 'a'"),
+        (64, {"a": 48, "b": 40}, "into 34.9091 rows of task 'a'"),
     ],
 )
-def test_a_mixture_that_cannot_be_drawn_is_one_line(sources, weights, message):
-    with pytest.raises(ValueError) as e:
-        mixture.make_mixture_iterator(sources, weights, global_batch_size=4, seed=0)
-    assert str(e.value) == message
+def test_mixtures_that_do_not_split_the_batch_are_one_line(batch, weights, message):
+    with pytest.raises(ValueError, match=message) as e:
+        mixture.task_rows(batch, weights)
+    assert "\n" not in str(e.value)
