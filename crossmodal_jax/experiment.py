@@ -38,6 +38,9 @@ class Experiment:
     latent_grid: tuple[int, ...]  # the tokenizer's grid of codes for one input, e.g. (4, 4)
     tokenizer: VQVAE  # the stage-1 model of the continuous modality
     results: dict = dataclasses.field(default_factory=dict)  # stage name -> its final TrainState
+    # The model the generator stage uses instead of the one its config describes: this task's
+    # view of a joint model (stages/joint.py), whose trunk other tasks share.
+    generator_model: Any = None
     # Pieces the layers above build once per experiment (the generator's jitted sampler, shared
     # by training summaries and the final evaluation: one compilation).
     built: dict = dataclasses.field(default_factory=dict)

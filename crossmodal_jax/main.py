@@ -104,10 +104,11 @@ def main(argv: list[str]) -> None:
         stream=sys.stdout,
         force=True,
     )
-    from crossmodal_jax import run
+    from crossmodal_jax import joint_run, run
 
+    runner = joint_run.run if joint_run.is_joint(_CONFIG.value) else run.run
     try:
-        run.run(_CONFIG.value, _WORKDIR.value)
+        runner(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:  # every process stops at the same step: a clean shutdown
         logging.getLogger("crossmodal_jax").info("%s", e)
         sys.exit(0)

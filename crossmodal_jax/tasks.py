@@ -13,6 +13,9 @@ import dataclasses
 from crossmodal_jax.errors import UserError
 
 TEXT = "text"
+# config.task of a joint config (configs/shapes_joint.py): one generator for the tasks it lists
+# under config.tasks (joint_run.py).
+JOINT = "joint"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -228,6 +228,23 @@ def generator(
     return c
 
 
+def joint_trunk(**overrides) -> ml_collections.ConfigDict:
+    """The trunk of a joint generator (models/joint_dit.py): the blocks and timestep embedder all
+    tasks share; each task's input layers and head come from its own generator.model block."""
+    c = ml_collections.ConfigDict()
+    c.hidden_size = 128  # transformer width
+    c.depth = 6  # adaLN-Zero blocks
+    c.num_heads = 4  # attention heads
+    c.mlp_ratio = 4.0  # MLP hidden = mlp_ratio * hidden_size
+    c.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
+    c.remat = False  # recompute each block's activations in the backward pass (saves memory)
+    # How every task's condition reaches its target tokens (models/conditioning.py).
+    c.conditioning = "cross_attention"
+    c.attention = "xla"  # attention kernel (models/attention.py)
+    c.update(overrides)
+    return c
+
+
 def text_generator(
     text_max_len: int, *, sample_overrides: dict | None = None, **train_overrides
 ) -> ml_collections.ConfigDict:

@@ -275,14 +275,16 @@ def check_perceptual(exp: Experiment) -> None:
         )
 
 
-def validate(exp: Experiment) -> None:
+def validate(exp: Experiment, tokenizer_elsewhere: bool = False) -> None:
     """Every check of a built experiment, in the order a user would want to hear about them
-    (`check_names` runs before the experiment is built)."""
+    (`check_names` runs before the experiment is built). `tokenizer_elsewhere`: the experiment
+    borrows another's tokenizer (a joint run's `tokenizer_of`), checked there."""
     check_data(exp)
     check_batches(exp)
     check_perceptual(exp)
     if "generator" in exp.config.stages:
         check_generator(exp)
-        check_tokenizer_available(exp)
+        if not tokenizer_elsewhere:
+            check_tokenizer_available(exp)
     check_workdir(exp.config, exp.ctx.workdir)
     check_data_fingerprint(exp.dataset, exp.ctx.workdir, exp.config.data.allow_changed_data)

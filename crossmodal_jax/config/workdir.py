@@ -17,6 +17,7 @@ from crossmodal_jax.config import blocks
 from crossmodal_jax.data.fingerprint import changed
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.logs.writers import write_json
+from crossmodal_jax.tasks import JOINT
 
 log = logging.getLogger("crossmodal_jax")
 
@@ -53,6 +54,14 @@ def write_resolved_config(config: ml_collections.ConfigDict, workdir: str) -> No
 def _block_defaults(config: dict) -> dict:
     """The defaults of the config blocks a resolved config is made of (run_blocks, model_blocks)."""
     out: dict = {"eval": blocks.evaluation().to_dict(), **blocks.monitoring().to_dict()}
+    if config.get("task") == JOINT:  # a whole single-task config per task, and the joint trunk
+        out["generator"] = {
+            "model": blocks.joint_trunk().to_dict(),
+            "train": blocks.train().to_dict(),
+        }
+        out["tasks"] = {name: _block_defaults(c) for name, c in config.get("tasks", {}).items()}
+        out["tokenizer_of"] = {name: "" for name in config.get("tasks", {})}
+        return out
     for name, stage in config.items():
         if not isinstance(stage, dict) or "train" not in stage:
             continue
@@ -108,14 +117,20 @@ def _flatten(tree, prefix: str = "") -> dict:
     return out
 
 
+def _safe(key: str) -> bool:
+    # A joint config's task configs (`tasks.<task>.*`) have the same safe keys as single ones.
+    parts = key.split(".")
+    if parts[0] == "tasks" and len(parts) > 2:
+        key = ".".join(parts[2:])
+    return any(fnmatch.fnmatch(key, pattern) for pattern in SAFE_KEYS)
+
+
 def config_diff(old: dict, new: dict) -> list[str]:
     """Keys whose values differ (JSON-normalised), excluding SAFE_KEYS."""
     a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
     changed = []
     for key in sorted(set(a) | set(b)):
-        if a.get(key, "<missing>") != b.get(key, "<missing>") and not any(
-            fnmatch.fnmatch(key, pattern) for pattern in SAFE_KEYS
-        ):
+        if a.get(key, "<missing>") != b.get(key, "<missing>") and not _safe(key):
             changed.append(f"{key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")
     return changed
 

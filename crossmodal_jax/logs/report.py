@@ -151,8 +151,9 @@ def _is_num(v) -> bool:
 
 def _stage_dirs(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
     """The config's stages in training order, then any other stage directory with metrics
-    (e.g. a per-modality tokenizer); `eval/` holds the final metrics, not curves."""
-    names = list(config.stages)
+    (e.g. a per-modality tokenizer); `eval/` holds the final metrics, not curves. A stage without
+    a folder here is left out (a joint run's tokenizers train in their tasks' folders)."""
+    names = [s for s in config.stages if os.path.isdir(os.path.join(workdir, s))]
     for path in sorted(glob.glob(os.path.join(workdir, "*", "metrics.jsonl"))):
         name = os.path.basename(os.path.dirname(path))
         if name not in names and name != "eval":
@@ -235,7 +236,10 @@ def write_report(
     """Write `<workdir>/report.html`; returns its path. `wall_seconds`: this invocation's time."""
     from crossmodal_jax.logs.progress import format_duration
 
-    title = f"{config.task} on {config.data.name}"
+    if "data" in config:
+        title = f"{config.task} on {config.data.name}"
+    else:  # a joint run: its tasks' reports are in their folders
+        title = f"{config.task}: {', '.join(sorted(config.tasks))}"
     stages = _stage_dirs(workdir, config)
     header = [
         ("stages", ", ".join(config.stages)),

@@ -74,3 +74,24 @@ class MetricWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+class PrefixedWriter:
+    """A MetricWriter whose tags and scalar names start with `prefix/`: one stage's writer shared
+    by several tasks (a joint generator's summaries)."""
+
+    def __init__(self, writer: MetricWriter, prefix: str):
+        self.writer, self.prefix = writer, prefix
+
+    @property
+    def enabled(self) -> bool:
+        return self.writer.enabled
+
+    def scalars(self, step: int, scalars: dict[str, Any]) -> None:
+        self.writer.scalars(step, {f"{self.prefix}/{k}": v for k, v in scalars.items()})
+
+    def image(self, step: int, tag: str, image_HxWxC: np.ndarray) -> None:
+        self.writer.image(step, f"{self.prefix}/{tag}", image_HxWxC)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        self.writer.text(step, f"{self.prefix}/{tag}", text)

@@ -34,8 +34,36 @@ def condition_grid(m: ml_collections.ConfigDict, grid: tuple[int, ...]) -> tuple
     return tuple(n // s for n, s in zip(grid, stride, strict=True))
 
 
-def build_dit(exp: Experiment) -> DiT:
-    """The DiT over the tokenizer's latent grid, conditioned on caption tokens."""
+def build_generator_model(exp: Experiment, own: bool = False):
+    """The generator's model: a DiT over latents, or over token ids for the masked process.
+    A task's view of a joint model when the experiment has one, unless `own`."""
+    if exp.config.generator.diffusion.process == "masked":
+        return build_token_dit(exp, own)
+    return build_dit(exp, own)
+
+
+def example_inputs(exp: Experiment, model=None) -> tuple:
+    """Zero arguments of one example for the generator model's `init` (default: the model
+    `build_generator_model` gives): latents, time, caption ids and mask; or target ids, time,
+    the condition (ids, or code vectors [1, L, F]) and its mask."""
+    model = model if model is not None else build_generator_model(exp)
+    if exp.config.generator.diffusion.process == "masked":
+        ids = jnp.zeros((1, model.seq_len), jnp.int32)
+        length, f = model.cond_input_shape
+        shape, dtype = ((1, length, f), jnp.float32) if f else ((1, length), jnp.int32)
+        mask = jnp.ones((1, length), jnp.int32)
+        return ids, jnp.zeros((1,), jnp.float32), jnp.zeros(shape, dtype), mask
+    L = exp.config.data.text_max_len
+    x = jnp.zeros((1, *latent_hwc(exp)), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    return x, t, jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32)
+
+
+def build_dit(exp: Experiment, own: bool = False) -> DiT:
+    """The DiT over the tokenizer's latent grid, conditioned on caption tokens (or the joint
+    model's view of this task, unless `own`)."""
+    if exp.generator_model is not None and not own:
+        return exp.generator_model
     m = exp.config.generator.model
     hwc = latent_hwc(exp)
     return DiT(
@@ -53,8 +81,11 @@ def build_dit(exp: Experiment) -> DiT:
     )
 
 
-def build_token_dit(exp: Experiment) -> TokenDiT:
-    """The DiT over token ids: caption tokens (X→text) or VQ ids (text→image, masked)."""
+def build_token_dit(exp: Experiment, own: bool = False) -> TokenDiT:
+    """The DiT over token ids: caption tokens (X→text) or VQ ids (text→image, masked); the joint
+    model's view of this task when there is one, unless `own`."""
+    if exp.generator_model is not None and not own:
+        return exp.generator_model
     m = exp.config.generator.model
     num_codes = exp.tokenizer.vocab_size
     grid = exp.latent_grid

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import jax.numpy as jnp
-
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import flow, flow_samplers, gaussian, masked, masked_decoding
 from crossmodal_jax.experiment import Experiment
@@ -59,14 +57,10 @@ def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
     Gaussian and flow processes share (latent statistics, model, data, sample grids)."""
     frozen = {"tokenizer": tokenizer_variables(exp)}
     frozen["latents"] = latent_statistics(exp, frozen["tokenizer"])
-    hwc = builders.latent_hwc(exp)
     dit = builders.build_dit(exp)
-    L = exp.config.data.text_max_len
 
     def init_variables(key):
-        x = jnp.zeros((1, *hwc), jnp.float32)
-        t = jnp.zeros((1,), jnp.int32)
-        return dit.init(key, x, t, jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
+        return dit.init(key, *builders.example_inputs(exp, dit))
 
     make_iterator = exp.train_iterator_factory(exp.config.generator.train)
     if exp.config.generator.precompute_codes:
@@ -155,14 +149,7 @@ def masked_stage(exp: Experiment) -> StageSpec:
         make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
 
     def init_variables(key):
-        ids = jnp.zeros((1, dit.seq_len), jnp.int32)
-        length, f = dit.cond_input_shape
-        if f:  # code vectors
-            cond = jnp.zeros((1, length, f), jnp.float32)
-        else:  # token ids
-            cond = jnp.zeros((1, length), jnp.int32)
-        mask = jnp.ones((1, length), jnp.int32)
-        return dit.init(key, ids, jnp.zeros((1,), jnp.float32), cond, mask)
+        return dit.init(key, *builders.example_inputs(exp, dit))
 
     objective = masked_diffusion_objective(
         dit,

@@ -89,8 +89,9 @@ def tokenizer_stage(exp: Experiment, *, restoring: bool = False) -> StageSpec:
     )
 
 
-def tokenizer_variables(exp: Experiment) -> dict:
-    """The trained tokenizer: from this run's results, or restored from the workdir."""
+def tokenizer_state(exp: Experiment):
+    """The trained tokenizer stage's state: from this run's results, or restored from the
+    workdir."""
     state = exp.results.get(NAME)
     if state is None:
         state = restore_stage_state(tokenizer_stage(exp, restoring=True), exp.ctx)
@@ -100,6 +101,12 @@ def tokenizer_variables(exp: Experiment) -> dict:
                 f"the tokenizer in {os.path.join(exp.ctx.workdir, NAME)} is trained to step "
                 f"{int(state.step)} of {steps}; add 'tokenizer' to config.stages to finish it"
             )
+    return state
+
+
+def tokenizer_variables(exp: Experiment) -> dict:
+    """The trained tokenizer's variables: from this run's results, or restored from the workdir."""
+    state = tokenizer_state(exp)
     # Without the discriminator and its counter; with "vq_stats" of an EMA codebook.
     variables, _, _ = split_variables(state.params, state.model_state)
     return variables

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from configs import vqdit_img
+from configs import shapes_joint, vqdit_img
 from crossmodal_jax import tasks
 from crossmodal_jax.config import workdir as workdir_lib
 from crossmodal_jax.data.modalities import MODALITIES
@@ -204,3 +204,29 @@ def test_workdir_with_checkpoints_but_no_config_json_is_refused(tmp_path):
     empty = tmp_path / "fresh"
     (empty / "tokenizer" / "checkpoints").mkdir(parents=True)  # no step yet: nothing to check
     workdir_lib.check_workdir(None, str(empty))
+
+
+def test_a_joint_configs_task_configs_have_the_same_safe_keys_and_new_key_defaults(tmp_path):
+    config = shapes_joint.get_config()
+    old = json.loads(config.to_json_best_effort())
+    new = shapes_joint.get_config()
+    new.tasks.speech2text.data.data_dir = "/elsewhere"  # where the data is, not what it is
+    new.tasks.text2image.generator.sample.steps = 10
+    new.generator.train.steps = 9600
+    assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == []
+    new.tasks.video2text.tokenizer.model.num_codes = 64
+    new.generator.model.depth = 4
+    assert workdir_lib.config_diff(old, json.loads(new.to_json_best_effort())) == [
+        "generator.model.depth: 6 -> 4",
+        "tasks.video2text.tokenizer.model.num_codes: 256 -> 64",
+    ]
+    # A joint workdir of an earlier version: its trunk and its tasks' blocks get new keys, and
+    # no single-task generator keys are added to the trunk.
+    del (
+        old["generator"]["model"]["attention"],
+        old["tasks"]["image2text"]["generator"]["sample"]["threshold"],
+    )
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = workdir_lib.load_resolved_config(str(tmp_path))
+    assert loaded.generator.model.attention == "xla" and "patch_size" not in loaded.generator.model
+    assert loaded.tasks.image2text.generator.sample.threshold == 0.9

@@ -1,0 +1,140 @@
+"""The joint generator stage (stages/joint.py): its loss is the rows-weighted mean of every task's
+single-task loss on its own rows, and its step is the same on a data x fsdp mesh as on one device."""
+
+import importlib.util
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax.core import unfreeze
+
+from crossmodal_jax import joint_run
+from crossmodal_jax.config import blocks
+from crossmodal_jax.data.mixture import task_batch
+from crossmodal_jax.stages import generators, joint, tokenizer
+from crossmodal_jax.training import sharding
+from crossmodal_jax.training.loop import compile_step
+from crossmodal_jax.training.stage import RunContext, abstract_state, fresh_state
+from crossmodal_jax.training.step import make_optimizer
+
+TASK_CONFIGS = {"text2image": "configs/vqdit_img.py", "image2text": "configs/img2txt.py"}
+
+
+def _config(path, data_dir):
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.data.data_dir = data_dir
+    return config
+
+
+def joint_config(data_dir, rows=8):
+    c = ml_collections.ConfigDict()
+    c.task, c.seed, c.stages = "joint", 0, ("tokenizer", "generator")
+    c.mesh = blocks.mesh()
+    c.update(blocks.monitoring())
+    c.tasks = {name: _config(path, data_dir) for name, path in TASK_CONFIGS.items()}
+    c.generator = ml_collections.ConfigDict()
+    c.generator.model = blocks.joint_trunk(hidden_size=16, depth=1, num_heads=2)
+    c.generator.mixture = {"text2image": 1.0, "image2text": 1.0}
+    c.generator.train = blocks.train(steps=4, batch_size=2 * rows, warmup_steps=1)
+    c.eval = blocks.evaluation()
+    return c
+
+
+def _fresh(spec, ctx, seed):
+    init_fn, _, _ = abstract_state(
+        spec, make_optimizer(spec.train_cfg)[0], jax.random.key(seed), ctx
+    )
+    return fresh_state(spec, init_fn, jax.random.key(seed))
+
+
+def experiments(config, tmp_path, mesh):
+    rules = sharding.rules_from_config(config.mesh.rules)
+    exps = joint_run.build_task_experiments(
+        config, str(tmp_path / "run"), mesh, rules, validate=False
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        for exp in exps.values():  # untrained tokenizers: the stage needs one, not a good one
+            exp.results["tokenizer"] = _fresh(tokenizer.tokenizer_stage(exp), exp.ctx, 0)
+    return exps
+
+
+def randomized(params, key):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        tree, [0.05 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+
+
+def test_the_joint_loss_is_the_rows_weighted_mean_of_each_tasks_own_loss(tmp_path):
+    config = joint_config(str(tmp_path / "data"), rows=4)
+    config.generator.mixture = {"text2image": 3.0, "image2text": 1.0}  # 6 + 2 rows of 8
+    config.generator.train.batch_size = 8
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    exps = experiments(config, tmp_path, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        own = {name: generators.generator_stage(exp) for name, exp in exps.items()}  # own models
+        joint.attach_joint_model(exps, config.generator.model)
+        spec = joint.joint_generator_stage(exps, config.generator)
+        ctx = next(iter(exps.values())).ctx
+        params = randomized(unfreeze(_fresh(spec, ctx, 1).params), jax.random.key(2))
+        for name in exps:  # without the task vector a view is its task's own model
+            params[f"views_{name}"]["task_embed"] = jnp.zeros_like(
+                params[f"views_{name}"]["task_embed"]
+            )
+        batch = next(spec.make_iterator())
+        assert batch["text2image/text"].shape[0] == 6 and batch["image2text/text"].shape[0] == 2
+        key = jax.random.key(3)
+        loss, (_, metrics) = spec.objective(params, spec.frozen_state, batch, key)
+        expected = 0.0
+        for i, (name, share) in enumerate((("image2text", 0.25), ("text2image", 0.75))):
+            trunk = {k: v for k, v in params.items() if not k.startswith("views_")}
+            view = {k: v for k, v in params[f"views_{name}"].items() if k != "task_embed"}
+            task_loss, _ = own[name].objective(
+                {**trunk, **view},
+                own[name].frozen_state,
+                task_batch(batch, name),
+                jax.random.fold_in(key, i),
+            )
+            np.testing.assert_allclose(metrics[f"{name}/loss"], task_loss, rtol=1e-5)
+            expected += share * task_loss
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+        assert float(loss) > 0
+
+
+def _steps(exps, config, mesh, batch_np, steps=2):
+    rules = sharding.DEFAULT_RULES
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        joint.attach_joint_model(exps, config.generator.model)
+        spec = joint.joint_generator_stage(exps, config.generator)
+        ctx = RunContext(workdir="", mesh=mesh, rules=rules, seed=0)
+        tx, _ = make_optimizer(spec.train_cfg)
+        init_fn, _, shardings = abstract_state(spec, tx, jax.random.key(1), ctx)
+        state = fresh_state(spec, init_fn, jax.random.key(1))
+        batch = sharding.global_batch(batch_np, mesh)
+        step_fn, _ = compile_step(spec, tx, shardings, state, batch, jax.random.key(2), mesh)
+        for _ in range(steps):
+            state, metrics = step_fn(state, batch, jax.random.key(2))
+        return jax.device_get(state), jax.device_get(metrics), spec
+
+
+def test_the_joint_step_on_a_data_by_fsdp_mesh_equals_one_device(tmp_path):
+    config = joint_config(str(tmp_path / "data"))
+    mesh1 = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    exps1 = experiments(config, tmp_path, mesh1)
+    with jax.set_mesh(mesh1), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        joint.attach_joint_model(exps1, config.generator.model)
+        batch = jax.device_get(
+            next(joint.joint_generator_stage(exps1, config.generator).make_iterator())
+        )
+    one, m1, _ = _steps(exps1, config, mesh1, batch)
+    mesh8 = sharding.make_mesh({"data": 4, "fsdp": 2})
+    many, m8, _ = _steps(experiments(config, tmp_path, mesh8), config, mesh8, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, many)
+    for k in ("loss", "text2image/loss", "image2text/loss"):
+        np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5)
