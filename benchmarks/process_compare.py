@@ -3,7 +3,7 @@
   python benchmarks/process_compare.py --workdirs=runs/vqdit_img,runs/vqdit_masked \
       [--per_digit=30] [--repeats=5] [--seed=0] [--batch_size=64] [--guidance=G] [--steps=S]
 
-Restores each workdir's sampler once (crossmodal_jax.sample.restored_generator) and generates
+Restores each workdir's sampler once (crossmodal_jax.sample.trained) and generates
 `per_digit` images for each prompt "the digit <word>" exactly as the `sample` CLI does (same seed,
 same --batch_size chunks), so the images equal the CLI's PNGs. --seed, --batch_size, --guidance and
 --steps are the `sample` CLI's flags and apply to every workdir.
@@ -37,7 +37,7 @@ from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError, fail
 from crossmodal_jax.evaluation.digits_judge import digit_prompts
 from crossmodal_jax.logs.writers import quiet_library_logs
-from crossmodal_jax.sample import experiment_of, restored_generator
+from crossmodal_jax.sample import trained
 from crossmodal_jax.stages.generators import sampler
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Trained text→image workdirs, comma-separated.")
@@ -144,8 +144,7 @@ def compare(workdirs: list[str], per_digit: int, repeats: int) -> list[dict]:
     with contextlib.ExitStack() as stack:
         runs = []
         for w, c in zip(workdirs, configs, strict=True):
-            exp = experiment_of(w, c)  # applies --guidance/--steps
-            state = stack.enter_context(restored_generator(exp))
+            exp, state = stack.enter_context(trained(w, c))  # applies --guidance/--steps
             runs.append(Run(exp, state, prompts))
         firsts = [run.sample() for run in runs]  # compile + run, in order
         images = [im for im, _ in firsts]

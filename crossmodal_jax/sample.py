@@ -6,6 +6,8 @@ text→image: python -m crossmodal_jax.sample --workdir=DIR --input=prompts.txt 
 image→text / speech→text / video→text: --input=FOLDER of .png / .wav / .gif, .npy or .mp4 files
     -> OUT/outputs.jsonl, one {"input": "<file name>", "text": "..."} a line, sorted by file name.
     Other image sizes are resized, other sample rates resampled, other frame counts padded/cut.
+A joint workdir (configs/shapes_joint.py) runs one of its tasks: --task=NAME, or the task its
+--input fits (a text file: text→image; a folder: the task whose source files it holds).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ _GUIDANCE = flags.DEFINE_float(
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts generated per call.")
 _UPSCALE = flags.DEFINE_integer("upscale", 1, "Nearest-neighbour upscale factor of written PNGs.")
+_TASK = flags.DEFINE_string(
+    "task", None, "Joint workdirs: the task to run (default: the one --input fits)."
+)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -61,37 +66,48 @@ def check_prompts(text, prompts: list[str]) -> None:
             )
 
 
-def experiment_of(workdir: str, config):
-    """The Experiment of a trained workdir on this machine's devices, with the sampler settings
-    of the command line (no run validation: sampling needs neither a training folder nor a
-    prepared TFDS dataset, only the workdir)."""
-    from crossmodal_jax.experiment import local_experiment
-
+def with_command_line_sampler(config):
+    """The config with the sampler settings of the command line."""
     if _GUIDANCE.value is not None:
         config.generator.sample.guidance = _GUIDANCE.value
     if _STEPS.value is not None:
         config.generator.sample.steps = _STEPS.value
-    return local_experiment(config, workdir)
+    return config
 
 
 @contextlib.contextmanager
-def restored_generator(exp):
-    """The trained generator state of the experiment's workdir, used inside its mesh and rules."""
+def trained(workdir: str, config, task: str | None = None):
+    """(Experiment, trained generator state) of a workdir on this machine's devices, used inside
+    its mesh and rules; `task`: one task of a joint workdir. No run validation: sampling needs
+    neither a training folder nor a prepared TFDS dataset, only the workdir."""
     import flax.linen as nn
     import jax
 
+    from crossmodal_jax import joint_run
+    from crossmodal_jax.experiment import local_experiment
     from crossmodal_jax.stages.generators import generator_stage
     from crossmodal_jax.training.stage import restore_stage_state
 
+    if task is None:
+        exp = local_experiment(with_command_line_sampler(config), workdir)
+    else:
+        with_command_line_sampler(config.tasks[task])
+        exps = joint_run.local_task_experiments(config, workdir)
+        exp = exps[task]
     with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
         try:
-            state = restore_stage_state(generator_stage(exp), exp.ctx)
+            if task is None:
+                state = restore_stage_state(generator_stage(exp), exp.ctx)
+            else:
+                state = joint_run.restore_view_state(config, workdir, exps, task)
         except FileNotFoundError as e:
             raise UserError(one_line(e)) from e
-        yield state
+        yield exp, state
 
 
-def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list[str]:
+def text_to_image(
+    workdir: str, config, prompts: list[str], output: str, task: str | None = None
+) -> list[str]:
     """Generate one PNG per prompt; returns the written paths."""
     import jax
     import numpy as np
@@ -100,15 +116,14 @@ def text_to_image(workdir: str, config, prompts: list[str], output: str) -> list
     from crossmodal_jax.logs.pictures import save_png
     from crossmodal_jax.stages.generators import sampler
 
-    exp = experiment_of(workdir, config)
-    check_prompts(exp.text, prompts)
-    with restored_generator(exp) as state:
+    with trained(workdir, config, task) as (exp, state):
+        check_prompts(exp.text, prompts)
         generate = sampler(exp)
         os.makedirs(output, exist_ok=True)
         paths, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(prompts), _BATCH.value):
             chunk = prompts[start : start + _BATCH.value]
-            ids, mask = exp.text.encode_batch(chunk, config.data.text_max_len)
+            ids, mask = exp.text.encode_batch(chunk, exp.config.data.text_max_len)
             images = generate(
                 state.ema_params,
                 state.model_state,
@@ -138,7 +153,7 @@ def list_input_files(folder: str, config) -> list[str]:
         raise UserError(one_line(e)) from e
 
 
-def to_text(workdir: str, config, folder: str, output: str) -> list[str]:
+def to_text(workdir: str, config, folder: str, output: str, task: str | None = None) -> list[str]:
     """Caption every input file; writes OUT/outputs.jsonl in file-name order."""
     import json
 
@@ -147,14 +162,13 @@ def to_text(workdir: str, config, folder: str, output: str) -> list[str]:
 
     from crossmodal_jax.stages.generators import sampler
 
-    paths = list_input_files(folder, config)
-    exp = experiment_of(workdir, config)
-    read = exp.modality.read_file
-    try:  # every file is read and checked before any compute
-        inputs = [read(p, exp.input_shape, config.data) for p in paths]
-    except (ValueError, OSError) as e:
-        raise UserError(one_line(e)) from e
-    with restored_generator(exp) as state:
+    paths = list_input_files(folder, config.tasks[task] if task else config)
+    with trained(workdir, config, task) as (exp, state):
+        read = exp.modality.read_file
+        try:  # every file is read and checked before any compute
+            inputs = [read(p, exp.input_shape, exp.config.data) for p in paths]
+        except (ValueError, OSError) as e:
+            raise UserError(one_line(e)) from e
         generate = sampler(exp)
         texts, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(inputs), _BATCH.value):
@@ -174,8 +188,40 @@ def to_text(workdir: str, config, folder: str, output: str) -> list[str]:
     return [path]
 
 
-def _prompts_to_images(workdir: str, config, path: str, output: str) -> list[str]:
-    return text_to_image(workdir, config, read_prompts(path), output)
+def _prompts_to_images(workdir: str, config, path: str, output: str, task=None) -> list[str]:
+    return text_to_image(workdir, config, read_prompts(path), output, task)
+
+
+def joint_task(config, input_path: str) -> str:
+    """The task of a joint workdir to run: --task, else the one task --input fits."""
+    names = sorted(config.tasks)
+    if _TASK.value:
+        if _TASK.value not in names:
+            raise UserError(
+                f"--task={_TASK.value}: this joint workdir has tasks {', '.join(names)}"
+            )
+        return _TASK.value
+    if os.path.isfile(input_path):  # a prompt file
+        fits = [n for n in names if tasks.get_task(n).source == tasks.TEXT]
+    elif os.path.isdir(input_path):
+        from crossmodal_jax.data.modalities import MODALITIES
+
+        found = {os.path.splitext(f)[1].lower() for f in os.listdir(input_path)}
+        fits = [
+            n
+            for n in names
+            if tasks.get_task(n).source != tasks.TEXT
+            and found & set(MODALITIES[tasks.get_task(n).source].input_suffixes)
+        ]
+    else:
+        raise UserError(f"input not found: {input_path}")
+    if len(fits) != 1:
+        what = f"several of its tasks ({', '.join(fits)})" if fits else "none of its tasks"
+        raise UserError(
+            f"--input={input_path} fits {what}; this joint workdir has {', '.join(names)}: "
+            "name one with --task"
+        )
+    return fits[0]
 
 
 # By the task's target: what --input is and what is written.
@@ -191,8 +237,9 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     try:
         config = load_resolved_config(_WORKDIR.value)
-        runner = RUNNERS[tasks.get_task(config.task).target]
-        paths = runner(_WORKDIR.value, config, _INPUT.value, _OUTPUT.value)
+        task = joint_task(config, _INPUT.value) if config.task == tasks.JOINT else None
+        runner = RUNNERS[tasks.get_task(task or config.task).target]
+        paths = runner(_WORKDIR.value, config, _INPUT.value, _OUTPUT.value, task)
     except UserError as e:
         fail(str(e))
     print(f"wrote {len(paths)} file(s) to {_OUTPUT.value}")

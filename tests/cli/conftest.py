@@ -13,6 +13,8 @@ import pytest
 from cli_helpers import run_cli
 from filelock import FileLock
 
+from configs import shapes_joint
+
 
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory, worker_id):
@@ -29,6 +31,13 @@ def data_dir(shared_dir):
     return str(path)
 
 
+def data_flags(config: str, data_dir: str) -> list[str]:
+    """The flags that point a config's datasets at the suite's cache (each task's of a joint one)."""
+    if config.startswith("configs/shapes_joint.py"):
+        return [f"--config.tasks.{t}.data.data_dir={data_dir}" for t in shapes_joint.TASK_CONFIGS]
+    return [f"--config.data.data_dir={data_dir}"]
+
+
 @pytest.fixture(scope="session")
 def smoke_workdir(shared_dir, data_dir):
     """config[:variant] -> (workdir, flags that trained it, main's output) of its smoke run."""
@@ -36,7 +45,7 @@ def smoke_workdir(shared_dir, data_dir):
     def trained(config: str):
         name = re.sub(r"\W+", "_", config)
         workdir = shared_dir / "workdirs" / name
-        flags = [f"--config={config}", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
+        flags = [f"--config={config}", f"--workdir={workdir}", *data_flags(config, data_dir)]
         log = workdir.with_suffix(".log")
         with FileLock(str(workdir) + ".lock"):
             if not log.exists():

@@ -1,0 +1,156 @@
+"""configs/shapes_joint.py end to end: one generator for the four shapes tasks trained by main
+(smoke variant), resumed exactly from a checkpoint, evaluated per task, and sampled per task."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from cli_helpers import TIMING_KEYS, read_jsonl, run_cli
+from PIL import Image
+
+CONFIG = "configs/shapes_joint.py:smoke"
+TASKS = ("image2text", "speech2text", "text2image", "video2text")
+
+
+def test_one_generator_learns_every_task_and_each_is_evaluated(smoke_workdir):
+    workdir, _, log = smoke_workdir(CONFIG)
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    for task in TASKS:
+        for split in ("test", "novel"):
+            key = "sample_attribute_accuracy/all" if task == "text2image" else "exact_match"
+            assert 0 <= metrics[f"{task}/{split}_{key}"] <= 1, (task, split)
+            assert np.isfinite(metrics[f"{task}/{split}_psnr_db"])  # the tokenizer it uses
+        assert os.path.isfile(os.path.join(workdir, task, "report.html"))
+        # Each task's tokenizer trains in its own folder, as its single-task config trains it;
+        # image→text uses text→image's (the smoke's tokenizer_of), VQ with the rotation trick.
+        trained = os.path.isdir(os.path.join(workdir, task, "tokenizer", "checkpoints"))
+        assert trained == (task != "image2text"), task
+    assert metrics["text2image/test_psnr_db"] == metrics["image2text/test_psnr_db"]
+    t2i_config = json.load(open(os.path.join(workdir, "text2image", "config.json")))
+    assert t2i_config["tokenizer"]["model"]["rotation_trick"]  # the rotation trick through main
+    for task, n in (("image2text", 32), ("speech2text", 16), ("video2text", 16)):  # their smokes'
+        assert len(read_jsonl(os.path.join(workdir, task, "test_captions.jsonl"))) == n
+    assert os.path.isfile(os.path.join(workdir, "text2image", "samples.png"))
+    # One generator: one stage folder, one loss per step and each task's own loss beside it.
+    rows = [
+        r for r in read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl")) if "loss" in r
+    ]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    for row in rows:
+        assert all(np.isfinite(row[f"{task}/loss"]) for task in TASKS)
+        assert "image2text/masked_accuracy" in row
+    assert log.count("[generator] initialised") == 1
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["generator"]["mixture"] == {t: 4 for t in TASKS}
+
+
+def final_checkpoint(workdir, step=6):
+    with ocp.StandardCheckpointer() as ckpt:
+        state = ckpt.restore(os.path.join(workdir, "generator", "checkpoints", str(step), "state"))
+    return jax.tree.map(np.asarray, state)
+
+
+def data_state(workdir, step=6):
+    folder = os.path.join(workdir, "generator", "checkpoints", str(step), "data")
+    names = [n for n in sorted(os.listdir(folder)) if n.startswith("process_")]  # grain's JSON
+    assert names
+    return {n: open(os.path.join(folder, n), "rb").read() for n in names}
+
+
+def test_a_rerun_from_a_checkpoint_ends_bitwise_equal(smoke_workdir, tmp_path):
+    """What a run killed after its step-3 checkpoint leaves: the rerun resumes every task's data
+    position and ends with the same weights, optimizer, EMA and losses. (A kill mid-save, and
+    the loop's resume after SIGKILL, are tested on a single-task run: tests/cli/test_resume.py.)"""
+    workdir, flags, _ = smoke_workdir(CONFIG)
+    cut = str(tmp_path / "cut")
+    shutil.copytree(workdir, cut)
+    shutil.rmtree(os.path.join(cut, "generator", "checkpoints", "6"))
+    with open(os.path.join(cut, "generator", "metrics.jsonl")) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= 3]
+    with open(os.path.join(cut, "generator", "metrics.jsonl"), "w") as f:
+        f.writelines(kept)
+    flags = [f for f in flags if not f.startswith("--workdir=")] + [f"--workdir={cut}"]
+    # Without the final evaluation (an eval.* key may change on resume): the weights are compared.
+    result = run_cli("main", *flags, "--config.eval.at_end=False")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[generator] resuming from step 3" in result.stdout
+    assert result.stdout.count("already trained") == 3  # the tokenizers are restored
+    ref, again = final_checkpoint(workdir), final_checkpoint(cut)
+    assert jax.tree.structure(ref) == jax.tree.structure(again)
+    jax.tree.map(np.testing.assert_array_equal, ref, again)
+    assert data_state(workdir) == data_state(cut)  # every task's position in the mixture
+
+    def by_step(path):
+        return {
+            r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in read_jsonl(os.path.join(path, "generator", "metrics.jsonl"))
+        }
+
+    assert by_step(cut) == by_step(workdir)  # every task's loss at every logged step
+
+
+def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path):
+    workdir, _, _ = smoke_workdir(CONFIG)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red triangle above a cyan cross\n")
+    out = tmp_path / "images"
+    result = run_cli("sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.asarray(Image.open(out / "000000.png")).shape == (32, 32, 3)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    shutil.copy(out / "000000.png", pictures / "scene.png")  # a folder of .png: image→text
+    captions = tmp_path / "captions"
+    result = run_cli(
+        "sample", f"--workdir={workdir}", f"--input={pictures}", f"--output={captions}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["input"] for r in read_jsonl(captions / "outputs.jsonl")] == ["scene.png"]
+    for flag, message in (
+        ("--task=speech2txt", "--task=speech2txt: this joint workdir has tasks image2text, "),
+        ("--task=image2text", None),  # named: the same task as inferred
+    ):
+        again = run_cli(
+            "sample", f"--workdir={workdir}", f"--input={pictures}", f"--output={captions}2", flag
+        )
+        if message is None:
+            assert again.returncode == 0, again.stderr[-3000:]
+            continue
+        assert again.returncode == 2 and message in again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("sample", f"--workdir={workdir}", f"--input={empty}", f"--output={out}3")
+    assert result.returncode == 2 and "fits none of its tasks" in result.stderr
+    assert not os.path.exists(f"{out}3")
+
+
+def test_a_mixture_that_leaves_out_a_task_is_one_line_and_writes_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_cli(
+        "main",
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        "--config.generator.mixture.text2image=5",
+    )
+    assert result.returncode == 2
+    assert "generator.mixture: mixture weights" in result.stderr and "'image2text'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not workdir.exists()
+
+
+def test_a_tokenizer_borrowed_from_a_task_that_borrows_is_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_cli(  # the smoke variant has image2text use text2image's tokenizer
+        "main",
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        "--config.tokenizer_of.text2image=video2text",
+    )
+    assert result.returncode == 2
+    assert "tokenizer_of.image2text='text2image': name a task that trains its own" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not workdir.exists()
