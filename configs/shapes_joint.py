@@ -51,6 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tasks = ml_collections.ConfigDict(
         {name: task_config(file, arg) for name, file in TASK_CONFIGS.items()}
     )
+    if arg == "smoke":  # the suite's FSQ run on the shapes world (the quantizer family)
+        c.tasks.text2image = task_config(TASK_CONFIGS["text2image"], "smoke,fsq")
     # Per task: the task whose tokenizer it uses instead of training its own (same modality and
     # input shape), e.g. --config.tokenizer_of.text2image=image2text; "" = its own.
     c.tokenizer_of = ml_collections.ConfigDict({name: "" for name in TASK_CONFIGS})

@@ -76,10 +76,11 @@ def with_command_line_sampler(config):
 
 
 @contextlib.contextmanager
-def trained(workdir: str, config, task: str | None = None):
+def trained(workdir: str, config, task: str | None = None, check=None):
     """(Experiment, trained generator state) of a workdir on this machine's devices, used inside
-    its mesh and rules; `task`: one task of a joint workdir. No run validation: sampling needs
-    neither a training folder nor a prepared TFDS dataset, only the workdir."""
+    its mesh and rules; `task`: one task of a joint workdir; `check(exp)` runs before anything is
+    restored or compiled (the user's inputs). No run validation: sampling needs neither a
+    training folder nor a prepared TFDS dataset, only the workdir."""
     import flax.linen as nn
     import jax
 
@@ -94,6 +95,8 @@ def trained(workdir: str, config, task: str | None = None):
         with_command_line_sampler(config.tasks[task])
         exps = joint_run.local_task_experiments(config, workdir)
         exp = exps[task]
+    if check is not None:
+        check(exp)
     with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
         try:
             if task is None:
@@ -116,8 +119,10 @@ def text_to_image(
     from crossmodal_jax.logs.pictures import save_png
     from crossmodal_jax.stages.generators import sampler
 
-    with trained(workdir, config, task) as (exp, state):
+    def check(exp) -> None:  # before anything is restored or compiled
         check_prompts(exp.text, prompts)
+
+    with trained(workdir, config, task, check) as (exp, state):
         generate = sampler(exp)
         os.makedirs(output, exist_ok=True)
         paths, key = [], jax.random.key(_SEED.value)
@@ -163,12 +168,17 @@ def to_text(workdir: str, config, folder: str, output: str, task: str | None = N
     from crossmodal_jax.stages.generators import sampler
 
     paths = list_input_files(folder, config.tasks[task] if task else config)
-    with trained(workdir, config, task) as (exp, state):
-        read = exp.modality.read_file
-        try:  # every file is read and checked before any compute
-            inputs = [read(p, exp.input_shape, exp.config.data) for p in paths]
+    inputs = []
+
+    def read_all(exp) -> None:  # every file is read and checked before any compute
+        try:
+            inputs.extend(
+                exp.modality.read_file(p, exp.input_shape, exp.config.data) for p in paths
+            )
         except (ValueError, OSError) as e:
             raise UserError(one_line(e)) from e
+
+    with trained(workdir, config, task, read_all) as (exp, state):
         generate = sampler(exp)
         texts, key = [], jax.random.key(_SEED.value)
         for start in range(0, len(inputs), _BATCH.value):

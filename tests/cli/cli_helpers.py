@@ -52,3 +52,30 @@ def check_quantizer_run(workdir: str, quantizer: str) -> None:
     assert 0 <= metrics["sample_digit_accuracy"] <= 1
     grid = np.asarray(Image.open(os.path.join(workdir, "samples.png")))
     assert grid.ndim >= 2 and grid.std() > 0
+
+
+def shapes_inputs(name: str, folder, data_dir: str) -> list[str]:
+    """Two shapes-world inputs of another size than training (another sample rate for speech):
+    name i2t (.png), s2t (.wav) or v2t (.gif and .npy)."""
+    from crossmodal_jax import data
+
+    folder.mkdir()
+    if name == "i2t":  # 64×64 instead of 32×32
+        images = data.load_arrays("shapes", "novel", data_dir)["image"][:2]
+        for i, img in enumerate(images):
+            Image.fromarray(np.kron(img, np.ones((2, 2, 1), np.uint8))).save(folder / f"{i}.png")
+        return ["0.png", "1.png"]
+    if name == "s2t":  # 22.05 kHz
+        from scipy.io import wavfile
+        from scipy.signal import resample
+
+        clips = data.load_arrays("spoken_shapes_smoke", "test", data_dir)["audio"][:2]
+        for i, clip in enumerate(clips):
+            wave = resample(clip.astype(np.float32), int(len(clip) * 22050 / 16000))
+            wavfile.write(folder / f"{i}.wav", 22050, wave.astype(np.int16))
+        return ["0.wav", "1.wav"]
+    clip = data.load_arrays("moving_shapes", "test", data_dir)["video"][0]  # as a 48×48 .gif
+    frames = [Image.fromarray(np.kron(f, np.ones((3, 3, 1), np.uint8))[:48, :48]) for f in clip]
+    frames[0].save(folder / "a.gif", save_all=True, append_images=frames[1:])
+    np.save(folder / "b.npy", clip)
+    return ["a.gif", "b.npy"]

@@ -8,7 +8,7 @@ import shutil
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from cli_helpers import TIMING_KEYS, read_jsonl, run_cli
+from cli_helpers import TIMING_KEYS, read_jsonl, run_cli, shapes_inputs
 from PIL import Image
 
 CONFIG = "configs/shapes_joint.py:smoke"
@@ -25,14 +25,24 @@ def test_one_generator_learns_every_task_and_each_is_evaluated(smoke_workdir):
             assert np.isfinite(metrics[f"{task}/{split}_psnr_db"])  # the tokenizer it uses
         assert os.path.isfile(os.path.join(workdir, task, "report.html"))
         # Each task's tokenizer trains in its own folder, as its single-task config trains it;
-        # image→text uses text→image's (the smoke's tokenizer_of), VQ with the rotation trick.
+        # image→text uses text→image's (tokenizer_of), FSQ in the smoke.
         trained = os.path.isdir(os.path.join(workdir, task, "tokenizer", "checkpoints"))
         assert trained == (task != "image2text"), task
     assert metrics["text2image/test_psnr_db"] == metrics["image2text/test_psnr_db"]
     t2i_config = json.load(open(os.path.join(workdir, "text2image", "config.json")))
-    assert t2i_config["tokenizer"]["model"]["rotation_trick"]  # the rotation trick through main
+    assert t2i_config["tokenizer"]["model"]["quantizer"] == "fsq"  # FSQ on the shapes world
+    for split in ("test", "novel"):
+        for attr in ("all", "count", "color", "shape", "size", "position", "relation"):
+            assert 0 <= metrics[f"text2image/{split}_sample_attribute_accuracy/{attr}"] <= 1, attr
+        assert 0 <= metrics[f"text2image/{split}_real_attribute_accuracy/all"] <= 1
+        assert metrics[f"text2image/{split}_classifier_fd"] >= 0
     for task, n in (("image2text", 32), ("speech2text", 16), ("video2text", 16)):  # their smokes'
-        assert len(read_jsonl(os.path.join(workdir, task, "test_captions.jsonl"))) == n
+        for split in ("test", "novel"):
+            for key in ("exact_match", "wer", "bleu", "attribute_accuracy/all"):
+                assert np.isfinite(metrics[f"{task}/{split}_{key}"]), (task, split, key)
+            rows = read_jsonl(os.path.join(workdir, task, f"{split}_captions.jsonl"))
+            assert len(rows) == n and all(isinstance(r["text"], str) for r in rows)
+            assert os.path.isfile(os.path.join(workdir, task, f"{split}_captions.png"))
     assert os.path.isfile(os.path.join(workdir, "text2image", "samples.png"))
     # One generator: one stage folder, one loss per step and each task's own loss beside it.
     rows = [
@@ -92,7 +102,7 @@ def test_a_rerun_from_a_checkpoint_ends_bitwise_equal(smoke_workdir, tmp_path):
     assert by_step(cut) == by_step(workdir)  # every task's loss at every logged step
 
 
-def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path):
+def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path, data_dir):
     workdir, _, _ = smoke_workdir(CONFIG)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red triangle above a cyan cross\n")
@@ -100,27 +110,31 @@ def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path):
     result = run_cli("sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.asarray(Image.open(out / "000000.png")).shape == (32, 32, 3)
-    pictures = tmp_path / "pictures"
-    pictures.mkdir()
-    shutil.copy(out / "000000.png", pictures / "scene.png")  # a folder of .png: image→text
-    captions = tmp_path / "captions"
-    result = run_cli(
-        "sample", f"--workdir={workdir}", f"--input={pictures}", f"--output={captions}"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["input"] for r in read_jsonl(captions / "outputs.jsonl")] == ["scene.png"]
-    for flag, message in (
-        ("--task=speech2txt", "--task=speech2txt: this joint workdir has tasks image2text, "),
-        ("--task=image2text", None),  # named: the same task as inferred
-    ):
-        again = run_cli(
-            "sample", f"--workdir={workdir}", f"--input={pictures}", f"--output={captions}2", flag
+    prompts.write_text("a red triangle\na purple circle at top\n")  # not a shapes word
+    bad = run_cli("sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}1")
+    assert bad.returncode == 2 and "'purple'" in bad.stderr and not os.path.exists(f"{out}1")
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    # Folders of 64×64 scenes (image→text) and 22.05 kHz speech (speech→text), not the training
+    # formats: each is the one task that reads such files.
+    for name in ("i2t", "s2t"):
+        names = shapes_inputs(name, tmp_path / name, data_dir)
+        captions = tmp_path / f"{name}_captions"
+        result = run_cli(
+            "sample", f"--workdir={workdir}", f"--input={tmp_path / name}", f"--output={captions}"
         )
-        if message is None:
-            assert again.returncode == 0, again.stderr[-3000:]
-            continue
-        assert again.returncode == 2 and message in again.stderr
-        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = read_jsonl(captions / "outputs.jsonl")
+        assert [r["input"] for r in rows] == names and all(isinstance(r["text"], str) for r in rows)
+    wrong = run_cli(
+        "sample",
+        f"--workdir={workdir}",
+        f"--input={tmp_path / 'i2t'}",
+        f"--output={out}2",
+        "--task=speech2txt",
+    )
+    assert wrong.returncode == 2
+    assert "--task=speech2txt: this joint workdir has tasks image2text, " in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli("sample", f"--workdir={workdir}", f"--input={empty}", f"--output={out}3")

@@ -1,8 +1,7 @@
 """The LFQ tokenizer through `main`: trained, evaluated and sampled by a flow generator over its
-codes. With FSQ on the shapes world (test_shapes_cli.py's text→image run, Gaussian) and residual
-VQ (test_tasks_cli.py's masked run, and test_resume.py), each quantizer runs once through main,
-under each of the three processes once; VQ with the rotation trick is the shapes text→image
-tokenizer of test_joint_cli.py."""
+codes. With FSQ on the shapes world (the text→image tokenizer of test_joint_cli.py's joint smoke,
+Gaussian) and residual VQ (test_tasks_cli.py's masked run, and test_resume.py), each quantizer
+runs once through main, under each of the three processes once."""
 
 import pytest
 from cli_helpers import check_quantizer_run
