@@ -33,8 +33,7 @@ from crossmodal_jax.data.mixture import task_rows
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.evaluation.evaluate import evaluate_run
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.logs.report import write_report
-from crossmodal_jax.logs.writers import write_json
+from crossmodal_jax.logs.report import write_results
 from crossmodal_jax.stages import joint, tokenizer
 from crossmodal_jax.stages.generators import NAME as GENERATOR
 from crossmodal_jax.training import sharding, throughput, workdir_lock
@@ -197,25 +196,15 @@ def _run(config, workdir: str, exps: dict[str, Experiment], t_run: float) -> dic
                 _write_task_report(exp, task_metrics, time.perf_counter() - t_run)
                 metrics.update({f"{name}/{k}": v for k, v in task_metrics.items()})
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "metrics.json"), metrics, indent=2, sort_keys=True)
         log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
-        try:  # a bug in the report must not fail a finished run; its traceback is still logged
-            report = write_report(workdir, config, metrics, time.perf_counter() - t_run)
-        except Exception:
-            log.exception("report.html not written")
-            report = "no report (error above)"
+        report = write_results(workdir, config, metrics, time.perf_counter() - t_run)
         log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"), report)
     return metrics
 
 
 def _write_task_report(exp: Experiment, metrics: dict, seconds: float) -> None:
-    if jax.process_index() != 0:
-        return
-    try:  # a bug in the report must not fail a finished run; its traceback is still logged
-        write_json(os.path.join(exp.ctx.workdir, "metrics.json"), metrics, indent=2, sort_keys=True)
-        write_report(exp.ctx.workdir, exp.config, metrics, seconds)
-    except Exception:
-        log.exception("report.html of %s not written", exp.task.name)
+    if jax.process_index() == 0:
+        write_results(exp.ctx.workdir, exp.config, metrics, seconds)
 
 
 def local_task_experiments(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -20,8 +20,7 @@ from crossmodal_jax.errors import UserError
 from crossmodal_jax.evaluation.evaluate import evaluate_run
 from crossmodal_jax.evaluation.periodic import periodic_evaluator
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.logs.report import write_report
-from crossmodal_jax.logs.writers import write_json
+from crossmodal_jax.logs.report import write_results
 from crossmodal_jax.stages.registry import STAGES
 from crossmodal_jax.training import sharding, throughput, workdir_lock
 from crossmodal_jax.training.loop import fit
@@ -84,12 +83,7 @@ def _run(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, t_run
             )
         metrics = evaluate_run(exp) if config.eval.at_end else {}
     if jax.process_index() == 0:
-        write_json(os.path.join(workdir, "metrics.json"), metrics, indent=2, sort_keys=True)
         log.info("final metrics: %s", json.dumps(metrics, sort_keys=True))
-        try:  # a bug in the report must not fail a finished run; its traceback is still logged
-            report = write_report(workdir, config, metrics, time.perf_counter() - t_run)
-        except Exception:
-            log.exception("report.html not written")
-            report = "no report (error above)"
+        report = write_results(workdir, config, metrics, time.perf_counter() - t_run)
         log.info("wrote %s and %s", os.path.join(workdir, "metrics.json"), report)
     return metrics

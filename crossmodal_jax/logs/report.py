@@ -26,6 +26,8 @@ import time
 
 import ml_collections
 
+from crossmodal_jax.logs.writers import write_json
+
 log = logging.getLogger("crossmodal_jax")
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -281,3 +283,16 @@ def write_report(
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(out))
     return path
+
+
+def write_results(
+    workdir: str, config: ml_collections.ConfigDict, metrics: dict, wall_seconds: float
+) -> str:
+    """A finished run's `metrics.json` and `report.html` (process 0 calls it); returns the
+    report's path. A bug in the report must not fail a finished run: its traceback is logged."""
+    write_json(os.path.join(workdir, "metrics.json"), metrics, indent=2, sort_keys=True)
+    try:
+        return write_report(workdir, config, metrics, wall_seconds)
+    except Exception:
+        log.exception("report.html not written")
+        return "no report (error above)"
