@@ -69,6 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generator.mixture = ml_collections.ConfigDict(
         dict(text2image=48, image2text=40, speech2text=20, video2text=20)
     )
+    # Weight of each task's examples in the loss (a weighted mean over the batch's examples).
+    c.generator.loss_weights = ml_collections.ConfigDict({name: 1.0 for name in TASK_CONFIGS})
     c.generator.train = blocks.train(
         steps=4800,
         batch_size=128,

@@ -6,8 +6,9 @@ becomes an `Experiment` whose workdir is `<workdir>/<task>` (its tokenizer stage
 captions and sample grids, its config.json and report.html), trained exactly as its single-task
 run would train it (same config, seed and stage index: the same tokenizer). The joint generator
 (`<workdir>/generator`) takes the joint config's `generator` block: model (the shared trunk),
-train (the global batch and schedule) and mixture (task -> weight: rows of each global batch).
-metrics.json holds every task's metrics as `<task>/<metric>`.
+train (the global batch and schedule), mixture (task -> weight: rows of each global batch) and
+loss_weights (task -> weight of each of its examples in the loss). metrics.json holds every
+task's metrics as `<task>/<metric>`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 
@@ -107,6 +109,17 @@ def check_joint(config: ml_collections.ConfigDict) -> None:
         task_rows(config.generator.train.batch_size, mixture)
     except ValueError as e:
         raise UserError(f"generator.mixture: {e}") from e
+    weights = dict(config.generator.loss_weights)
+    if set(weights) != set(config.tasks):
+        raise UserError(
+            f"generator.loss_weights names tasks {sorted(weights)}, config.tasks holds "
+            f"{sorted(config.tasks)}: give every task a weight"
+        )
+    for name, w in weights.items():
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise UserError(f"generator.loss_weights.{name}={w!r}: a finite number >= 0")
+    if not any(weights.values()):
+        raise UserError("generator.loss_weights: every weight is 0; give a task weight > 0")
     if config.eval.every > 0:
         raise UserError("eval.every: a joint run evaluates at the end only; set it to 0")
 

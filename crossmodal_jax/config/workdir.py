@@ -58,6 +58,7 @@ def _block_defaults(config: dict) -> dict:
         out["generator"] = {
             "model": blocks.joint_trunk().to_dict(),
             "train": blocks.train().to_dict(),
+            "loss_weights": {name: 1.0 for name in config.get("tasks", {})},
         }
         out["tasks"] = {name: _block_defaults(c) for name, c in config.get("tasks", {}).items()}
         out["tokenizer_of"] = {name: "" for name in config.get("tasks", {})}

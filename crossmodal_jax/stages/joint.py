@@ -8,8 +8,10 @@ them into one stage:
 
 - batch: every task's iterator stepped together, `rows_k` rows of task k in each global batch of
   B rows (data/mixture.py), fixed shapes under jit and no padding;
-- loss: sum_k rows_k / B * loss_k, the mean over the batch's examples of each one's own task's
-  loss; each task's objective runs on its own rows with its own key (fold_in(key, k));
+- loss: sum_k share_k * loss_k with share_k = w_k rows_k / sum_j w_j rows_j (`task_shares`): the
+  mean over the batch's examples of each one's own task's loss, an example of task k weighing w_k
+  (`generator.loss_weights`, 1 each by default); each task's objective runs on its own rows with
+  its own key (fold_in(key, k));
 - model_state: {task: that task's frozen state (its tokenizer, latent statistics)};
 - summaries: each task's, its name in front of every tag.
 """
@@ -66,11 +68,22 @@ def view_state(state: TrainState, task: str) -> TrainState:
     return state.replace(model_state=state.model_state[task])
 
 
+def task_shares(rows: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, float]:
+    """Each task's share of the joint loss: its rows times its loss weight, normalised to sum 1
+    (the weighted mean over the batch's examples)."""
+    mass = {name: rows[name] * float(weights[name]) for name in rows}
+    total = sum(mass.values())
+    if not total > 0:
+        raise ValueError(f"loss weights {dict(weights)} give every task's rows zero weight")
+    return {name: m / total for name, m in mass.items()}
+
+
 def joint_generator_stage(
     exps: Mapping[str, Experiment], gen: ml_collections.ConfigDict
 ) -> StageSpec:
     """The one generator stage of a joint run (`attach_joint_model` first). `gen` is the joint
-    config's generator block: train (the global batch), mixture (task -> weight)."""
+    config's generator block: train (the global batch), mixture (task -> weight), loss_weights
+    (task -> weight of its examples in the loss)."""
     rows = task_rows(gen.train.batch_size, dict(gen.mixture))
     for name, exp in exps.items():
         if exp.generator_model is None:
@@ -82,7 +95,7 @@ def joint_generator_stage(
             )
     names = sorted(exps)
     specs = {name: generator_stage(exps[name]) for name in names}
-    share = {name: rows[name] / gen.train.batch_size for name in names}
+    share = task_shares(rows, dict(gen.loss_weights))
 
     def init_variables(key):
         return merge_view_variables(

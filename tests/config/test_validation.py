@@ -5,7 +5,7 @@ import json
 import pytest
 
 from configs import shapes_joint, vqdit_img
-from crossmodal_jax import tasks
+from crossmodal_jax import joint_run, tasks
 from crossmodal_jax.config import workdir as workdir_lib
 from crossmodal_jax.data.modalities import MODALITIES
 from crossmodal_jax.errors import UserError
@@ -225,8 +225,30 @@ def test_a_joint_configs_task_configs_have_the_same_safe_keys_and_new_key_defaul
     del (
         old["generator"]["model"]["attention"],
         old["tasks"]["image2text"]["generator"]["sample"]["threshold"],
+        old["generator"]["loss_weights"],
     )
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = workdir_lib.load_resolved_config(str(tmp_path))
     assert loaded.generator.model.attention == "xla" and "patch_size" not in loaded.generator.model
     assert loaded.tasks.image2text.generator.sample.threshold == 0.9
+    assert dict(loaded.generator.loss_weights) == {name: 1.0 for name in config.tasks}
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"text2image": 2.0}, "generator.loss_weights names tasks ['text2image'], config.tasks"),
+        ({"speech2text": -1.0}, "generator.loss_weights.speech2text=-1.0: a finite number >= 0"),
+        ({"image2text": float("nan")}, "generator.loss_weights.image2text=nan: a finite number"),
+        ({t: 0.0 for t in shapes_joint.TASK_CONFIGS}, "generator.loss_weights: every weight is 0"),
+    ],
+)
+def test_bad_joint_loss_weights_are_one_line_errors(weights, message):
+    config = shapes_joint.get_config("smoke")
+    if len(weights) == 1 and "text2image" in weights:
+        config.generator.loss_weights = weights
+    else:
+        config.generator.loss_weights.update(weights)
+    with pytest.raises(UserError) as e:
+        joint_run.check_joint(config)
+    assert message in str(e.value) and "\n" not in str(e.value)

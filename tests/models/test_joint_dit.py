@@ -30,20 +30,19 @@ def text_inputs(b=2):
 
 
 def joint_and_variables():
+    """The joint model and its variables' shapes (eval_shape: nothing is initialised)."""
     joint = JointDiT(specs=(view_spec("t2i", IMAGE), view_spec("i2t", TEXT)), **TRUNK)
     trees = {
-        "t2i": joint.clone(task="t2i").init(jax.random.key(3), *image_inputs(1)),
-        "i2t": joint.clone(task="i2t").init(jax.random.key(4), *text_inputs(1)),
+        "t2i": jax.eval_shape(joint.clone(task="t2i").init, jax.random.key(3), *image_inputs(1)),
+        "i2t": jax.eval_shape(joint.clone(task="i2t").init, jax.random.key(4), *text_inputs(1)),
     }
     return joint, meta.unbox(merge_view_variables(trees))
 
 
-def randomized(params, key):
+def randomized(params, seed):
     """Every parameter random (adaLN-Zero starts with zero gates and heads: outputs would be 0)."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [0.1 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)]
-    return jax.tree.unflatten(tree, noisy)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape), x.dtype), params)
 
 
 def standalone_params(joint_params, task):
@@ -56,29 +55,29 @@ def standalone_params(joint_params, task):
 
 def test_a_view_is_its_tasks_own_model_plus_the_task_vector():
     joint, variables = joint_and_variables()
-    params = randomized(variables["params"], jax.random.key(5))
+    params = unfreeze(randomized(variables["params"], 5))
     for task, model, inputs in (("t2i", IMAGE, image_inputs()), ("i2t", TEXT, text_inputs())):
-        own = model.apply({"params": standalone_params(params, task)}, *inputs)
-        view = joint.clone(task=task)
+        own = jax.jit(model.apply)({"params": standalone_params(params, task)}, *inputs)
+        view = jax.jit(joint.clone(task=task).apply)
         zero_vector = jax.tree.map(lambda x: x, params)
         zero_vector[f"views_{task}"]["task_embed"] = jnp.zeros_like(
             params[f"views_{task}"]["task_embed"]
         )
         np.testing.assert_allclose(
-            view.apply({"params": zero_vector}, *inputs), own, rtol=1e-5, atol=1e-6
+            view({"params": zero_vector}, *inputs), own, rtol=1e-5, atol=1e-6
         )
         # The task vector enters the adaLN vector: it changes the output.
-        assert not np.allclose(view.apply({"params": params}, *inputs), own, atol=1e-4)
+        assert not np.allclose(view({"params": params}, *inputs), own, atol=1e-4)
 
 
 def test_one_tasks_gradient_reaches_the_trunk_and_its_own_view_only():
     joint, variables = joint_and_variables()
-    params = randomized(variables["params"], jax.random.key(6))
+    params = randomized(variables["params"], 6)
 
     def loss(p):
         return jnp.sum(joint.clone(task="i2t").apply({"params": p}, *text_inputs()) ** 2)
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     norm = {k: float(sum(jnp.sum(g**2) for g in jax.tree.leaves(v))) for k, v in grads.items()}
     assert norm["views_t2i"] == 0.0
     assert norm["views_i2t"] > 0 and norm["blocks_0"] > 0 and norm["t_embed"] > 0
@@ -88,8 +87,8 @@ def test_the_joint_model_is_smaller_than_the_models_it_replaces():
     joint, variables = joint_and_variables()
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
     own = {
-        "t2i": meta.unbox(IMAGE.init(jax.random.key(0), *image_inputs(1))),
-        "i2t": meta.unbox(TEXT.init(jax.random.key(0), *text_inputs(1))),
+        "t2i": meta.unbox(jax.eval_shape(IMAGE.init, jax.random.key(0), *image_inputs(1))),
+        "i2t": meta.unbox(jax.eval_shape(TEXT.init, jax.random.key(0), *text_inputs(1))),
     }
     trunk = count({k: v for k, v in variables["params"].items() if not k.startswith("views_")})
     assert count(variables) == count(own["t2i"]) + count(own["i2t"]) - trunk + 2 * 32
