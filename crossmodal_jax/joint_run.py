@@ -161,11 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train a tokenizer per task and the joint generator, evaluate every task; returns metrics."""
     t_run = time.perf_counter()
     check_joint(config)
-    try:
-        mesh = sharding.make_mesh(dict(config.mesh.shape), dcn_shape=dict(config.mesh.dcn_shape))
-    except ValueError as e:
-        raise UserError(f"config.mesh: {e}") from e
-    rules = sharding.rules_from_config(config.mesh.rules)
+    mesh, rules = sharding.mesh_from_config(config.mesh)
     exps = build_task_experiments(config, workdir, mesh, rules)
     check_workdir(config, workdir)
     os.makedirs(workdir, exist_ok=True)

@@ -16,7 +16,6 @@ import ml_collections
 
 from crossmodal_jax.config import validation
 from crossmodal_jax.config.workdir import write_data_fingerprint, write_resolved_config
-from crossmodal_jax.errors import UserError
 from crossmodal_jax.evaluation.evaluate import evaluate_run
 from crossmodal_jax.evaluation.periodic import periodic_evaluator
 from crossmodal_jax.experiment import Experiment
@@ -34,12 +33,7 @@ def build_experiment(
 ) -> Experiment:
     """The checked Experiment of a config: one-line UserError for anything it cannot run, before
     anything is compiled or written. `mesh_shape` (default: config.mesh.shape) places it."""
-    try:
-        dcn_shape = dict(config.mesh.dcn_shape)
-        mesh = sharding.make_mesh(dict(mesh_shape or config.mesh.shape), dcn_shape=dcn_shape)
-    except ValueError as e:
-        raise UserError(f"config.mesh: {e}") from e
-    rules = sharding.rules_from_config(config.mesh.rules)
+    mesh, rules = sharding.mesh_from_config(config.mesh, mesh_shape)
     validation.check_names(config)
     profile_steps = throughput.parse_profile_steps(config.profile_steps)  # checked just above
     ctx = RunContext(workdir, mesh, rules, config.seed, config.peak_tflops, profile_steps)

@@ -18,6 +18,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from crossmodal_jax.errors import UserError
+
 __all__ = [
     "BATCH",
     "CODEBOOK",
@@ -167,6 +169,16 @@ def axes_across_processes(device_grid: np.ndarray, axes: Sequence[str]) -> list[
         if (owner != first).any():
             spanning.append(axis)
     return spanning
+
+
+def mesh_from_config(mesh_cfg: Any, shape: dict | None = None) -> tuple[Mesh, tuple]:
+    """The mesh (`shape`, default mesh_cfg.shape) and logical axis rules of a config's mesh block;
+    a shape the devices cannot take is a one-line UserError."""
+    try:
+        mesh = make_mesh(dict(shape or mesh_cfg.shape), dcn_shape=dict(mesh_cfg.dcn_shape))
+    except ValueError as e:
+        raise UserError(f"config.mesh: {e}") from e
+    return mesh, rules_from_config(mesh_cfg.rules)
 
 
 def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:

@@ -11,8 +11,10 @@ import optax
 import pytest
 
 from configs import vqdit_img
+from crossmodal_jax.config import blocks
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import gaussian
+from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.discriminator import PatchDiscriminator
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import vqvae_from_config
@@ -265,6 +267,16 @@ def test_a_hybrid_mesh_puts_the_dcn_axis_across_processes_and_the_rest_inside():
         sharding.mesh_devices({"data": 4, "fsdp": 2}, devices, dcn_shape={"data": 4})
     with pytest.raises(ValueError, match=r"dcn_shape .* must divide the mesh"):
         sharding.mesh_devices({"data": 1, "fsdp": 8}, devices, dcn_shape={"data": 2})
+
+
+def test_a_config_mesh_the_devices_cannot_take_is_one_line_naming_config_mesh():
+    mesh_cfg = blocks.mesh()
+    mesh_cfg.shape.data = 3 * jax.device_count()
+    with pytest.raises(UserError) as e:
+        sharding.mesh_from_config(mesh_cfg)
+    assert str(e.value).startswith("config.mesh: ") and "\n" not in str(e.value)
+    mesh, rules = sharding.mesh_from_config(mesh_cfg, {"data": -1})
+    assert mesh.size == jax.device_count() and rules == sharding.DEFAULT_RULES
 
 
 def test_sequence_or_tensor_across_processes_is_found():
