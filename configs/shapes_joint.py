@@ -59,6 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # image→text reads scenes with text→image's tokenizer (VQ with the rotation trick, 1,200
     # steps) instead of training its own 1,600-step one: the whole run fits 40 minutes.
     c.tokenizer_of.image2text = "text2image"
+    # Per task: a workdir whose finished tokenizer it uses instead of training one (a single-task
+    # workdir, or a joint workdir's task folder, e.g. runs/shapes_joint/text2image; same dataset
+    # and tokenizer model, checked in one line); "" = train it here.
+    c.tokenizer_from = ml_collections.ConfigDict({name: "" for name in TASK_CONFIGS})
 
     # The joint generator: the trunk of shapes_t2i's DiT (6 cross-attention blocks of width 128)
     # for every task. Rows of each task per global batch of 128: 48 + 40 + 20 + 20, so that

@@ -14,6 +14,7 @@ task's metrics as `<task>/<metric>`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,8 @@ from crossmodal_jax import tasks
 from crossmodal_jax.config import validation
 from crossmodal_jax.config.workdir import (
     check_workdir,
+    config_diff,
+    load_resolved_config,
     write_data_fingerprint,
     write_resolved_config,
 )
@@ -57,16 +60,24 @@ def tokenizer_owners(config: ml_collections.ConfigDict) -> dict[str, str]:
     return {name: owner for name, owner in config.get("tokenizer_of", {}).items() if owner}
 
 
+def tokenizer_sources(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Task -> the workdir whose finished tokenizer it uses (config.tokenizer_from; "" = none)."""
+    return {name: path for name, path in config.get("tokenizer_from", {}).items() if path}
+
+
 def task_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
     """Task `name`'s config as this joint run trains it: the joint run's stages, the joint trunk
     in its generator.model (its view is that model), and its share of the joint generator's batch
     and steps (its data pipeline and evaluation read them); with `tokenizer_of`, another task's
-    tokenizer block instead of its own stage."""
+    tokenizer block instead of its own stage; with `tokenizer_from`, no tokenizer stage (its
+    tokenizer is restored from that workdir)."""
     c = ml_collections.ConfigDict(copy.deepcopy(config.tasks[name].to_dict()))
     c.stages = tuple(config.stages)
     owner = tokenizer_owners(config).get(name)
     if owner:  # another task's tokenizer: its block, and no tokenizer stage of its own
         c.tokenizer = copy.deepcopy(config.tasks[owner].tokenizer)
+        c.stages = tuple(s for s in c.stages if s != tokenizer.NAME)
+    if name in tokenizer_sources(config):
         c.stages = tuple(s for s in c.stages if s != tokenizer.NAME)
     c.generator.model.update(preset="", **config.generator.model)
     rows = task_rows(config.generator.train.batch_size, dict(config.generator.mixture))
@@ -98,6 +109,14 @@ def check_joint(config: ml_collections.ConfigDict) -> None:
         if owner == name or owner in owners:
             raise UserError(
                 f"tokenizer_of.{name}={owner!r}: name a task that trains its own tokenizer"
+            )
+    for name in tokenizer_sources(config):
+        if name not in config.tasks:
+            raise UserError(f"tokenizer_from.{name}: {name!r} is not a task of config.tasks")
+        if name in owners:
+            raise UserError(
+                f"tokenizer_from.{name} and tokenizer_of.{name} both give {name} a tokenizer; "
+                "set one of them"
             )
     mixture = dict(config.generator.mixture)
     if set(mixture) != set(config.tasks):
@@ -137,8 +156,11 @@ def build_task_experiments(
         if validate:
             validation.check_names(c)
         exp = Experiment.build(c, ctx)
+        elsewhere = name in tokenizer_owners(config) or name in tokenizer_sources(config)
         if validate:
-            validation.validate(exp, tokenizer_elsewhere=name in tokenizer_owners(config))
+            if name in tokenizer_sources(config):
+                check_tokenizer_source(name, tokenizer_sources(config)[name], c)
+            validation.validate(exp, tokenizer_elsewhere=elsewhere)
         exps[name] = exp
     for name, owner in tokenizer_owners(config).items():
         if exps[name].input_shape != exps[owner].input_shape:
@@ -150,9 +172,52 @@ def build_task_experiments(
     return exps
 
 
+def check_tokenizer_source(name: str, path: str, c: ml_collections.ConfigDict) -> None:
+    """One-line UserErrors unless `path` is a workdir of the same dataset whose tokenizer block
+    builds task `name`'s tokenizer model (`c`: the task's config)."""
+    where = f"tokenizer_from.{name}={path!r}"
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(
+            f"{where}: no config.json there; name a workdir whose tokenizer has trained"
+        )
+    source = load_resolved_config(path)
+    if is_joint(source):
+        raise UserError(f"{where} is a joint workdir; name its task's folder, e.g. {path}/{name}")
+    if source.data.name != c.data.name:
+        raise UserError(
+            f"{where}: its tokenizer was trained on {source.data.name!r}, {name} reads "
+            f"{c.data.name!r}"
+        )
+    changed = config_diff(
+        {"tokenizer": {"model": source.tokenizer.model.to_dict()}},
+        {"tokenizer": {"model": c.tokenizer.model.to_dict()}},
+    )
+    if changed:
+        raise UserError(f"{where}: its tokenizer model differs from tasks.{name}'s: {changed[0]}")
+
+
+def borrowed_tokenizer(exp: Experiment, path: str) -> TrainState:
+    """The finished tokenizer stage of workdir `path`, for `exp` (one-line UserError otherwise)."""
+    spec = tokenizer.tokenizer_stage(exp, restoring=True)
+    try:
+        state = restore_stage_state(spec, dataclasses.replace(exp.ctx, workdir=path))
+    except FileNotFoundError:
+        raise UserError(f"no tokenizer checkpoint in {path}/{tokenizer.NAME}") from None
+    steps = load_resolved_config(path).tokenizer.train.steps
+    if int(state.step) < steps:
+        raise UserError(
+            f"the tokenizer in {path}/{tokenizer.NAME} is trained to step {int(state.step)} of "
+            f"{steps}; finish that run first"
+        )
+    return state
+
+
 def link_shared_tokenizers(config: ml_collections.ConfigDict, exps: dict) -> None:
-    """Give every task of `tokenizer_of` its owner's trained tokenizer (trained in this run, or
-    restored from the owner's folder)."""
+    """Give every task of `tokenizer_from` the finished tokenizer of the workdir it names, then
+    every task of `tokenizer_of` its owner's trained tokenizer (trained in this run, or restored
+    from the owner's folder or source)."""
+    for name, path in tokenizer_sources(config).items():
+        exps[name].results[tokenizer.NAME] = borrowed_tokenizer(exps[name], path)
     for name, owner in tokenizer_owners(config).items():
         exps[name].results[tokenizer.NAME] = tokenizer.tokenizer_state(exps[owner])
 

@@ -62,6 +62,7 @@ def _block_defaults(config: dict) -> dict:
         }
         out["tasks"] = {name: _block_defaults(c) for name, c in config.get("tasks", {}).items()}
         out["tokenizer_of"] = {name: "" for name in config.get("tasks", {})}
+        out["tokenizer_from"] = {name: "" for name in config.get("tasks", {})}
         return out
     for name, stage in config.items():
         if not isinstance(stage, dict) or "train" not in stage:

@@ -8,8 +8,13 @@ import shutil
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from cli_helpers import TIMING_KEYS, read_jsonl, run_cli, shapes_inputs
 from PIL import Image
+
+from crossmodal_jax import joint_run
+from crossmodal_jax.config.workdir import load_resolved_config
+from crossmodal_jax.errors import UserError
 
 CONFIG = "configs/shapes_joint.py:smoke"
 TASKS = ("image2text", "speech2text", "text2image", "video2text")
@@ -168,3 +173,24 @@ def test_a_tokenizer_borrowed_from_a_task_that_borrows_is_one_line(tmp_path):
     assert "tokenizer_of.image2text='text2image': name a task that trains its own" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not workdir.exists()
+
+
+def test_a_task_uses_the_finished_tokenizer_of_the_workdir_it_names(smoke_workdir, tmp_path):
+    workdir, _, _ = smoke_workdir(CONFIG)
+    config = load_resolved_config(workdir)
+    config.tokenizer_from.text2image = os.path.join(workdir, "text2image")
+    assert list(joint_run.task_config(config, "text2image").stages) == ["generator"]  # none here
+    new = joint_run.local_task_experiments(config, str(tmp_path / "new"))
+    own = joint_run.local_task_experiments(load_resolved_config(workdir), workdir)
+    trained = own["image2text"].results["tokenizer"]  # text→image's, restored from its folder
+    for task in ("text2image", "image2text"):  # image→text reads text→image's (tokenizer_of)
+        borrowed = new[task].results["tokenizer"]
+        assert int(borrowed.step) == int(trained.step) == 6
+        jax.tree.map(np.testing.assert_array_equal, borrowed.params, trained.params)
+    config.tokenizer_from.text2image = str(tmp_path / "nowhere")
+    os.makedirs(config.tokenizer_from.text2image)
+    shutil.copy(
+        os.path.join(workdir, "text2image", "config.json"), config.tokenizer_from.text2image
+    )
+    with pytest.raises(UserError, match=r"^no tokenizer checkpoint in .*nowhere/tokenizer$"):
+        joint_run.local_task_experiments(config, str(tmp_path / "new"))

@@ -1,6 +1,7 @@
 """Config checks before anything runs: names, impossible combinations, the workdir's config."""
 
 import json
+import os
 
 import pytest
 
@@ -252,3 +253,34 @@ def test_bad_joint_loss_weights_are_one_line_errors(weights, message):
     with pytest.raises(UserError) as e:
         joint_run.check_joint(config)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tokenizer_from_another_workdir_is_checked_in_one_line(tmp_path):
+    config = shapes_joint.get_config("smoke")
+    t2i = joint_run.task_config(config, "text2image")
+
+    def source(name, cfg):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "config.json").write_text(cfg.to_json_best_effort())
+        return str(tmp_path / name)
+
+    def error(path):
+        with pytest.raises(UserError) as e:
+            joint_run.check_tokenizer_source("text2image", path, t2i)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "no config.json there" in error(str(tmp_path / "none"))
+    assert "is a joint workdir; name its task's folder" in error(source("joint", config))
+    speech = shapes_joint.task_config("shapes_s2t.py", "smoke")
+    assert "trained on 'spoken_shapes_smoke', text2image reads 'shapes'" in error(
+        source("s2t", speech)
+    )
+    other = shapes_joint.task_config("shapes_t2i.py", "smoke")  # VQ: the smoke's t2i is FSQ
+    assert "its tokenizer model differs from tasks.text2image's: tokenizer.model." in error(
+        source("vq", other)
+    )
+    joint_run.check_tokenizer_source("text2image", source("same", t2i), t2i)  # no error
+    config.tokenizer_from.image2text = "runs/elsewhere"  # image2text already borrows (tokenizer_of)
+    with pytest.raises(UserError, match="tokenizer_from.image2text and tokenizer_of.image2text"):
+        joint_run.check_joint(config)
