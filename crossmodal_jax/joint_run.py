@@ -128,7 +128,7 @@ def check_joint(config: ml_collections.ConfigDict) -> None:
         task_rows(config.generator.train.batch_size, mixture)
     except ValueError as e:
         raise UserError(f"generator.mixture: {e}") from e
-    weights = dict(config.generator.loss_weights)
+    weights = dict(config.generator.get("loss_weights", {}))
     if set(weights) != set(config.tasks):
         raise UserError(
             f"generator.loss_weights names tasks {sorted(weights)}, config.tasks holds "

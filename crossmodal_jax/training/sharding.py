@@ -44,6 +44,7 @@ __all__ = [
     "logical_shardings",
     "make_mesh",
     "mesh_devices",
+    "mesh_from_config",
     "replicated",
     "replicated_parameters",
     "rules_from_config",
