@@ -74,10 +74,9 @@ def task_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.
     c = ml_collections.ConfigDict(copy.deepcopy(config.tasks[name].to_dict()))
     c.stages = tuple(config.stages)
     owner = tokenizer_owners(config).get(name)
-    if owner:  # another task's tokenizer: its block, and no tokenizer stage of its own
+    if owner:  # another task's tokenizer: its block
         c.tokenizer = copy.deepcopy(config.tasks[owner].tokenizer)
-        c.stages = tuple(s for s in c.stages if s != tokenizer.NAME)
-    if name in tokenizer_sources(config):
+    if owner or name in tokenizer_sources(config):  # no tokenizer stage of its own
         c.stages = tuple(s for s in c.stages if s != tokenizer.NAME)
     c.generator.model.update(preset="", **config.generator.model)
     rows = task_rows(config.generator.train.batch_size, dict(config.generator.mixture))
@@ -230,12 +229,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     exps = build_task_experiments(config, workdir, mesh, rules)
     check_workdir(config, workdir)
     os.makedirs(workdir, exist_ok=True)
-    lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
-    try:
+    with workdir_lock.run_lock(workdir):
         return _run(config, workdir, exps, t_run)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run(config, workdir: str, exps: dict[str, Experiment], t_run: float) -> dict:

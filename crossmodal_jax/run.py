@@ -48,12 +48,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     exp = build_experiment(config, workdir)  # before the workdir is touched
     os.makedirs(workdir, exist_ok=True)
     # One run per workdir (process 0 holds the lock for all); refused before anything is written.
-    lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
-    try:
+    with workdir_lock.run_lock(workdir):
         return _run(exp, config, workdir, t_run)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, t_run: float) -> dict:

@@ -19,6 +19,9 @@ import os
 import socket
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
+
+import jax
 
 from crossmodal_jax.errors import UserError
 
@@ -124,3 +127,8 @@ def acquire(workdir: str, heartbeat_s: float = HEARTBEAT_S) -> WorkdirLock:
             json.dump(me, f)
         return WorkdirLock(path, heartbeat_s)
     raise UserError(f"workdir {workdir}: could not take {path} (other runs keep taking it)")
+
+
+def run_lock(workdir: str) -> AbstractContextManager:
+    """The lock a run holds on its workdir: process 0 takes it for every process of the run."""
+    return acquire(workdir) if jax.process_index() == 0 else nullcontext()

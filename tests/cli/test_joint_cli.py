@@ -147,30 +147,25 @@ def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path, da
     assert not os.path.exists(f"{out}3")
 
 
-def test_a_mixture_that_leaves_out_a_task_is_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "flag, messages",
+    [  # a mixture that leaves out a task; a tokenizer borrowed from a task that borrows (the
+        # smoke variant has image2text use text2image's tokenizer)
+        (
+            "--config.generator.mixture.text2image=5",
+            ("generator.mixture: mixture weights", "'image2text'"),
+        ),
+        (
+            "--config.tokenizer_of.text2image=video2text",
+            ("tokenizer_of.image2text='text2image': name a task that trains its own",),
+        ),
+    ],
+)
+def test_a_bad_joint_config_is_one_line_and_writes_nothing(tmp_path, flag, messages):
     workdir = tmp_path / "run"
-    result = run_cli(
-        "main",
-        f"--config={CONFIG}",
-        f"--workdir={workdir}",
-        "--config.generator.mixture.text2image=5",
-    )
+    result = run_cli("main", f"--config={CONFIG}", f"--workdir={workdir}", flag)
     assert result.returncode == 2
-    assert "generator.mixture: mixture weights" in result.stderr and "'image2text'" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not workdir.exists()
-
-
-def test_a_tokenizer_borrowed_from_a_task_that_borrows_is_one_line(tmp_path):
-    workdir = tmp_path / "run"
-    result = run_cli(  # the smoke variant has image2text use text2image's tokenizer
-        "main",
-        f"--config={CONFIG}",
-        f"--workdir={workdir}",
-        "--config.tokenizer_of.text2image=video2text",
-    )
-    assert result.returncode == 2
-    assert "tokenizer_of.image2text='text2image': name a task that trains its own" in result.stderr
+    assert all(message in result.stderr for message in messages)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not workdir.exists()
 
