@@ -196,3 +196,50 @@ def test_missing_torch_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(CheckpointError, match=r'pip install -e "\.\[bench\]"'):
         torch_convert.load_facebook_checkpoint(str(tmp_path / "x.pt"))
+
+
+def test_pretrained_load_diffusers_folder_and_mesh(tmp_path, diffusers_model):
+    """`pretrained.load` of a save_pretrained folder: the `dit` kind, equal to PyTorch on one
+    device and on a data x fsdp x tensor mesh (parameters sharded)."""
+    from crossmodal_jax import pretrained
+    from tests.pretrained.helpers import mesh_2x2x2
+
+    diffusers_model.save_pretrained(tmp_path, safe_serialization=True)
+    x, t, y = _inputs()
+    want = _torch_out(diffusers_model, x, t, y)
+    part = pretrained.load(tmp_path)
+    assert part.kind == "dit"
+    _assert_close(np.asarray(part(x.transpose(0, 2, 3, 1), t, y)), want)
+    sharded = pretrained.load(tmp_path, mesh=mesh_2x2x2())
+    kernel = sharded.params["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert tuple(kernel.sharding.spec) == ("fsdp", "tensor")
+    _assert_close(np.asarray(sharded(x.transpose(0, 2, 3, 1), t, y)), want)
+
+
+def test_pretrained_load_facebook_file(tmp_path):
+    """A facebookresearch `.pt` (no config.json) is recognised by its tensor names; DiT-S's
+    hidden size 384 gives its 6 heads."""
+    from crossmodal_jax import pretrained
+
+    torch.manual_seed(3)
+    model = diffusers.DiTTransformer2DModel(
+        num_attention_heads=6,
+        attention_head_dim=64,
+        in_channels=4,
+        out_channels=8,
+        num_layers=1,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=NUM_CLASSES,
+        norm_eps=1e-6,
+    ).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    model.transformer_blocks[0].norm1.emb.time_proj.downscale_freq_shift = 0
+    torch.save(_facebook_state_dict(model), tmp_path / "DiT-S-2.pt")
+    part = pretrained.load(tmp_path / "DiT-S-2.pt")
+    assert part.kind == "dit" and part.config["num_heads"] == 6
+    x = np.random.default_rng(4).normal(size=(2, 4, 4, 4)).astype(np.float32)
+    t, y = np.array([3, 900]), np.array([1, NUM_CLASSES])
+    _assert_close(np.asarray(part(x.transpose(0, 2, 3, 1), t, y)), _torch_out(model, x, t, y))

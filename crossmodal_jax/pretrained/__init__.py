@@ -1,0 +1,70 @@
+"""Pretrained parts read from the PyTorch ecosystem's checkpoints into our Flax modules.
+
+    from crossmodal_jax import pretrained
+    part = pretrained.load("path/to/sd-vae")        # a diffusers/transformers folder or a file
+    part.kind                                       # "vqgan", "vae", "t5", "clip_text", "pixart", "dit"
+    latents = part.encode(images)                   # tokenizers; text encoders: encode_text/tokenize
+
+`.safetensors` need no torch; an original repository's `.pt`/`.ckpt` is read with
+`torch.load(weights_only=True)`. Every name and shape is checked against the file's header before
+any tensor is read; with `mesh=`, each parameter is read straight into its sharding (DESIGN §4
+"Pretrained parts"; docs/pretrained.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh
+
+from crossmodal_jax.pretrained.kinds import KINDS, kind_of
+from crossmodal_jax.pretrained.parts import GeneratorPart, Part, TextEncoderPart, TokenizerPart
+from crossmodal_jax.pretrained.reader import Checkpoint
+from crossmodal_jax.pretrained.weights import check, place
+from crossmodal_jax.training.sharding import DEFAULT_RULES, logical_shardings, strip_boxes
+
+__all__ = [
+    "KINDS",
+    "Checkpoint",
+    "GeneratorPart",
+    "Part",
+    "TextEncoderPart",
+    "TokenizerPart",
+    "load",
+]
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    mesh: Mesh | None = None,
+    rules: Sequence = DEFAULT_RULES,
+    kind: str | None = None,
+) -> Part:
+    """A pretrained part from a diffusers/transformers folder or a checkpoint file.
+
+    `kind` forces the kind (else it is read from config.json or recognised from the tensor
+    names). With `mesh`, parameters are sharded by our logical-axis `rules` as they are read.
+    """
+    ckpt = Checkpoint(path)
+    name = kind or kind_of(ckpt)
+    if name not in KINDS:
+        raise ValueError(f"unknown pretrained kind {name!r}; known: {', '.join(KINDS)}")
+    entry = KINDS[name]
+    settings = entry.settings(ckpt)
+    module = entry.build(settings)
+    boxed = jax.eval_shape(
+        lambda *a: module.init(jax.random.key(0), *a), *entry.init_args(settings)
+    )["params"]
+    abstract = strip_boxes(boxed)
+    recipe = entry.recipe(settings, ckpt)
+    check(recipe, abstract, ckpt, entry.ignore)
+    shardings = None
+    if mesh is not None:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            shardings = logical_shardings(boxed, mesh, rules)
+    params = place(recipe, abstract, ckpt, shardings)
+    return entry.part(name, module, params, settings, ckpt.path, mesh=mesh, rules=rules)
