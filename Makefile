@@ -8,8 +8,8 @@ CONFIG ?= configs/vqdit_img.py
 .PHONY: demo test lint format install install-system-deps clean
 
 # Virtual environments, redone when pyproject.toml changes: the core package alone for the demo;
-# for the tests also the test extras, the bench extra (torch CPU + diffusers + vector-quantize-
-# pytorch, for the peer-equality tests), the tfds extra (tensorflow, for the TFDS audio/video
+# for the tests also the test extras, the bench extra (torch CPU, diffusers, transformers and
+# vector-quantize-pytorch, for the peer-equality tests), the tfds extra (tensorflow, for the TFDS audio/video
 # source tests) and the video extra (PyAV, .mp4 inputs).
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,bench,tfds,video]"
+	# The taming-transformers VQGAN, the peer of the taming-layout test: its modules need only
+	# torch and einops, but its declared dependencies (pytorch-lightning, torchvision) would
+	# replace the CPU torch with a CUDA build.
+	$(PY) -m pip install --quiet --no-deps "taming-transformers-rom1504==0.0.6"
 	touch $@ $(VENV)/.core
 
 install: $(VENV)/.installed

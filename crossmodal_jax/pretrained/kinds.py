@@ -15,8 +15,8 @@ from typing import Any
 import flax.linen as nn
 
 from crossmodal_jax.errors import CheckpointError
-from crossmodal_jax.pretrained import dit
-from crossmodal_jax.pretrained.parts import GeneratorPart, Part
+from crossmodal_jax.pretrained import clip_text, dit, pixart, t5, vae, vqgan
+from crossmodal_jax.pretrained.parts import GeneratorPart, Part, TextEncoderPart, TokenizerPart
 from crossmodal_jax.pretrained.reader import Checkpoint
 from crossmodal_jax.pretrained.weights import Recipe
 
@@ -47,6 +47,26 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
+    "vqgan": Kind(
+        names=vqgan.NAMES,
+        matches=vqgan.matches,
+        settings=vqgan.settings,
+        build=vqgan.build,
+        init_args=vqgan.init_args,
+        recipe=vqgan.recipe,
+        ignore=vqgan.IGNORE,
+        part=TokenizerPart,
+    ),
+    "vae": Kind(
+        names=vae.NAMES,
+        matches=vae.matches,
+        settings=vae.settings,
+        build=vae.build,
+        init_args=vae.init_args,
+        recipe=vae.recipe,
+        ignore=vae.IGNORE,
+        part=TokenizerPart,
+    ),
     "dit": Kind(
         names=dit.NAMES,
         matches=dit.matches,
@@ -56,6 +76,36 @@ KINDS: dict[str, Kind] = {
         recipe=dit.recipe,
         ignore=dit.IGNORE,
         part=GeneratorPart,
+    ),
+    "pixart": Kind(
+        names=pixart.NAMES,
+        matches=pixart.matches,
+        settings=pixart.settings,
+        build=pixart.build,
+        init_args=pixart.init_args,
+        recipe=pixart.recipe,
+        ignore=pixart.IGNORE,
+        part=GeneratorPart,
+    ),
+    "t5": Kind(
+        names=t5.NAMES,
+        matches=t5.matches,
+        settings=t5.settings,
+        build=t5.build,
+        init_args=t5.init_args,
+        recipe=t5.recipe,
+        ignore=t5.IGNORE,
+        part=TextEncoderPart,
+    ),
+    "clip_text": Kind(
+        names=clip_text.NAMES,
+        matches=clip_text.matches,
+        settings=clip_text.settings,
+        build=clip_text.build,
+        init_args=clip_text.init_args,
+        recipe=clip_text.recipe,
+        ignore=clip_text.IGNORE,
+        part=TextEncoderPart,
     ),
 }
 
