@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: VQ-VAE over 8x8 images -> an 8x8 grid of codes (the generator's condition), no
     # downsampling (docs/results.md).

@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.canonical_captions = True
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer), trained twice the
     # block's 800 steps, as shapes_t2i's: test PSNR 35.3 dB instead of 31.0, and exact captions

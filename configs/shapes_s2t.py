@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: VQ-VAE over [224 frames, 32 mels, 1] -> a 28 × 4 grid of codes, as
     # configs/speech2txt.py.

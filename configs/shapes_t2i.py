@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: the RGB tokenizer of the shapes world (blocks.shapes_tokenizer), trained 1,200 steps,
     # not the block's 800: 1,600 steps gave test PSNR 35.3 dB instead of 31.0, and 71.2 % / 72.4 %

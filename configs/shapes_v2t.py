@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: VQ-VAE over [8, 16, 16, 3] clips -> an 8×16×16 grid of codes, one per pixel of
     # every (pooled) frame, as configs/video2txt.py.

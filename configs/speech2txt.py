@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: VQ-VAE over [160 frames, 32 mels, 1] -> a 20 x 4 grid of codes.
     c.tokenizer = ml_collections.ConfigDict()

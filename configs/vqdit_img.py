@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = blocks.data("digits", "image", text_max_len=32)
     c.mesh = blocks.mesh()
     c.update(blocks.monitoring())  # peak_tflops (MFU in the logs), profile_steps
+    c.update(blocks.sources())  # tokenizer_from, text_encoder: parts from elsewhere
 
     # Stage 1: VQ-VAE over 8x8 images -> 4x4 grid of codes.
     c.tokenizer = ml_collections.ConfigDict()

@@ -15,15 +15,27 @@ import grain
 import ml_collections
 import numpy as np
 
-from crossmodal_jax import tasks
+from crossmodal_jax import pretrained, tasks
 from crossmodal_jax.data import catalog, pipeline
 from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.data.modalities import MODALITIES, Modality
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.models.quantizers import check_spec
 from crossmodal_jax.models.vqvae import VQVAE, latent_shape, vqvae_from_config
+from crossmodal_jax.pretrained.as_text import PretrainedText, load_text_encoder
+from crossmodal_jax.pretrained.as_tokenizer import PretrainedTokenizer, load_tokenizer
 from crossmodal_jax.training import sharding
 from crossmodal_jax.training.stage import RunContext
+from crossmodal_jax.training.step import frozen_state
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoder:
+    """A frozen pretrained text encoder: its module, its variables and its hidden width."""
+
+    module: Any
+    variables: dict
+    width: int
 
 
 @dataclasses.dataclass
@@ -32,12 +44,18 @@ class Experiment:
     ctx: RunContext  # workdir, mesh, logical axis rules, seed
     task: tasks.Task
     dataset: catalog.Dataset
-    text: text_lib.TextTokenizer  # the caption tokenizer (data.text_words; () = UTF-8 bytes)
+    # The caption tokenizer (data.text_words; () = UTF-8 bytes), or a pretrained text encoder's.
+    text: text_lib.TextTokenizer | PretrainedText
     features: grain.transforms.Map  # record -> model batch
     input_shape: tuple[int, ...]  # one tokenizer input: [H, W, C], [frames, mels, 1], [T, H, W, C]
     latent_grid: tuple[int, ...]  # the tokenizer's grid of codes for one input, e.g. (4, 4)
-    tokenizer: VQVAE  # the stage-1 model of the continuous modality
+    # The stage-1 model of the continuous modality: our VQ-VAE, or a pretrained VQGAN/VAE with
+    # its interface (tokenizer_from a checkpoint; its frozen weights are results["tokenizer"]).
+    tokenizer: VQVAE | PretrainedTokenizer
     results: dict = dataclasses.field(default_factory=dict)  # stage name -> its final TrainState
+    # A pretrained text encoder whose hidden states condition the generator (config.text_encoder;
+    # `text` is then its tokenizer), frozen; None: caption ids condition it.
+    text_encoder: TextEncoder | None = None
     # The model the generator stage uses instead of the one its config describes: this task's
     # view of a joint model (stages/joint.py), whose trunk other tasks share.
     generator_model: Any = None
@@ -56,13 +74,32 @@ class Experiment:
                 f"task {task.name!r} needs a dataset of {task.continuous}s, but "
                 f"{dataset.described} holds {dataset.modality}s"
             )
-        try:
-            text = text_lib.TextTokenizer(tuple(config.data.text_words.split()))
-        except ValueError as e:
-            raise UserError(f"data.text_words: {e}") from e
-        features = dataset.features(text.words)
+        text_encoder = None
+        if config.text_encoder:  # captions through a pretrained encoder and its tokenizer
+            if task.source != "text":
+                raise UserError(
+                    f"text_encoder={config.text_encoder!r}: task {task.name!r} has no caption "
+                    "condition (text_encoder conditions text→image)"
+                )
+            module, variables, text, width = load_text_encoder(
+                config.text_encoder, ctx.mesh, ctx.rules
+            )
+            text_encoder = TextEncoder(module, variables, width)
+        else:
+            try:
+                text = text_lib.TextTokenizer(tuple(config.data.text_words.split()))
+            except ValueError as e:
+                raise UserError(f"data.text_words: {e}") from e
+        features = dataset.features(text)
         example = features.map(dataset.example_record())
         input_shape = tuple(np.asarray(example[task.continuous]).shape)
+        source = config.tokenizer_from
+        if source and pretrained.is_checkpoint(source):  # a pretrained tokenizer, frozen
+            tokenizer, variables, grid = load_tokenizer(source, input_shape, ctx.mesh, ctx.rules)
+            exp = cls(config, ctx, task, dataset, text, features, input_shape, grid, tokenizer)
+            exp.results["tokenizer"] = frozen_state(variables)
+            exp.text_encoder = text_encoder
+            return exp
         m = config.tokenizer.model
         try:
             grid = tuple(latent_shape(input_shape[:-1], m.channel_mult, m.strides))
@@ -74,7 +111,9 @@ class Experiment:
         tokenizer = vqvae_from_config(
             m, in_channels=input_shape[-1], spatial_dims=len(input_shape) - 1
         )
-        return cls(config, ctx, task, dataset, text, features, input_shape, grid, tokenizer)
+        exp = cls(config, ctx, task, dataset, text, features, input_shape, grid, tokenizer)
+        exp.text_encoder = text_encoder
+        return exp
 
     @property
     def code_grid(self) -> tuple[int, ...]:

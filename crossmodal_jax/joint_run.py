@@ -14,7 +14,6 @@ task's metrics as `<task>/<metric>`.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -29,8 +28,6 @@ from crossmodal_jax import tasks
 from crossmodal_jax.config import validation
 from crossmodal_jax.config.workdir import (
     check_workdir,
-    config_diff,
-    load_resolved_config,
     write_data_fingerprint,
     write_resolved_config,
 )
@@ -41,6 +38,7 @@ from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.report import write_results
 from crossmodal_jax.stages import joint, tokenizer
 from crossmodal_jax.stages.generators import NAME as GENERATOR
+from crossmodal_jax.stages.tokenizer_source import attach_tokenizer, check_tokenizer_source
 from crossmodal_jax.training import sharding, throughput, workdir_lock
 from crossmodal_jax.training.loop import fit
 from crossmodal_jax.training.stage import RunContext, restore_stage_state
@@ -78,6 +76,7 @@ def task_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.
         c.tokenizer = copy.deepcopy(config.tasks[owner].tokenizer)
     if owner or name in tokenizer_sources(config):  # no tokenizer stage of its own
         c.stages = tuple(s for s in c.stages if s != tokenizer.NAME)
+    c.tokenizer_from = tokenizer_sources(config).get(name, "")
     c.generator.model.update(preset="", **config.generator.model)
     rows = task_rows(config.generator.train.batch_size, dict(config.generator.mixture))
     c.generator.train.batch_size = rows[name]
@@ -157,8 +156,7 @@ def build_task_experiments(
         exp = Experiment.build(c, ctx)
         elsewhere = name in tokenizer_owners(config) or name in tokenizer_sources(config)
         if validate:
-            if name in tokenizer_sources(config):
-                check_tokenizer_source(name, tokenizer_sources(config)[name], c)
+            check_tokenizer_source(f"tokenizer_from.{name}", c)
             validation.validate(exp, tokenizer_elsewhere=elsewhere)
         exps[name] = exp
     for name, owner in tokenizer_owners(config).items():
@@ -171,52 +169,12 @@ def build_task_experiments(
     return exps
 
 
-def check_tokenizer_source(name: str, path: str, c: ml_collections.ConfigDict) -> None:
-    """One-line UserErrors unless `path` is a workdir of the same dataset whose tokenizer block
-    builds task `name`'s tokenizer model (`c`: the task's config)."""
-    where = f"tokenizer_from.{name}={path!r}"
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(
-            f"{where}: no config.json there; name a workdir whose tokenizer has trained"
-        )
-    source = load_resolved_config(path)
-    if is_joint(source):
-        raise UserError(f"{where} is a joint workdir; name its task's folder, e.g. {path}/{name}")
-    if source.data.name != c.data.name:
-        raise UserError(
-            f"{where}: its tokenizer was trained on {source.data.name!r}, {name} reads "
-            f"{c.data.name!r}"
-        )
-    changed = config_diff(
-        {"tokenizer": {"model": source.tokenizer.model.to_dict()}},
-        {"tokenizer": {"model": c.tokenizer.model.to_dict()}},
-    )
-    if changed:
-        raise UserError(f"{where}: its tokenizer model differs from tasks.{name}'s: {changed[0]}")
-
-
-def borrowed_tokenizer(exp: Experiment, path: str) -> TrainState:
-    """The finished tokenizer stage of workdir `path`, for `exp` (one-line UserError otherwise)."""
-    spec = tokenizer.tokenizer_stage(exp, restoring=True)
-    try:
-        state = restore_stage_state(spec, dataclasses.replace(exp.ctx, workdir=path))
-    except FileNotFoundError:
-        raise UserError(f"no tokenizer checkpoint in {path}/{tokenizer.NAME}") from None
-    steps = load_resolved_config(path).tokenizer.train.steps
-    if int(state.step) < steps:
-        raise UserError(
-            f"the tokenizer in {path}/{tokenizer.NAME} is trained to step {int(state.step)} of "
-            f"{steps}; finish that run first"
-        )
-    return state
-
-
 def link_shared_tokenizers(config: ml_collections.ConfigDict, exps: dict) -> None:
     """Give every task of `tokenizer_from` the finished tokenizer of the workdir it names, then
     every task of `tokenizer_of` its owner's trained tokenizer (trained in this run, or restored
     from the owner's folder or source)."""
-    for name, path in tokenizer_sources(config).items():
-        exps[name].results[tokenizer.NAME] = borrowed_tokenizer(exps[name], path)
+    for exp in exps.values():
+        attach_tokenizer(exp)
     for name, owner in tokenizer_owners(config).items():
         exps[name].results[tokenizer.NAME] = tokenizer.tokenizer_state(exps[owner])
 

@@ -21,6 +21,7 @@ from crossmodal_jax.evaluation.periodic import periodic_evaluator
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.report import write_results
 from crossmodal_jax.stages.registry import STAGES
+from crossmodal_jax.stages.tokenizer_source import attach_tokenizer, check_tokenizer_source
 from crossmodal_jax.training import sharding, throughput, workdir_lock
 from crossmodal_jax.training.loop import fit
 from crossmodal_jax.training.stage import RunContext
@@ -35,10 +36,11 @@ def build_experiment(
     anything is compiled or written. `mesh_shape` (default: config.mesh.shape) places it."""
     mesh, rules = sharding.mesh_from_config(config.mesh, mesh_shape)
     validation.check_names(config)
+    check_tokenizer_source("tokenizer_from", config)
     profile_steps = throughput.parse_profile_steps(config.profile_steps)  # checked just above
     ctx = RunContext(workdir, mesh, rules, config.seed, config.peak_tflops, profile_steps)
     exp = Experiment.build(config, ctx)
-    validation.validate(exp)
+    validation.validate(exp, tokenizer_elsewhere=bool(config.tokenizer_from))
     return exp
 
 
@@ -64,7 +66,11 @@ def _run(exp: Experiment, config: ml_collections.ConfigDict, workdir: str, t_run
         jax.process_count(),
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        attach_tokenizer(exp)
         for index, name in enumerate(config.stages):
+            if name in exp.results:  # a tokenizer from elsewhere (tokenizer_from)
+                log.info("[%s] from %s: not trained here", name, config.tokenizer_from)
+                continue
             spec = STAGES[name](exp)
             every = config.eval.every
             evaluate = periodic_evaluator(exp, spec) if every > 0 else None

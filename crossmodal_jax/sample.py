@@ -8,6 +8,11 @@ image→text / speech→text / video→text: --input=FOLDER of .png / .wav / .gi
     Other image sizes are resized, other sample rates resampled, other frame counts padded/cut.
 A joint workdir (configs/shapes_joint.py) runs one of its tasks: --task=NAME, or the task its
 --input fits (a text file: text→image; a folder: the task whose source files it holds).
+
+No training run, converted checkpoints (facebookresearch/DiT's sample.py; instead of --workdir):
+    python -m crossmodal_jax.sample --dit=DiT-XL-2-256x256.pt --vae=sd-vae-ft-ema \
+        --classes=207,360,387 --output=OUT [--sampler=ddim|dpm_solver] [--steps=N] [--guidance=G]
+    -> OUT/000000.png, ... in class order and OUT/grid.png (pretrained/class_sampler.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ _GUIDANCE = flags.DEFINE_float(
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts generated per call.")
 _UPSCALE = flags.DEFINE_integer("upscale", 1, "Nearest-neighbour upscale factor of written PNGs.")
+_DIT = flags.DEFINE_string(
+    "dit",
+    None,
+    "A class-conditional DiT checkpoint (facebookresearch .pt or diffusers folder) "
+    "to sample from instead of --workdir.",
+)
+_VAE = flags.DEFINE_string("vae", None, "With --dit: the KL VAE folder (e.g. sd-vae-ft-ema).")
+_CLASSES = flags.DEFINE_string("classes", None, "With --dit: class ids, e.g. 207,360,387.")
+_SAMPLER = flags.DEFINE_string("sampler", None, "With --dit: ddim (default) or dpm_solver.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "With --dit: the image side the checkpoints must produce (a check)."
+)
 _TASK = flags.DEFINE_string(
     "task", None, "Joint workdirs: the task to run (default: the one --input fits)."
 )
@@ -87,6 +104,7 @@ def trained(workdir: str, config, task: str | None = None, check=None):
     from crossmodal_jax import joint_run
     from crossmodal_jax.experiment import local_experiment
     from crossmodal_jax.stages.generators import generator_stage
+    from crossmodal_jax.stages.tokenizer_source import attach_tokenizer
     from crossmodal_jax.training.stage import restore_stage_state
 
     if task is None:
@@ -100,6 +118,7 @@ def trained(workdir: str, config, task: str | None = None, check=None):
     with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
         try:
             if task is None:
+                attach_tokenizer(exp)  # a single-task run's tokenizer_from another workdir
                 state = restore_stage_state(generator_stage(exp), exp.ctx)
             else:
                 state = joint_run.restore_view_state(config, workdir, exps, task)
@@ -238,9 +257,46 @@ def joint_task(config, input_path: str) -> str:
 RUNNERS = {"image": _prompts_to_images, "text": to_text}
 
 
+def from_checkpoints() -> list[str]:
+    """--dit: class samples from converted checkpoints, no workdir."""
+    from crossmodal_jax.pretrained.class_sampler import sample_to_folder
+
+    if _WORKDIR.value:
+        raise UserError("--dit and --workdir exclude each other: sample from one of them")
+    if _INPUT.value or _TASK.value:
+        raise UserError("--input and --task are for --workdir; with --dit, name --classes")
+    if not (_VAE.value and _CLASSES.value and _OUTPUT.value):
+        raise UserError("--dit needs --vae, --classes and --output")
+    return sample_to_folder(
+        _DIT.value,
+        _VAE.value,
+        _CLASSES.value,
+        _OUTPUT.value,
+        sampler=_SAMPLER.value or "ddim",
+        steps=_STEPS.value,
+        guidance=4.0 if _GUIDANCE.value is None else _GUIDANCE.value,
+        seed=_SEED.value,
+        batch_size=_BATCH.value,
+        image_size=_IMAGE_SIZE.value,
+        upscale=_UPSCALE.value,
+    )
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _DIT.value:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        quiet_library_logs()
+        try:
+            paths = from_checkpoints()
+        except UserError as e:
+            fail(one_line(e))
+        print(f"wrote {len(paths)} file(s) to {_OUTPUT.value}")
+        return
+    dit_only = [f.name for f in (_VAE, _CLASSES, _SAMPLER, _IMAGE_SIZE) if f.value is not None]
+    if dit_only:
+        fail(f"--{dit_only[0]} is for --dit (sampling converted checkpoints)")
     if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
         fail("--workdir, --input and --output are required")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -64,6 +64,22 @@ QUANTIZER_VARIANTS = {
 }
 
 
+def sources() -> ml_collections.ConfigDict:
+    """Where a single-task run's parts come from when it does not train them (top-level keys:
+    `c.update(blocks.sources())`; a joint config names them per task, `tokenizer_from.<task>`)."""
+    c = ml_collections.ConfigDict()
+    # "" = train the tokenizer stage. Else a workdir of this project whose finished tokenizer the
+    # run uses (same dataset and tokenizer model), or a pretrained image tokenizer used frozen: a
+    # diffusers VQModel / AutoencoderKL folder or a taming-transformers .ckpt (docs/pretrained.md).
+    c.tokenizer_from = ""
+    # Text→image: "" = the caption's ids (data.text_words) condition the DiT. Else a pretrained
+    # text encoder used frozen: a transformers T5EncoderModel / CLIPTextModel folder with its
+    # tokenizer.json; captions are tokenized by its tokenizer (to data.text_max_len) and its last
+    # hidden states, projected, reach the DiT like caption tokens do.
+    c.text_encoder = ""
+    return c
+
+
 def quantizer_variant(model: ml_collections.ConfigDict, variants: list[str]) -> list[str]:
     """Apply the QUANTIZER_VARIANTS named in `variants` to a tokenizer.model block; returns the rest."""
     chosen = [v for v in variants if v in QUANTIZER_VARIANTS]

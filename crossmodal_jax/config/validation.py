@@ -144,6 +144,22 @@ def check_generator(exp: Experiment) -> None:
             f"the latent grid {_grid_text(grid)} is not divisible by "
             f"generator.model.patch_size={gen.model.patch_size}"
         )
+    if exp.text_encoder is not None and gen.diffusion.process == "masked":
+        raise UserError(
+            f"text_encoder={exp.config.text_encoder!r}: the masked process's DiT conditions on "
+            "caption ids; use the gaussian or flow process with a text encoder"
+        )
+    if exp.tokenizer.vocab_size == 0:  # a pretrained VAE: latents, no code ids
+        if gen.diffusion.process == "masked" and not exp.task.generates_text:
+            raise UserError(
+                f"tokenizer_from={exp.config.tokenizer_from!r} is a VAE, which has no code ids "
+                "for the masked process; use gaussian or flow, or a VQGAN"
+            )
+        if exp.task.generates_text and gen.model.cond_input == "ids":
+            raise UserError(
+                f"tokenizer_from={exp.config.tokenizer_from!r} is a VAE, which has no code ids "
+                "to condition on; set generator.model.cond_input='vectors'"
+            )
     if gen.diffusion.process == "flow":
         check_flow(gen)
     if gen.diffusion.process == "masked":

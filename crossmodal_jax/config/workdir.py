@@ -64,6 +64,7 @@ def _block_defaults(config: dict) -> dict:
         out["tokenizer_of"] = {name: "" for name in config.get("tasks", {})}
         out["tokenizer_from"] = {name: "" for name in config.get("tasks", {})}
         return out
+    out.update(blocks.sources().to_dict())
     for name, stage in config.items():
         if not isinstance(stage, dict) or "train" not in stage:
             continue

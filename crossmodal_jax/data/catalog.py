@@ -49,9 +49,11 @@ class Dataset:
     def example_record(self) -> dict[str, Any]:
         return self.blank_record() if self.blank_record else self.split("train")[0]
 
-    def features(self, words: tuple[str, ...]) -> grain.transforms.Map:
-        """The record -> model batch transform; batches have "label" only where records do."""
-        transform = MODALITIES[self.modality].features(self.data_cfg, self.image_max_value, words)
+    def features(self, text: Any = None) -> grain.transforms.Map:
+        """The record -> model batch transform with caption tokenizer `text` (data.text's
+        TextTokenizer or one with its interface; None: UTF-8 bytes); batches have "label" only
+        where records do."""
+        transform = MODALITIES[self.modality].features(self.data_cfg, self.image_max_value, text)
         if self.data_cfg.canonical_captions:
             transform = shapes.CanonicalCaptions(transform)
         return transform if self.has_labels else folders.WithoutLabel(transform)

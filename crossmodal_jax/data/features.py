@@ -69,14 +69,15 @@ class AudioTextFeatures(grain.transforms.Map):
         n_mels: int = 32,
         fmin: float = 20.0,
         fmax: float = 8000.0,
-        words: tuple[str, ...] = (),
+        text: text_lib.TextTokenizer | None = None,
     ):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         if num_samples < hop:
             raise ValueError(f"num_samples ({num_samples}) must be >= hop ({hop})")
         self.text_max_len = int(text_max_len)
-        self.tokenizer = text_lib.TextTokenizer(words)  # () = UTF-8 bytes
+        # The caption tokenizer (None: UTF-8 bytes); a picklable object either way.
+        self.tokenizer = text if text is not None else text_lib.TextTokenizer()
         self.num_samples = int(num_samples)
         self.n_fft = int(n_fft)
         self.hop = int(hop)
@@ -140,12 +141,13 @@ class VideoTextFeatures(grain.transforms.Map):
         text_max_len: int,
         max_value: int = 255,
         frame_size: int = 0,
-        words: tuple[str, ...] = (),
+        text: text_lib.TextTokenizer | None = None,
     ):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         self.text_max_len = int(text_max_len)
-        self.tokenizer = text_lib.TextTokenizer(words)  # () = UTF-8 bytes
+        # The caption tokenizer (None: UTF-8 bytes); a picklable object either way.
+        self.tokenizer = text if text is not None else text_lib.TextTokenizer()
         self.max_value = int(max_value)
         self.frame_size = int(frame_size)
 

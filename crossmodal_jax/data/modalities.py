@@ -22,7 +22,7 @@ from crossmodal_jax.data.pipeline import ImageTextFeatures, image_to_unit, unit_
 # Image and video files hold 8-bit pixels: 255 is full intensity, whatever the dataset's scale.
 FILE_MAX_VALUE = 255
 
-# (data block, raw pixel value of full intensity, caption words) -> record -> model batch
+# (data block, raw pixel value of full intensity, caption tokenizer) -> record -> model batch
 FeaturesFn = Callable[
     [ml_collections.ConfigDict, int | None, tuple[str, ...]], grain.transforms.Map
 ]
@@ -43,18 +43,18 @@ class Modality:
     precompute: bool = False
 
 
-def _image_features(data_cfg, max_value, words):
-    return ImageTextFeatures(data_cfg.text_max_len, image_max_value=max_value, words=words)
+def _image_features(data_cfg, max_value, text):
+    return ImageTextFeatures(data_cfg.text_max_len, image_max_value=max_value, text=text)
 
 
-def _audio_features(data_cfg, max_value, words):
+def _audio_features(data_cfg, max_value, text):
     del max_value  # waveforms, not pixels
-    return features.AudioTextFeatures(data_cfg.text_max_len, **data_cfg.audio, words=words)
+    return features.AudioTextFeatures(data_cfg.text_max_len, **data_cfg.audio, text=text)
 
 
-def _video_features(data_cfg, max_value, words):
+def _video_features(data_cfg, max_value, text):
     return features.VideoTextFeatures(
-        data_cfg.text_max_len, max_value=max_value, frame_size=data_cfg.frame_size, words=words
+        data_cfg.text_max_len, max_value=max_value, frame_size=data_cfg.frame_size, text=text
     )
 
 

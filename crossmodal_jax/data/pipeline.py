@@ -46,12 +46,18 @@ class ImageTextFeatures(grain.transforms.Map):
     strings, so grain workers unpickle it.
     """
 
-    def __init__(self, text_max_len: int, image_max_value: int = 16, words: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        text_max_len: int,
+        image_max_value: int = 16,
+        text: text_lib.TextTokenizer | None = None,
+    ):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
         self.text_max_len = int(text_max_len)
         self.image_max_value = int(image_max_value)
-        self.tokenizer = text_lib.TextTokenizer(words)  # () = UTF-8 bytes
+        # The caption tokenizer (None: UTF-8 bytes); a picklable object either way.
+        self.tokenizer = text if text is not None else text_lib.TextTokenizer()
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         caption = element["caption"]

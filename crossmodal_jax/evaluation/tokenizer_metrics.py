@@ -11,7 +11,6 @@ from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
-from crossmodal_jax.models.vqvae import VQVAE
 from crossmodal_jax.stages.objectives import psnr
 
 
@@ -35,8 +34,8 @@ def reconstruction_metrics(
 
     @partial(jax.jit, out_shardings=P())  # replicated: readable on every process
     def run(x):
-        z_q, idx = tokenizer.apply(tok_vars, x, method=VQVAE.tokenize)
-        rec = tokenizer.apply(tok_vars, z_q, method=VQVAE.decode)
+        z_q, idx = tokenizer.apply(tok_vars, x, method="tokenize")
+        rec = tokenizer.apply(tok_vars, z_q, method="decode")
         mse = jnp.mean(jnp.square(rec - x).reshape(x.shape[0], -1), axis=-1)
         return mse, idx
 
@@ -49,9 +48,14 @@ def reconstruction_metrics(
     mse = np.concatenate(mses)
     idx = jnp.asarray(np.concatenate(indices))
     k = tokenizer.vocab_size  # residual stages: the codes of all stages together
-    return {
+    quality = {
         f"{split}_psnr_db": float(np.mean(psnr(mse))),
         f"{split}_recon_mse": float(np.mean(mse)),
+    }
+    if k == 0:  # a pretrained VAE: continuous latents, no codebook to measure
+        return quality
+    return {
+        **quality,
         f"{split}_codebook_usage": float(codebook_usage(idx, k)),
         f"{split}_codebook_perplexity": float(codebook_perplexity(idx, k)),
         # Codes the EMA considers dead (restart candidates) and codes no test latent uses.

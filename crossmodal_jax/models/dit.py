@@ -111,6 +111,10 @@ class ConditionEmbedder(nn.Module):
     # condition (condition_stem.ConditionStem's max and mean over its grid), and the pooled vector
     # is an MLP of it instead of a map of every position's features.
     summary_dim: int = 0
+    # With feature_dim: pool the projected tokens by their masked mean, as ids are pooled,
+    # instead of a map of every position's features: a pretrained text encoder's states, whose
+    # length x width (120 x 4096 for T5-XXL) would make that map larger than the model.
+    mean_pool: bool = False
 
     @nn.compact
     def __call__(
@@ -132,7 +136,9 @@ class ConditionEmbedder(nn.Module):
 
         mask = mask_BxL.astype(jnp.float32)
         count_B = jnp.sum(mask, axis=1)
-        if self.feature_dim:
+        if self.feature_dim and self.mean_pool:  # projected like ids are embedded
+            tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
+        elif self.feature_dim:
             if self.dropout:
                 cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
@@ -155,7 +161,7 @@ class ConditionEmbedder(nn.Module):
         tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
         tokens = constrain(tokens, TOKEN_AXES)
 
-        if not self.feature_dim:
+        if not self.feature_dim or self.mean_pool:
             pooled_BxD = jnp.einsum("bld,bl->bd", tokens.astype(jnp.float32), mask)
             pooled_BxD = pooled_BxD / jnp.maximum(count_B, 1.0)[:, None]
             pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(pooled_BxD)
@@ -237,6 +243,9 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     cond_vocab_size: int = 256
     cond_len: int = 64
+    # > 0: the condition is vectors of this width (a pretrained text encoder's hidden states),
+    # projected and mean-pooled, instead of ids looked up in a table of cond_vocab_size.
+    cond_feature_dim: int = 0
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
     num_classes: int = 0
@@ -260,7 +269,12 @@ class DiT(nn.Module):
         self.grid = (h // p, w // p)
         self.patch_embed = PatchEmbed(p, self.hidden_size, dtype=self.dtype)
         self.cond_embed = ConditionEmbedder(
-            self.cond_vocab_size, self.cond_len, self.hidden_size, dtype=self.dtype
+            self.cond_vocab_size,
+            self.cond_len,
+            self.hidden_size,
+            feature_dim=self.cond_feature_dim,
+            mean_pool=bool(self.cond_feature_dim),
+            dtype=self.dtype,
         )
         self.t_embed = (
             self.shared_t_embed

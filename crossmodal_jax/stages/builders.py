@@ -11,7 +11,7 @@ import ml_collections
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.dit import DIT_PRESETS, DiT
 from crossmodal_jax.models.token_dit import TokenDiT
-from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS, TokenFn
+from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS, TokenFn, encoded_text, text_tokens
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -22,9 +22,17 @@ def _dit_size(m: ml_collections.ConfigDict) -> dict:
     return dict(depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
 
 
+def caption_condition(exp: Experiment) -> TokenFn:
+    """What a text→image DiT is conditioned on: the caption's ids, or a pretrained text
+    encoder's hidden states of them (config.text_encoder; frozen in model_state)."""
+    if exp.text_encoder is not None:
+        return encoded_text(exp.text_encoder.module)
+    return text_tokens()
+
+
 def latent_hwc(exp: Experiment) -> tuple[int, int, int]:
     """The image latent grid and its channels: what Gaussian diffusion generates."""
-    return (*exp.latent_grid, exp.config.tokenizer.model.code_dim)
+    return (*exp.latent_grid, exp.tokenizer.code_dim)
 
 
 def condition_grid(m: ml_collections.ConfigDict, grid: tuple[int, ...]) -> tuple[int, ...]:
@@ -56,7 +64,11 @@ def example_inputs(exp: Experiment, model=None) -> tuple:
     L = exp.config.data.text_max_len
     x = jnp.zeros((1, *latent_hwc(exp)), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    return x, t, jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32)
+    if exp.text_encoder is not None:  # the encoder's hidden states, not ids
+        cond = jnp.zeros((1, L, exp.text_encoder.width), jnp.float32)
+    else:
+        cond = jnp.zeros((1, L), jnp.int32)
+    return x, t, cond, jnp.ones((1, L), jnp.int32)
 
 
 def build_dit(exp: Experiment, own: bool = False) -> DiT:
@@ -73,6 +85,7 @@ def build_dit(exp: Experiment, own: bool = False) -> DiT:
         mlp_ratio=m.mlp_ratio,
         cond_vocab_size=exp.text.vocab_size,
         cond_len=exp.config.data.text_max_len,
+        cond_feature_dim=exp.text_encoder.width if exp.text_encoder is not None else 0,
         dtype=DTYPES[m.dtype],
         remat=m.remat,
         conditioning=m.conditioning,
@@ -96,7 +109,7 @@ def build_token_dit(exp: Experiment, own: bool = False) -> TokenDiT:
         if m.cond_input == "vectors":
             group = math.prod(m.cond_patch)  # () = 1: a code a token
             cond["cond_len"] = math.prod(condition_grid(m, grid)) // group
-            cond["cond_feature_dim"] = exp.config.tokenizer.model.code_dim * group
+            cond["cond_feature_dim"] = exp.tokenizer.code_dim * group
             cond["cond_pool_hidden"] = m.cond_pool_hidden
             cond["cond_dropout"] = m.cond_dropout
             if m.cond_conv:  # the stem groups its features (source_condition: none)
@@ -105,7 +118,7 @@ def build_token_dit(exp: Experiment, own: bool = False) -> TokenDiT:
                 cond["cond_conv_stride"] = tuple(m.cond_conv_stride) or (1,) * len(grid)
                 cond["cond_grid"] = grid
                 cond["cond_patch"] = tuple(m.cond_patch) or (1,) * len(grid)
-                cond["cond_feature_dim"] = exp.config.tokenizer.model.code_dim
+                cond["cond_feature_dim"] = exp.tokenizer.code_dim
     else:  # code ids + one extra id, the absorbing mask state
         sizes = dict(seq_len=math.prod(exp.code_grid), vocab_size=num_codes + 1)
         cond = dict(cond_vocab_size=exp.text.vocab_size, cond_len=text_len)

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from crossmodal_jax.diffusion import flow_samplers, gaussian
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.stages.objectives import FLOW_TIME_SCALE
+from crossmodal_jax.stages.objectives import FLOW_TIME_SCALE, TokenFn
 from crossmodal_jax.stages.samplers import cfg_pair_fn, decode_latents
 
 
@@ -53,8 +53,10 @@ def make_flow_image_generator(
     sample_cfg: ml_collections.ConfigDict,
     *,
     latent_hwc: tuple[int, int, int],
+    condition: TokenFn | None = None,
 ) -> Callable:
-    """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1].
+    """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1]; the
+    caption ids pass through `condition` (a text encoder; default: as they are).
 
     `key` draws the noise x_1 only: the ODE samplers are deterministic. `sample_cfg.sampler` names
     a key of flow_samplers.SAMPLERS, run for `sample_cfg.steps` steps on a grid shifted by
@@ -74,6 +76,8 @@ def make_flow_image_generator(
     @partial(jax.jit, out_shardings=P())  # replicated: every process can read the images
     def generate(params, model_state, cond_ids, cond_mask, key):
         x_1 = jax.random.normal(key, (cond_ids.shape[0], *latent_hwc))
+        if condition is not None:
+            cond_ids, cond_mask = condition(model_state, {"text": cond_ids, "text_mask": cond_mask})
         velocity_fn = flow_dit_fn(
             dit,
             params,

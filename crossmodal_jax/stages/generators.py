@@ -57,6 +57,8 @@ def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
     Gaussian and flow processes share (latent statistics, model, data, sample grids)."""
     frozen = {"tokenizer": tokenizer_variables(exp)}
     frozen["latents"] = latent_statistics(exp, frozen["tokenizer"])
+    if exp.text_encoder is not None:  # frozen, sharded and checkpointed like the tokenizer
+        frozen["text_encoder"] = exp.text_encoder.variables
     dit = builders.build_dit(exp)
 
     def init_variables(key):
@@ -85,6 +87,7 @@ def gaussian_image_stage(exp: Experiment) -> StageSpec:
         cond_drop=diff.cond_drop,
         weighting=diff.loss_weighting,
         min_snr_gamma=diff.min_snr_gamma,
+        condition=builders.caption_condition(exp),
     )
     return latent_image_stage(exp, objective)
 
@@ -98,6 +101,7 @@ def gaussian_image_sampler(exp: Experiment) -> Callable:
         exp.config.generator.sample,
         prediction=diff.prediction,
         latent_hwc=builders.latent_hwc(exp),
+        condition=builders.caption_condition(exp),
     )
 
 
@@ -110,6 +114,7 @@ def flow_image_stage(exp: Experiment) -> StageSpec:
         logit_mean=diff.logit_mean,
         logit_std=diff.logit_std,
         cond_drop=diff.cond_drop,
+        condition=builders.caption_condition(exp),
     )
     return latent_image_stage(exp, objective)
 
@@ -120,6 +125,7 @@ def flow_image_sampler(exp: Experiment) -> Callable:
         exp.tokenizer,
         exp.config.generator.sample,
         latent_hwc=builders.latent_hwc(exp),
+        condition=builders.caption_condition(exp),
     )
 
 

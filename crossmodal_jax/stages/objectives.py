@@ -95,7 +95,7 @@ TOKENIZER_CODES = "tokenizer_codes"
 
 def encode_latents(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
     """Quantized latents of the frozen tokenizer: the continuous targets of Gaussian diffusion."""
-    z_q, _ = tokenizer.apply(tokenizer_vars, x, method=VQVAE.tokenize)
+    z_q, _ = tokenizer.apply(tokenizer_vars, x, method="tokenize")
     return jax.lax.stop_gradient(z_q)
 
 
@@ -103,7 +103,7 @@ def batch_latents(tokenizer: VQVAE, tokenizer_vars: Any, batch: dict, key: str) 
     """The quantized latents of batch[key]: the codebook vectors of the batch's precomputed
     TOKENIZER_CODES when it has them (the same z_q, without running the encoder), else encoded."""
     if TOKENIZER_CODES in batch:
-        z_q = tokenizer.apply(tokenizer_vars, batch[TOKENIZER_CODES], method=VQVAE.lookup)
+        z_q = tokenizer.apply(tokenizer_vars, batch[TOKENIZER_CODES], method="lookup")
         return jax.lax.stop_gradient(z_q)
     return encode_latents(tokenizer, tokenizer_vars, batch[key])
 
@@ -132,19 +132,22 @@ def gaussian_diffusion_objective(
     weighting: str = "uniform",
     min_snr_gamma: float = 5.0,
     target_key: str = "image",
-    cond_key: str = "text",
+    condition: TokenFn | None = None,
 ) -> Objective:
-    """DiT loss of Gaussian diffusion over the frozen tokenizer's normalized, quantized latents.
+    """DiT loss of Gaussian diffusion over the frozen tokenizer's normalized, quantized latents,
+    conditioned on `condition(model_state, batch)` (default: the caption's ids).
 
-    `model_state` = {"tokenizer": frozen VQ-VAE variables, "latents": {"mean", "std"}}.
+    `model_state` = {"tokenizer": frozen VQ-VAE variables, "latents": {"mean", "std"}, and
+    "text_encoder" when the condition is a pretrained encoder's states}.
     """
+    condition = condition or text_tokens()
 
     def loss_fn(params, model_state, batch, key):
         drop_key, loss_key = jax.random.split(key)
         z = batch_latents(tokenizer, model_state["tokenizer"], batch, target_key)
         z = normalize_latents(z, model_state["latents"])
-        cond_ids = batch[cond_key]
-        cond_mask = drop_condition(batch[f"{cond_key}_mask"], drop_key, cond_drop)
+        cond_ids, cond_mask = condition(model_state, batch)
+        cond_mask = drop_condition(cond_mask, drop_key, cond_drop)
 
         def model_fn(xt, t):
             return dit.apply({"params": params}, xt, t, cond_ids, cond_mask, train=True)
@@ -179,20 +182,19 @@ def flow_matching_objective(
     logit_std: float,
     cond_drop: float,
     target_key: str = "image",
-    cond_key: str = "text",
+    condition: TokenFn | None = None,
 ) -> Objective:
     """DiT loss of rectified flow (velocity regression, diffusion/flow.py) over the frozen
     tokenizer's normalized, quantized latents: the same inputs as `gaussian_diffusion_objective`.
-
-    `model_state` = {"tokenizer": frozen VQ-VAE variables, "latents": {"mean", "std"}}.
     """
+    condition = condition or text_tokens()
 
     def loss_fn(params, model_state, batch, key):
         drop_key, loss_key = jax.random.split(key)
         z = batch_latents(tokenizer, model_state["tokenizer"], batch, target_key)
         z = normalize_latents(z, model_state["latents"])
-        cond_ids = batch[cond_key]
-        cond_mask = drop_condition(batch[f"{cond_key}_mask"], drop_key, cond_drop)
+        cond_ids, cond_mask = condition(model_state, batch)
+        cond_mask = drop_condition(cond_mask, drop_key, cond_drop)
 
         def model_fn(xt, t):
             return dit.apply(
@@ -233,9 +235,22 @@ def text_tokens(key: str = "text") -> TokenFn:
     return lambda model_state, batch: (batch[key], batch[f"{key}_mask"])
 
 
+def encoded_text(encoder: nn.Module, key: str = "text") -> TokenFn:
+    """The caption ids through a frozen pretrained text encoder (its variables in
+    model_state["text_encoder"]): its last hidden states [B, L, D] and the mask. No gradient
+    reaches the encoder, so its backward pass is never computed."""
+
+    def fn(model_state, batch):
+        ids, mask = batch[key], batch[f"{key}_mask"]
+        states = encoder.apply(model_state["text_encoder"], ids, mask)
+        return jax.lax.stop_gradient(states), mask
+
+    return fn
+
+
 def source_code_ids(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
     """The frozen tokenizer's code ids of x: i32[B, *grid]."""
-    _, ids = tokenizer.apply(tokenizer_vars, x, method=VQVAE.tokenize)
+    _, ids = tokenizer.apply(tokenizer_vars, x, method="tokenize")
     return jax.lax.stop_gradient(ids).astype(jnp.int32)
 
 

@@ -28,7 +28,7 @@ from crossmodal_jax.diffusion import (
 )
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.stages.objectives import MASKED_TIME_SCALE, denormalize_latents
+from crossmodal_jax.stages.objectives import MASKED_TIME_SCALE, TokenFn, denormalize_latents
 
 
 def _ddim(schedule, model_fn, x_T, key, cfg, prediction):
@@ -99,8 +99,8 @@ def decode_latents(tokenizer: VQVAE, model_state: dict, z: jax.Array, *, snap: b
     z = denormalize_latents(z, model_state["latents"])
     tok_vars = model_state["tokenizer"]
     if snap:
-        z = tokenizer.apply(tok_vars, z, method=VQVAE.snap)
-    return jnp.clip(tokenizer.apply(tok_vars, z, method=VQVAE.decode), -1.0, 1.0)
+        z = tokenizer.apply(tok_vars, z, method="snap")
+    return jnp.clip(tokenizer.apply(tok_vars, z, method="decode"), -1.0, 1.0)
 
 
 def make_image_generator(
@@ -111,8 +111,10 @@ def make_image_generator(
     *,
     prediction: str,
     latent_hwc: tuple[int, int, int],
+    condition: TokenFn | None = None,
 ) -> Callable:
-    """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1]."""
+    """A jitted fn(params, model_state, cond_ids, cond_mask, key) -> images in [-1, 1]; the
+    caption ids pass through `condition` (a text encoder; default: as they are)."""
     if sample_cfg.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sample_cfg.sampler!r}; available: {sorted(SAMPLERS)}")
     sampler = SAMPLERS[sample_cfg.sampler]
@@ -121,6 +123,8 @@ def make_image_generator(
     def generate(params, model_state, cond_ids, cond_mask, key):
         noise_key, sample_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (cond_ids.shape[0], *latent_hwc))
+        if condition is not None:
+            cond_ids, cond_mask = condition(model_state, {"text": cond_ids, "text_mask": cond_mask})
         model_fn = guided_dit_fn(
             dit,
             params,
@@ -196,7 +200,7 @@ def make_masked_image_generator(
             forbidden_ids=None,
         )
         ids = ids.reshape(ids.shape[0], *code_grid)
-        images = tokenizer.apply(model_state["tokenizer"], ids, method=VQVAE.decode_indices)
+        images = tokenizer.apply(model_state["tokenizer"], ids, method="decode_indices")
         return jnp.clip(images, -1.0, 1.0)
 
     return generate

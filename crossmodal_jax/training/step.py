@@ -69,6 +69,20 @@ def init_state(params: Any, model_state: Any, tx: optax.GradientTransformation) 
     )
 
 
+def frozen_state(variables: dict) -> TrainState:
+    """The state of a stage that is not trained here (a pretrained tokenizer): its variables as
+    params (and as their EMA, the same arrays), no optimizer, step 0."""
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=(),
+        model_state=rest,
+        ema_params=params,
+    )
+
+
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
     """ema <- decay * ema + (1 - decay) * params (decay 0 tracks params exactly)."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

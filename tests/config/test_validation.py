@@ -11,6 +11,7 @@ from crossmodal_jax.config import workdir as workdir_lib
 from crossmodal_jax.data.modalities import MODALITIES
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.run import build_experiment
+from crossmodal_jax.stages import tokenizer_source
 from crossmodal_jax.stages.generators import processes_for
 
 
@@ -264,9 +265,13 @@ def test_a_tokenizer_from_another_workdir_is_checked_in_one_line(tmp_path):
         (tmp_path / name / "config.json").write_text(cfg.to_json_best_effort())
         return str(tmp_path / name)
 
+    def check(path):
+        t2i.tokenizer_from = path
+        tokenizer_source.check_tokenizer_source("tokenizer_from.text2image", t2i)
+
     def error(path):
         with pytest.raises(UserError) as e:
-            joint_run.check_tokenizer_source("text2image", path, t2i)
+            check(path)
         assert "\n" not in str(e.value)
         return str(e.value)
 
@@ -277,10 +282,10 @@ def test_a_tokenizer_from_another_workdir_is_checked_in_one_line(tmp_path):
         source("s2t", speech)
     )
     other = shapes_joint.task_config("shapes_t2i.py", "smoke")  # VQ: the smoke's t2i is FSQ
-    assert "its tokenizer model differs from tasks.text2image's: tokenizer.model." in error(
+    assert "its tokenizer model differs from this run's: tokenizer.model." in error(
         source("vq", other)
     )
-    joint_run.check_tokenizer_source("text2image", source("same", t2i), t2i)  # no error
+    check(source("same", t2i))  # no error
     config.tokenizer_from.image2text = "runs/elsewhere"  # image2text already borrows (tokenizer_of)
     with pytest.raises(UserError, match="tokenizer_from.image2text and tokenizer_of.image2text"):
         joint_run.check_joint(config)

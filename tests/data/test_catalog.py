@@ -28,7 +28,7 @@ def test_embedded_dataset_answers_the_protocol(tmp_path):
     assert dataset.has_labels and dataset.digit_labels
     assert dataset.split("test") is dataset.split("test")  # opened once
     assert len(dataset.split("test")) == 1797 - 1500  # the contract's test split
-    example = dataset.features(()).map(dataset.example_record())
+    example = dataset.features().map(dataset.example_record())
     assert example["image"].shape == (8, 8, 1) and "label" in example
 
 
@@ -37,7 +37,7 @@ def test_folder_dataset_has_no_labels_and_shapes_without_files(tmp_path):
     config.data.update(name="folder", path=str(tmp_path / "nowhere"))
     dataset = catalog.open_dataset(config.data)  # nothing is read yet
     assert not dataset.has_labels and dataset.image_max_value == 255
-    example = dataset.features(()).map(dataset.example_record())
+    example = dataset.features().map(dataset.example_record())
     assert example["image"].shape == (8, 8, 1) and "label" not in example
 
 
