@@ -108,6 +108,21 @@ def check_joint(config: ml_collections.ConfigDict) -> None:
             raise UserError(
                 f"tokenizer_of.{name}={owner!r}: name a task that trains its own tokenizer"
             )
+    for name, c in config.tasks.items():
+        if c.get("tokenizer_from"):  # one place to say it: the joint level's per-task key
+            raise UserError(
+                f"tasks.{name}.tokenizer_from: set tokenizer_from.{name} of the joint config instead"
+            )
+        if c.get("text_encoder"):
+            raise UserError(
+                f"tasks.{name}.text_encoder: a pretrained text encoder is not supported in joint "
+                "runs yet (train the task alone with it)"
+            )
+        if c.get("generator", {}).get("init_from"):
+            raise UserError(
+                f"tasks.{name}.generator.init_from: starting from a DiT checkpoint is not "
+                "supported in joint runs yet (the tasks share one trunk)"
+            )
     for name in tokenizer_sources(config):
         if name not in config.tasks:
             raise UserError(f"tokenizer_from.{name}: {name!r} is not a task of config.tasks")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,8 +20,17 @@ DEVICES = 2
 TIMING_KEYS = {"steps_per_sec", "examples_per_sec", "tflops_per_device", "mfu"}
 
 
+def subprocess_env(devices: int = DEVICES) -> dict:
+    """The environment of a CLI subprocess: the suite's XLA flags (tests/conftest.py) with
+    `devices` fake CPU devices."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
+    return dict(
+        os.environ, XLA_FLAGS=f"{flags.strip()} --xla_force_host_platform_device_count={devices}"
+    )
+
+
 def run_cli(module, *args, timeout=600):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    env = subprocess_env()
     return subprocess.run(
         [sys.executable, "-m", f"crossmodal_jax.{module}", *args],
         cwd=ROOT,

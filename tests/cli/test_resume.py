@@ -10,10 +10,10 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from cli_helpers import TIMING_KEYS
+from cli_helpers import TIMING_KEYS, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+ENV = subprocess_env(2)
 
 
 def main_cmd(workdir, data_dir, steps=40):

@@ -289,3 +289,18 @@ def test_a_tokenizer_from_another_workdir_is_checked_in_one_line(tmp_path):
     config.tokenizer_from.image2text = "runs/elsewhere"  # image2text already borrows (tokenizer_of)
     with pytest.raises(UserError, match="tokenizer_from.image2text and tokenizer_of.image2text"):
         joint_run.check_joint(config)
+
+
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        ("tokenizer_from", "tasks.text2image.tokenizer_from: set tokenizer_from.text2image"),
+        ("text_encoder", "tasks.text2image.text_encoder: a pretrained text encoder is not"),
+    ],
+)
+def test_joint_tasks_take_no_parts_of_their_own(key, message):
+    config = shapes_joint.get_config("smoke")
+    config.tasks.text2image[key] = "/models/part"
+    with pytest.raises(UserError) as e:
+        joint_run.check_joint(config)
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -287,7 +287,9 @@ def folder_config_file(tmp_path):
 
 
 def _main(*args):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # The suite's XLA flags (tests/conftest.py), with 2 devices as the CLI tests use.
+    flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=2")
+    env = dict(os.environ, XLA_FLAGS=flags)
     return subprocess.run(
         [sys.executable, "-m", "crossmodal_jax.main", *args],
         cwd=ROOT,
