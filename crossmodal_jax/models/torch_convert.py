@@ -304,18 +304,20 @@ def from_diffusers(
     return convert_diffusers_state_dict(model_or_state_dict, config)
 
 
-def load_facebook_checkpoint(
-    path: str, *, num_heads: int | None = None, input_size: int | None = None
-) -> tuple[Params, dict[str, Any]]:
-    """A facebookresearch/DiT `.pt` file -> (params, kwargs). Only tensors are unpickled.
-
-    Training checkpoints ({"model", "ema", "opt", "args"}) hold an argparse Namespace, which
-    weights_only refuses: re-save their "ema" state dict alone. A dict with an "ema" (preferred)
-    or "model" state dict is unwrapped.
-    """
+def load_state_dict(path: str) -> Mapping[str, Any]:
+    """A PyTorch checkpoint file's state dict, read with `torch.load(weights_only=True)`: only
+    tensors and plain containers are unpickled, never code. Memory-mapped where the file allows
+    (torch's zip format). Wrappers are unwrapped: Lightning's {"state_dict"} (taming), DiT
+    training files' {"ema"} (preferred) or {"model"}. One-line CheckpointErrors otherwise."""
     torch = _import_torch()
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: tensors are paged in as they are read
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # Files saved before torch 1.6's zip format cannot be mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - pickle/zip/torch errors alike: a bad user file
@@ -328,12 +330,24 @@ def load_facebook_checkpoint(
         reason = f"{type(e).__name__}: {one_line(e)}"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(obj, Mapping):
-        for wrapper in ("ema", "model"):
+        for wrapper in ("state_dict", "ema", "model"):
             if isinstance(obj.get(wrapper), Mapping):
                 obj = obj[wrapper]
                 break
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def load_facebook_checkpoint(
+    path: str, *, num_heads: int | None = None, input_size: int | None = None
+) -> tuple[Params, dict[str, Any]]:
+    """A facebookresearch/DiT `.pt` file -> (params, kwargs). Only tensors are unpickled.
+
+    Training checkpoints ({"model", "ema", "opt", "args"}) hold an argparse Namespace, which
+    weights_only refuses: re-save their "ema" state dict alone. A dict with an "ema" (preferred)
+    or "model" state dict is unwrapped.
+    """
     return convert_facebook_state_dict(
-        obj, num_heads=num_heads, input_size=input_size, source=str(path)
+        load_state_dict(path), num_heads=num_heads, input_size=input_size, source=str(path)
     )

@@ -344,6 +344,12 @@ def diffusers_settings(config: dict[str, Any], where: str) -> dict[str, Any]:
     }
 
 
+def init_args(s: dict[str, Any]) -> tuple:
+    """The smallest image the module takes: one latent pixel (the module is size-agnostic)."""
+    side = 2 ** (len(s["block_out_channels"]) - 1)
+    return (jax.ShapeDtypeStruct((1, side, side, s["in_channels"]), jnp.float32),)
+
+
 def build(s: dict[str, Any], half: str, out_channels: int) -> Encoder | Decoder:
     """The encoder (`half="down"`) or decoder (`"up"`) of a port's settings; the decoder has one
     ResnetBlock a level more, in both libraries."""

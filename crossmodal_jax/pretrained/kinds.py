@@ -9,6 +9,7 @@ Part class that users call. Adding a pretrained architecture is adding a port fi
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -46,67 +47,28 @@ class Kind:
     part: type[Part]
 
 
+def _port(port: types.ModuleType, part: type[Part]) -> Kind:
+    """A port file as a kind: every port defines NAMES, IGNORE, matches, settings, build,
+    init_args and recipe (see `Kind`)."""
+    return Kind(
+        names=port.NAMES,
+        matches=port.matches,
+        settings=port.settings,
+        build=port.build,
+        init_args=port.init_args,
+        recipe=port.recipe,
+        ignore=port.IGNORE,
+        part=part,
+    )
+
+
 KINDS: dict[str, Kind] = {
-    "vqgan": Kind(
-        names=vqgan.NAMES,
-        matches=vqgan.matches,
-        settings=vqgan.settings,
-        build=vqgan.build,
-        init_args=vqgan.init_args,
-        recipe=vqgan.recipe,
-        ignore=vqgan.IGNORE,
-        part=TokenizerPart,
-    ),
-    "vae": Kind(
-        names=vae.NAMES,
-        matches=vae.matches,
-        settings=vae.settings,
-        build=vae.build,
-        init_args=vae.init_args,
-        recipe=vae.recipe,
-        ignore=vae.IGNORE,
-        part=TokenizerPart,
-    ),
-    "dit": Kind(
-        names=dit.NAMES,
-        matches=dit.matches,
-        settings=dit.settings,
-        build=dit.build,
-        init_args=dit.init_args,
-        recipe=dit.recipe,
-        ignore=dit.IGNORE,
-        part=GeneratorPart,
-    ),
-    "pixart": Kind(
-        names=pixart.NAMES,
-        matches=pixart.matches,
-        settings=pixart.settings,
-        build=pixart.build,
-        init_args=pixart.init_args,
-        recipe=pixart.recipe,
-        ignore=pixart.IGNORE,
-        part=GeneratorPart,
-    ),
-    "t5": Kind(
-        names=t5.NAMES,
-        matches=t5.matches,
-        settings=t5.settings,
-        build=t5.build,
-        init_args=t5.init_args,
-        recipe=t5.recipe,
-        ignore=t5.IGNORE,
-        part=TextEncoderPart,
-    ),
-    "clip_text": Kind(
-        names=clip_text.NAMES,
-        matches=clip_text.matches,
-        settings=clip_text.settings,
-        build=clip_text.build,
-        init_args=clip_text.init_args,
-        recipe=clip_text.recipe,
-        ignore=clip_text.IGNORE,
-        part=TextEncoderPart,
-    ),
+    "vqgan": _port(vqgan, TokenizerPart),
+    "vae": _port(vae, TokenizerPart),
+    "dit": _port(dit, GeneratorPart),
+    "pixart": _port(pixart, GeneratorPart),
+    "t5": _port(t5, TextEncoderPart),
+    "clip_text": _port(clip_text, TextEncoderPart),
 }
 
 

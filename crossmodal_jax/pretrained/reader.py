@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,36 +121,9 @@ class _TorchFile:
     """A PyTorch pickle read with weights_only=True (tensors and plain containers only)."""
 
     def __init__(self, path: Path):
-        from crossmodal_jax.models.torch_convert import _import_torch
+        from crossmodal_jax.models.torch_convert import load_state_dict
 
-        torch = _import_torch()
-        try:
-            try:  # memory-mapped: tensors are paged in as they are read
-                obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                # Files saved before torch 1.6's zip format cannot be mapped.
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such file") from None
-        except Exception as e:  # noqa: BLE001 - pickle/zip/torch errors alike: a bad user file
-            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            if refused:
-                raise CheckpointError(
-                    f"{path}: refused to unpickle {refused.group(1)} (only tensors are loaded, "
-                    "torch.load weights_only=True); re-save just the model's state dict"
-                ) from None
-            reason = f"{type(e).__name__}: {one_line(e)}"
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-        if isinstance(obj, Mapping):
-            # Lightning (taming) keeps weights under "state_dict"; DiT training files under "ema".
-            for wrapper in ("state_dict", "ema", "model"):
-                if isinstance(obj.get(wrapper), Mapping):
-                    obj = obj[wrapper]
-                    break
-        if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        obj = load_state_dict(str(path))
         self.path = path
         self._tensors = {str(k): v for k, v in obj.items() if hasattr(v, "shape")}
 

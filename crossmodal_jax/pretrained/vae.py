@@ -132,10 +132,7 @@ def build(s: dict[str, Any]) -> AutoencoderKL:
     )
 
 
-def init_args(s: dict[str, Any]) -> tuple:
-    """The smallest image the module takes: one latent pixel (the module is size-agnostic)."""
-    side = 2 ** (len(s["block_out_channels"]) - 1)
-    return (jax.ShapeDtypeStruct((1, side, side, s["in_channels"]), jnp.float32),)
+init_args = autoencoder.init_args  # the smallest image: one latent pixel
 
 
 def recipe(s: dict[str, Any], ckpt: Checkpoint) -> dict[str, Any]:
