@@ -154,6 +154,14 @@ class Checkpoint:
         self.folder: Path | None = None
         if self.path.is_dir():
             self.folder = self.path
+            if (self.path / "model_index.json").exists() and not (
+                self.path / "config.json"
+            ).exists():
+                parts = sorted(p.name for p in self.path.iterdir() if (p / "config.json").exists())
+                raise CheckpointError(
+                    f"{self.path} is a diffusers pipeline; name one of its parts' folders "
+                    f"({', '.join(parts) or 'none found'})"
+                )
             self.config = read_json(self.path / "config.json")
             files = self._folder_files(self.path)
         elif self.path.exists():

@@ -146,6 +146,13 @@ def test_bad_files_one_line(tmp_path):
     (tmp_path / "empty" / "config.json").write_text('{"_class_name": "VQModel"}')
     with pytest.raises(CheckpointError, match="no weights file"):
         pretrained.load(tmp_path / "empty")
+    (tmp_path / "pipe" / "vae").mkdir(parents=True)
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "pipe" / "vae" / "config.json").write_text("{}")
+    with pytest.raises(
+        CheckpointError, match=r"is a diffusers pipeline; name one of its parts' folders \(vae\)"
+    ):
+        pretrained.load(tmp_path / "pipe")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         pretrained.load(tmp_path / "junk.safetensors")
