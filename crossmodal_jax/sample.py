@@ -11,7 +11,7 @@ A joint workdir (configs/shapes_joint.py) runs one of its tasks: --task=NAME, or
 
 No training run, converted checkpoints (facebookresearch/DiT's sample.py; instead of --workdir):
     python -m crossmodal_jax.sample --dit=DiT-XL-2-256x256.pt --vae=sd-vae-ft-ema \
-        --classes=207,360,387 --output=OUT [--sampler=ddim|dpm_solver] [--steps=N] [--guidance=G]
+        --classes=207,360,387 --output=OUT [--sampler=ddim|dpm_solver|ddpm] [--steps=N] [--guidance=G]
     -> OUT/000000.png, ... in class order and OUT/grid.png (pretrained/class_sampler.py).
 """
 
@@ -49,7 +49,11 @@ _DIT = flags.DEFINE_string(
 )
 _VAE = flags.DEFINE_string("vae", None, "With --dit: the KL VAE folder (e.g. sd-vae-ft-ema).")
 _CLASSES = flags.DEFINE_string("classes", None, "With --dit: class ids, e.g. 207,360,387.")
-_SAMPLER = flags.DEFINE_string("sampler", None, "With --dit: ddim (default) or dpm_solver.")
+_SAMPLER = flags.DEFINE_string(
+    "sampler",
+    None,
+    "With --dit: ddim (default, 50 steps), dpm_solver (25) or ddpm (250, DiT's learned variance).",
+)
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "With --dit: the image side the checkpoints must produce (a check)."
 )

@@ -140,6 +140,11 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # (the same maths in a [B, heads, L, D] layout: faster on CPUs) | "blocked" (online softmax
     # over key blocks: memory linear in the sequence, for long sequences without a fused kernel).
     c.attention = "xla"
+    # Gaussian and flow: the exact numerics of a PyTorch DiT's layout (models/dit.DIT_LAYOUTS:
+    # timestep frequencies, position-embedding order, pre-MLP norm eps): "ours" | "facebook"
+    # (facebookresearch/DiT) | "diffusers" (DiTTransformer2DModel). Set it to the layout of
+    # generator.init_from's checkpoint, which it was trained under.
+    c.layout = "ours"
     # X→text: the source's tokens enter the DiT as "ids" (a learned table) or "vectors" (their
     # codebook vectors, projected): vectors generalise from far fewer examples.
     c.cond_input = "vectors"
@@ -227,6 +232,14 @@ def generator(
     for all tasks; a field that does not apply to a task is ignored by it."""
     c = ml_collections.ConfigDict()
     c.model = generator_model(**(model or {}))
+    # Gaussian and flow: "" = a random init. Else a pretrained DiT checkpoint the generator starts
+    # from, at the stage's fresh start only (fine-tuning; stages/init_from.py): a facebookresearch
+    # .pt or a diffusers DiTTransformer2DModel folder, of generator.model's architecture.
+    c.init_from = ""
+    # With init_from: the top-level parameter groups of the DiT (e.g. "cond_embed", "label_embed",
+    # "patch_embed", "final_layer") whose parameters are freshly initialised where the checkpoint
+    # lacks them or shapes them differently; any other such parameter is refused.
+    c.init_reinit = ()
     # X→text, training-time augmentation (stages/augment.py): per source axis (image [H, W],
     # spectrogram [frames, mels], clip [T, H, W]), the largest random translation; () = none.
     c.source_shift = ()

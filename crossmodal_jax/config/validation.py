@@ -27,8 +27,9 @@ from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.attention import ATTENTION
 from crossmodal_jax.models.conditioning import CONDITIONINGS
-from crossmodal_jax.models.dit import DIT_PRESETS
+from crossmodal_jax.models.dit import DIT_LAYOUTS, DIT_PRESETS
 from crossmodal_jax.models.lpips import MIN_SIZE
+from crossmodal_jax.stages import init_from
 from crossmodal_jax.stages.builders import DTYPES, condition_grid
 from crossmodal_jax.stages.generators import PROCESSES, processes_for
 from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS
@@ -71,10 +72,27 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check("attention", gen.model.attention, tuple(ATTENTION), key=key)
     if gen.model.preset:
         _check("DiT preset", gen.model.preset, tuple(DIT_PRESETS))
+    _check("DiT layout", gen.model.layout, tuple(DIT_LAYOUTS), key="generator.model.layout")
+    _check_init_from(gen)
     _check_monitoring(config)
     weights = config.eval.inception_weights
     if weights and not os.path.isfile(os.path.expanduser(weights)):  # not after hours of training
         raise UserError(f"eval.inception_weights: no such file {weights!r}")
+
+
+def _check_init_from(gen: ml_collections.ConfigDict) -> None:
+    """generator.init_from's keys alone (its checkpoint is checked in check_generator, and read
+    at the generator stage's fresh start: stages/init_from.py)."""
+    if gen.init_reinit and not gen.init_from:
+        raise UserError(
+            f"generator.init_reinit={tuple(gen.init_reinit)} names groups to re-initialise over "
+            "generator.init_from's checkpoint, and generator.init_from is empty"
+        )
+    if gen.init_from and gen.diffusion.process == "masked":
+        raise UserError(
+            f"generator.init_from={gen.init_from!r}: the masked process's DiT over token ids "
+            "cannot start from a DiT checkpoint; use the gaussian or flow process"
+        )
 
 
 def _check_monitoring(config: ml_collections.ConfigDict) -> None:
@@ -160,6 +178,8 @@ def check_generator(exp: Experiment) -> None:
                 f"tokenizer_from={exp.config.tokenizer_from!r} is a VAE, which has no code ids "
                 "to condition on; set generator.model.cond_input='vectors'"
             )
+    if gen.init_from and "generator" not in checkpointed_stages(exp.ctx.workdir):
+        init_from.check_kind(gen.init_from)  # now, not once the tokenizer stage has trained
     if gen.diffusion.process == "flow":
         check_flow(gen)
     if gen.diffusion.process == "masked":

@@ -48,6 +48,16 @@ DIT_PRESETS: dict[str, dict[str, int]] = {
     "XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
 
+# The exact-layout numerics (DiT's t_freq_shift, pos_embed_col_first, mlp_norm_eps) of each code
+# whose weights models/torch_convert.py converts (its docstring says what differs); "ours" is
+# this project's own, the DiT defaults. A converted checkpoint computes what it was trained to
+# only under its own layout (config generator.model.layout).
+DIT_LAYOUTS: dict[str, dict[str, float | bool]] = {
+    "ours": dict(t_freq_shift=0.0, pos_embed_col_first=False, mlp_norm_eps=1e-6),
+    "facebook": dict(t_freq_shift=0.0, pos_embed_col_first=True, mlp_norm_eps=1e-6),
+    "diffusers": dict(t_freq_shift=1.0, pos_embed_col_first=True, mlp_norm_eps=1e-5),
+}
+
 
 class PatchEmbed(nn.Module):
     """Image/latent grid -> patch tokens (patchify + Dense == the p x p stride-p conv of DiT)."""

@@ -7,19 +7,22 @@ facebookresearch/DiT's sample.py makes them, on crossmodal_jax.diffusion's sampl
 DiT's chain: latents [B, h, w, C] ~ N(0, 1) (example i from fold_in(key, offset + i), so a sample
 does not depend on its batch); linear betas 1e-4 .. 0.02 over 1000 steps; classifier-free guidance
 against the null label (= num_classes); the eps half of a learned-sigma output (DDIM and DPM-Solver
-use no variance); decode(latents / scaling_factor + shift) clipped to [-1, 1], rounded to uint8 as
-torchvision's save_image does.
+use no variance, DDPM the other half); decode(latents / scaling_factor + shift) clipped to
+[-1, 1], rounded to uint8 as torchvision's save_image does.
 
 Guidance: facebookresearch/DiT's `forward_with_cfg` (models.py, every commit up to its HEAD
 ed81ce2) guides output channels [:3] only, "for exact reproducibility reasons"; eps channel 3 and
 the variance keep the conditional output. That is the default (`guided_channels=3`); None guides
 every eps channel, as diffusers' DiTPipeline and DiT's commented-out "standard approach" do.
 
-Samplers: "ddim" (eta 0) on DiT's respacing `space_timesteps(1000, str(N))` (= ddim_timesteps),
-run as DiT's SpacedDiffusion runs it: ddim_sample on the respaced schedule, the model given the
-original timestep; "dpm_solver": DPM-Solver++(2M) on diffusers' linspace timesteps. Either takes
-explicit `timesteps` instead. DiT's default, the 250-step DDPM, is not offered: it samples with
-the learned variance, and diffusion.ddpm_sample has the fixed posterior variance only.
+Samplers: "ddim" (eta 0) and "ddpm" on DiT's respacing `space_timesteps(1000, str(N))`
+(= ddim_timesteps), run as DiT's SpacedDiffusion runs them: on the respaced schedule, the model
+given the original timestep; "dpm_solver": DPM-Solver++(2M) on diffusers' linspace timesteps. Each
+takes explicit `timesteps` instead. "ddpm" is DiT's default: 250 ancestral steps with
+guided_diffusion's "learned_range" variance from the DiT's second half of channels (the
+conditional output: forward_with_cfg passes it through unguided), or beta_t for a DiT without
+one, as DiT's create_diffusion picks. Example i's step noise comes from
+fold_in(fold_in(key, CHAIN_STREAM), offset + i), so it too does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -36,18 +39,19 @@ import numpy as np
 
 from crossmodal_jax import diffusion
 from crossmodal_jax.diffusion.gaussian import schedule_from_betas
+from crossmodal_jax.diffusion.gaussian_samplers import ddpm_sample
 from crossmodal_jax.errors import CheckpointError, UserError, one_line
 from crossmodal_jax.pretrained.parts import GeneratorPart, TokenizerPart
 
 NUM_TIMESTEPS = 1000  # DiT's training chain: linear betas 1e-4 .. 0.02
-SAMPLERS = ("ddim", "dpm_solver")
-DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 25}  # diffusers' DiTPipeline default; its DPM example
+SAMPLERS = ("ddim", "dpm_solver", "ddpm")
+# diffusers' DiTPipeline default; its DPM-Solver example; DiT's sample.py default
+DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 25, "ddpm": 250}
+# fold_in data of the DDPM noise stream: the initial latents use fold_in(key, i) with i < 2**31,
+# so this root never meets one of them.
+CHAIN_STREAM = 2**32 - 1
 DIT_GUIDED_CHANNELS = 3  # facebookresearch/DiT forward_with_cfg: model_out[:, :3]
 DIT_SCALING_FACTOR = 0.18215  # DiT's sample.py: vae.decode(samples / 0.18215)
-NO_DDPM = (
-    "--sampler=ddpm (DiT's 250-step DDPM) needs the learned variance, which "
-    "crossmodal_jax.diffusion's ddpm_sample does not model: use ddim or dpm_solver"
-)
 
 
 def load_parts(dit_path: str, vae_path: str) -> tuple[GeneratorPart, TokenizerPart]:
@@ -104,13 +108,13 @@ def sampler_timesteps(
 ) -> tuple[int, ...]:
     """The decreasing timesteps a sampler runs on (`steps` None: DEFAULT_STEPS), or a one-line
     UserError."""
-    if sampler == "ddpm":
-        raise UserError(NO_DDPM)
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler={sampler}: choose one of {', '.join(SAMPLERS)}")
     if timesteps is None:
         steps = DEFAULT_STEPS[sampler] if steps is None else steps
-        pick = diffusion.ddim_timesteps if sampler == "ddim" else diffusion.dpm_solver_timesteps
+        pick = (
+            diffusion.dpm_solver_timesteps if sampler == "dpm_solver" else diffusion.ddim_timesteps
+        )
         try:
             timesteps = pick(NUM_TIMESTEPS, steps)
         except ValueError as e:
@@ -132,16 +136,19 @@ class _Plan:
     guided_channels: int | None
     num_classes: int
     latent_shape: tuple[int, int, int]
+    variance: str | None = None  # ddpm only: "learned_range" or "fixed_large" (DDPM_VARIANCES)
 
 
 def _model_fn(plan: _Plan, dit_params, labels_B: jax.Array, to_original: jax.Array | None):
-    """model_fn(x, t) -> guided eps for our samplers; t is mapped to DiT's timestep first."""
+    """model_fn(x, t) -> guided eps for our samplers, and for learned_range the conditional v
+    after it; t is mapped to DiT's timestep first."""
     c = plan.latent_shape[-1]
+    width = 2 * c if plan.variance == "learned_range" else c
 
     def eps(x, t, y):
         if to_original is not None:
             t = to_original[t]
-        return plan.dit.apply({"params": dit_params}, x, t, y)[..., :c]
+        return plan.dit.apply({"params": dit_params}, x, t, y)[..., :width]
 
     if plan.guidance == 1.0:
         return lambda x, t: eps(x, t, labels_B)
@@ -152,8 +159,8 @@ def _model_fn(plan: _Plan, dit_params, labels_B: jax.Array, to_original: jax.Arr
             jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels_B, null])
         )
         cond, uncond = jnp.split(both, 2)
-        k = plan.guided_channels
-        if k is not None and k < c:  # unguided channels: uncond := cond, so cfg gives cond
+        k = c if plan.guided_channels is None else min(plan.guided_channels, c)
+        if k < width:  # unguided channels (v among them): uncond := cond, so cfg gives cond
             uncond = jnp.concatenate([uncond[..., :k], cond[..., k:]], axis=-1)
         return cond, uncond
 
@@ -161,12 +168,14 @@ def _model_fn(plan: _Plan, dit_params, labels_B: jax.Array, to_original: jax.Arr
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _denoise(plan: _Plan, dit_params, labels_B: jax.Array, x_T: jax.Array) -> jax.Array:
-    """Final latents [B, h, w, C], in the DiT's (scaled) latent space."""
+def _denoise(plan: _Plan, dit_params, labels_B: jax.Array, x_T: jax.Array, keys_B) -> jax.Array:
+    """Final latents [B, h, w, C], in the DiT's (scaled) latent space; keys_B: ddpm's noise."""
     ts = np.asarray(plan.timesteps, np.int32)
-    if plan.sampler == "ddim":
+    if plan.sampler in ("ddim", "ddpm"):
         s = respaced(ts)
         model_fn = _model_fn(plan, dit_params, labels_B, jnp.asarray(np.sort(ts)))
+        if plan.sampler == "ddpm":
+            return ddpm_sample(s, model_fn, x_T, keys_B, prediction="eps", variance=plan.variance)
         return diffusion.ddim_sample(
             s, model_fn, x_T, jax.random.key(0), num_steps=len(ts), eta=0.0, prediction="eps"
         )
@@ -180,6 +189,13 @@ def _noise(latent_shape: tuple[int, ...], n: int, key: jax.Array, offset: jax.Ar
     """Example i of a call: N(0, 1) from fold_in(key, offset + i), whatever the batch."""
     draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), latent_shape)
     return jax.vmap(draw)(offset + jnp.arange(n))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _chain_keys(n: int, key: jax.Array, offset: jax.Array) -> jax.Array:
+    """Example i's DDPM key: fold_in(fold_in(key, CHAIN_STREAM), offset + i), whatever the batch."""
+    root = jax.random.fold_in(key, CHAIN_STREAM)
+    return jax.vmap(lambda i: jax.random.fold_in(root, i))(offset + jnp.arange(n))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -230,6 +246,9 @@ class ClassSampler:
         self.dit, self.vae = dit, vae
         self.num_classes = int(dit.config["num_classes"])
         self.decoding = (vae.module, float(scaling_factor), vae.shift_factor)
+        c = int(dit.config["in_channels"])
+        learned = (dit.config["out_channels"] or c) == 2 * c
+        variance = ("learned_range" if learned else "fixed_large") if sampler == "ddpm" else None
         self.plan = _Plan(
             dit=dit.module,
             sampler=sampler,
@@ -237,7 +256,8 @@ class ClassSampler:
             guidance=float(guidance),
             guided_channels=guided_channels,
             num_classes=self.num_classes,
-            latent_shape=(h, w, int(dit.config["in_channels"])),
+            latent_shape=(h, w, c),
+            variance=variance,
         )
 
     def _labels(self, labels) -> jax.Array:
@@ -250,10 +270,21 @@ class ClassSampler:
         """The initial latents [n, h, w, C] of a call with this key and offset."""
         return _noise(self.plan.latent_shape, n, key, jnp.int32(offset))
 
-    def denoise(self, labels, x_T) -> jax.Array:
-        """Final latents f32 [B, h, w, C] from initial ones."""
+    def chain_keys(self, n: int, key: jax.Array, offset: int = 0) -> jax.Array:
+        """The per-example keys [n] of ddpm's step noise in a call with this key and offset."""
+        return _chain_keys(n, key, jnp.int32(offset))
+
+    def denoise(self, labels, x_T, key: jax.Array | None = None, offset: int = 0) -> jax.Array:
+        """Final latents f32 [B, h, w, C] from initial ones; ddpm also draws step noise from
+        `key` and `offset` (chain_keys), which the other samplers do not need."""
+        labels = self._labels(labels)
+        keys = None
+        if self.plan.sampler == "ddpm":
+            if key is None:
+                raise ValueError("the ddpm sampler draws noise at every step: give denoise a key")
+            keys = self.chain_keys(len(labels), key, offset)
         with self.dit._context():
-            return _denoise(self.plan, self.dit.params, self._labels(labels), jnp.asarray(x_T))
+            return _denoise(self.plan, self.dit.params, labels, jnp.asarray(x_T), keys)
 
     def decode(self, latents, as_uint8: bool = False) -> jax.Array:
         """Images of final latents: f32 in [-1, 1], or uint8."""
@@ -263,7 +294,8 @@ class ClassSampler:
     def __call__(self, labels, key: jax.Array, offset: int = 0) -> jax.Array:
         """uint8 [B, H, W, 3]: three jitted programs (noise, the chain, decoding) in a row."""
         labels = self._labels(labels)
-        return self.decode(self.denoise(labels, self.noise(len(labels), key, offset)), True)
+        x_T = self.noise(len(labels), key, offset)
+        return self.decode(self.denoise(labels, x_T, key, offset), True)
 
     def sample_all(self, classes: Sequence[int], key: jax.Array, batch_size: int) -> np.ndarray:
         """uint8 images of every class in order, `batch_size` at a time (the last batch padded,

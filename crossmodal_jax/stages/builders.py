@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.models.dit import DIT_PRESETS, DiT
+from crossmodal_jax.models.dit import DIT_LAYOUTS, DIT_PRESETS, DiT
 from crossmodal_jax.models.token_dit import TokenDiT
 from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS, TokenFn, encoded_text, text_tokens
 
@@ -90,6 +90,7 @@ def build_dit(exp: Experiment, own: bool = False) -> DiT:
         remat=m.remat,
         conditioning=m.conditioning,
         attention=m.attention,
+        **DIT_LAYOUTS[m.layout],  # a converted checkpoint's numerics (generator.init_from)
         **_dit_size(m),
     )
 

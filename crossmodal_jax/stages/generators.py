@@ -20,7 +20,7 @@ from collections.abc import Callable
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import flow, flow_samplers, gaussian, masked, masked_decoding
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.stages import builders, summaries
+from crossmodal_jax.stages import builders, init_from, summaries
 from crossmodal_jax.stages.augment import code_shift, compose, source_affine, source_shift
 from crossmodal_jax.stages.flow_sampler import make_flow_image_generator
 from crossmodal_jax.stages.objectives import (
@@ -70,6 +70,7 @@ def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
     return _stage(
         exp,
         init_variables=init_variables,
+        init_params=init_from.init_params(exp, dit),  # generator.init_from: a DiT checkpoint
         objective=objective,
         make_iterator=make_iterator,
         frozen_state=frozen,

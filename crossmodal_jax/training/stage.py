@@ -33,6 +33,10 @@ class StageSpec:
     make_iterator: Callable[[], Any]  # -> checkpointable grain iterator of local batches
     frozen_state: dict = dataclasses.field(default_factory=dict)  # arrays merged into model_state
     summarize: Callable[[TrainState, int, MetricWriter], None] | None = None  # images, texts
+    # Fresh params -> the params training starts from (a pretrained checkpoint laid over them,
+    # stages/init_from.py). Called by `fresh_state` only, so a resume never reads the checkpoint,
+    # and on concrete arrays, so its weights are not baked into the traced init as constants.
+    init_params: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,10 @@ def fresh_state(spec: StageSpec, init_fn: Callable, key: jax.Array) -> TrainStat
     the caller's arrays nor receive one buffer twice.
     """
     state = init_fn(key)
+    if spec.init_params is not None:  # the EMA starts from the same weights, in its own buffers
+        params = spec.init_params(state.params)
+        ema = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), params)
+        state = state.replace(params=params, ema_params=ema)
     frozen = jax.tree.map(
         lambda x: jax.device_put(x, x.sharding, may_alias=False), spec.frozen_state
     )

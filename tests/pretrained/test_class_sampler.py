@@ -1,7 +1,7 @@
 """Class samples from converted checkpoints (pretrained/class_sampler.py and `sample --dit`): a
 tiny random DiT saved as a facebookresearch `.pt` and a tiny random diffusers AutoencoderKL (2x
-downsampling, so the sampler must use the VAE's own factor), sampled by our DDIM / DPM-Solver++
-and by diffusers' schedulers on the same weights, noise and guidance rule."""
+downsampling, so the sampler must use the VAE's own factor), sampled by our DDIM / DPM-Solver++ /
+learned-variance DDPM and by diffusers' schedulers on the same weights, noise and guidance rule."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from crossmodal_jax import diffusion
+from crossmodal_jax.diffusion import gaussian_samplers as gs
 from crossmodal_jax.pretrained import class_sampler as cs
 from tests.pretrained.helpers import max_err
 
@@ -84,9 +85,9 @@ def parts(ckpts):
     return cs.load_parts(str(ckpts[0]), str(ckpts[1]))
 
 
-def _dit_cfg(dit, x, t, labels, scale):
+def _dit_cfg(dit, x, t, labels, scale, width=4):
     """facebookresearch/DiT's forward_with_cfg on the doubled batch (its guided channels: [:3]),
-    then the conditional half's eps, as its samplers take them."""
+    then the conditional half's eps (width 8: and its variance), as its samplers take them."""
     y = torch.tensor(labels + [1000] * len(labels))
     with torch.no_grad():
         model_out = dit(torch.cat([x, x]), t.expand(2 * len(x)), y).sample
@@ -94,13 +95,14 @@ def _dit_cfg(dit, x, t, labels, scale):
     cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
     half_eps = uncond_eps + scale * (cond_eps - uncond_eps)
     out = torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
-    return out[: len(x), :4]
+    return out[: len(x), :width]
 
 
-def _torch_loop(sched, dit, x_T):
+def _torch_loop(sched, dit, x_T, width=4, before_step=lambda i: None):
     x = _nchw(x_T)
-    for t in sched.timesteps:
-        x = sched.step(_dit_cfg(dit, x, t, LABELS, GUIDANCE), t, x).prev_sample
+    for i, t in enumerate(sched.timesteps):
+        before_step(i)
+        x = sched.step(_dit_cfg(dit, x, t, LABELS, GUIDANCE, width), t, x).prev_sample
     return x.permute(0, 2, 3, 1).numpy()
 
 
@@ -158,6 +160,41 @@ def test_dpm_solver_equals_diffusers(ckpts, parts):
     err = max_err(sample.denoise(LABELS, x_T), want)
     print(f"DPM-Solver++(2M) vs diffusers: {err:.2e}")
     assert err < TOL
+
+
+def test_ddpm_equals_diffusers_ddpm_scheduler(ckpts, parts, monkeypatch):
+    """DiT's default sampler: DDPM with the learned variance (the DiT's channels 4..7, conditional)
+    on DiT's respacing, against DDPMScheduler(variance_type="learned_range") given the same
+    timesteps as custom ones (it then steps the respaced chain, as DiT's SpacedDiffusion does)
+    and the same per-step noise."""
+    from diffusers.schedulers import scheduling_ddpm
+
+    assert cs.sampler_timesteps("ddpm", None) == cs.sampler_timesteps("ddim", 250)
+    sample = cs.ClassSampler(*parts, sampler="ddpm", steps=STEPS, guidance=GUIDANCE)
+    assert sample.plan.variance == "learned_range"
+    key = jax.random.key(4)
+    x_T = sample.noise(len(LABELS), key)
+    got = sample.denoise(LABELS, x_T, key)
+    noise = np.array(gs.ddpm_noise(sample.chain_keys(len(LABELS), key), x_T.shape, STEPS))
+    step_noise = {}
+    monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda *a, **kw: step_noise["z"])
+    sched = diffusers.DDPMScheduler(**LINEAR, variance_type="learned_range", clip_sample=False)
+    sched.set_timesteps(timesteps=list(sample.plan.timesteps))
+    set_noise = lambda i: step_noise.update(z=_nchw(noise[i]))
+    want = _torch_loop(sched, ckpts[2], np.asarray(x_T), 8, set_noise)
+    err = max_err(got, want)
+    print(
+        f"learned-variance DDPM vs diffusers DDPMScheduler: {err:.2e} of range {np.ptp(want):.3g}"
+    )
+    assert err < 1e-4
+    # The variance really was compared: the fixed posterior variance is another sampler.
+    fixed = diffusers.DDPMScheduler(**LINEAR, clip_sample=False)  # variance_type="fixed_small"
+    fixed.set_timesteps(timesteps=list(sample.plan.timesteps))
+    fixed_err = max_err(got, _torch_loop(fixed, ckpts[2], np.asarray(x_T), 4, set_noise))
+    print(f"fixed_small DDPMScheduler instead: {fixed_err:.2e}")
+    assert fixed_err > 100 * err
+    with pytest.raises(ValueError, match="give denoise a key"):
+        sample.denoise(LABELS, x_T)
 
 
 def test_images_equal_diffusers_dit_pipeline(ckpts, parts, monkeypatch):
@@ -220,6 +257,18 @@ def test_cli_writes_one_png_per_class_and_a_grid(ckpts, parts, tmp_path, capsys)
     assert np.asarray(Image.open(out / "grid.png")).shape == (19, 19, 3)  # 2x2, 1-pixel pads
 
 
+def test_cli_ddpm_writes_pngs(ckpts, parts, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [f"--dit={ckpts[0]}", f"--vae={ckpts[1]}", f"--output={out}", f"--steps={STEPS}"]
+    code, stdout, err = _run_cli(capsys, *args, "--sampler=ddpm", "--classes=207,360,999")
+    assert code == 0, err
+    assert "wrote 4 file(s)" in stdout
+    names = [f"{i:06d}.png" for i in range(3)]
+    images = np.stack([np.asarray(Image.open(out / n)) for n in names]).astype(int)
+    want = cs.ClassSampler(*parts, sampler="ddpm", steps=STEPS)(LABELS, jax.random.key(0))
+    assert np.abs(images - np.asarray(want)).max() <= 1
+
+
 @pytest.fixture(scope="module")
 def not_parts(ckpts, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
@@ -243,7 +292,7 @@ def not_parts(ckpts, tmp_path_factory):
         (["--classes=3,1000"], "1000 is not a class id of this DiT (0..999)"),
         (["--classes=a,b"], "not a comma-separated list"),
         (["--image_size=256"], "make 8x8 images"),
-        (["--sampler=ddpm"], "learned variance"),
+        (["--sampler=euler"], "choose one of ddim, dpm_solver, ddpm"),
         (["--steps=0"], "--steps=0"),
         (["--input=x.txt"], "--input and --task are for --workdir"),
     ],
