@@ -21,3 +21,15 @@ def max_err(got, want, scale: float | None = None) -> float:
     if scale is None:
         scale = max(float(want.max() - want.min()), 1e-12)
     return float(np.abs(got - want).max()) / scale
+
+
+def assert_tokenize_equals(part, reference, cases) -> None:
+    """part.tokenize gives what a transformers tokenizer gives for each (texts, max_length):
+    padded to the longest (None) or to max_length, truncated, as int32."""
+    for texts, max_length in cases:
+        padding = "max_length" if max_length else True
+        want = reference(texts, padding=padding, truncation=True, max_length=max_length)
+        ids, mask = part.tokenize(texts, max_length=max_length)
+        assert ids.dtype == np.int32 and mask.dtype == np.int32
+        np.testing.assert_array_equal(ids, np.asarray(want["input_ids"]))
+        np.testing.assert_array_equal(mask, np.asarray(want["attention_mask"]))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from crossmodal_jax import pretrained
-from tests.pretrained.helpers import max_err, mesh_2x2x2
+from tests.pretrained.helpers import assert_tokenize_equals, max_err, mesh_2x2x2
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -122,13 +122,9 @@ def test_tokenize_equals_transformers(folders):
     part = pretrained.load(root / "plain")
     reference = transformers.AutoTokenizer.from_pretrained(root / "plain")
     long = " ".join(["a photo of a cat"] * 5)  # past model_max_length 16: truncated
-    for texts, max_length in ((TEXTS, None), (TEXTS + [long], None), (TEXTS, 12), ([long], 8)):
-        padding = "max_length" if max_length else True
-        want = reference(texts, padding=padding, truncation=True, max_length=max_length)
-        ids, mask = part.tokenize(texts, max_length=max_length)
-        assert ids.dtype == np.int32 and mask.dtype == np.int32
-        np.testing.assert_array_equal(ids, np.asarray(want["input_ids"]))
-        np.testing.assert_array_equal(mask, np.asarray(want["attention_mask"]))
+    assert_tokenize_equals(
+        part, reference, ((TEXTS, None), (TEXTS + [long], None), (TEXTS, 12), ([long], 8))
+    )
 
 
 def test_diffusers_layout_with_vocab_and_merges(folders, tmp_path):
