@@ -105,7 +105,9 @@ def main(argv: list[str]) -> None:
         force=True,
     )
     from crossmodal_jax import joint_run, run
+    from crossmodal_jax.training import compile_cache
 
+    compile_cache.enable(_CONFIG.value.compilation_cache_dir)
     runner = joint_run.run if joint_run.is_joint(_CONFIG.value) else run.run
     try:
         runner(_CONFIG.value, _WORKDIR.value)

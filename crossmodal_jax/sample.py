@@ -25,9 +25,11 @@ import sys
 from absl import app, flags
 
 from crossmodal_jax import tasks
+from crossmodal_jax.config import blocks
 from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError, fail, one_line
 from crossmodal_jax.logs.writers import quiet_library_logs
+from crossmodal_jax.training import compile_cache
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by crossmodal_jax.main.")
 _INPUT = flags.DEFINE_string(
@@ -292,6 +294,7 @@ def main(argv: list[str]) -> None:
     if _DIT.value:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         quiet_library_logs()
+        compile_cache.enable(blocks.monitoring().compilation_cache_dir)  # the configs' default
         try:
             paths = from_checkpoints()
         except UserError as e:
@@ -307,6 +310,7 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     try:
         config = load_resolved_config(_WORKDIR.value)
+        compile_cache.enable(config.compilation_cache_dir)  # the workdir's run's cache
         task = joint_task(config, _INPUT.value) if config.task == tasks.JOINT else None
         runner = RUNNERS[tasks.get_task(task or config.task).target]
         paths = runner(_WORKDIR.value, config, _INPUT.value, _OUTPUT.value, task)

@@ -72,6 +72,10 @@ def monitoring() -> ml_collections.ConfigDict:
     c.peak_tflops = 0.0
     # "a,b": a jax.profiler trace of steps a..b of each stage in <workdir>/<stage>/profile.
     c.profile_steps = ""
+    # JAX's persistent compilation cache (training/compile_cache.py), shared by every run and the
+    # sample CLI of this user: a rerun or resume reads its compiled programs back instead of
+    # compiling them again (docs/reliability.md gives cold and warm times). "" = off.
+    c.compilation_cache_dir = "~/.cache/crossmodal_jax/xla"
     return c
 
 

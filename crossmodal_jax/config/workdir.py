@@ -40,6 +40,7 @@ SAFE_KEYS = (
     "mesh.*",
     "peak_tflops",
     "profile_steps",
+    "compilation_cache_dir",
 )
 
 
