@@ -56,10 +56,7 @@ class PretrainedText:
         return self.tokenizer(list(texts), max_length=max_len)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        backend = self.tokenizer.backend
-        return backend.decode(
-            [int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True
-        )
+        return self.tokenizer.decode(ids)
 
     def decode_batch(self, ids_NxL: np.ndarray) -> list[str]:
         return [self.decode(row) for row in np.asarray(ids_NxL)]

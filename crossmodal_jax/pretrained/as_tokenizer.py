@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from crossmodal_jax.errors import UserError
+from crossmodal_jax.pretrained import autoencoder
 from crossmodal_jax.pretrained.vqgan import nearest_codes
 
 
@@ -117,7 +118,7 @@ def load_tokenizer(
             f"have {input_shape[-1]}"
         )
     module, variables = as_tokenizer(part)
-    factor = 2 ** (len(part.config["block_out_channels"]) - 1)
+    factor = autoencoder.downsampling(part.config)
     if input_shape[0] % factor or input_shape[1] % factor:
         raise UserError(
             f"{where}={path!r}: the {part.kind} downsamples {factor}x, which does not divide "

@@ -41,6 +41,7 @@ from crossmodal_jax import diffusion
 from crossmodal_jax.diffusion.gaussian import schedule_from_betas
 from crossmodal_jax.diffusion.gaussian_samplers import ddpm_sample
 from crossmodal_jax.errors import CheckpointError, UserError, one_line
+from crossmodal_jax.pretrained import autoencoder
 from crossmodal_jax.pretrained.parts import GeneratorPart, TokenizerPart
 
 NUM_TIMESTEPS = 1000  # DiT's training chain: linear betas 1e-4 .. 0.02
@@ -233,7 +234,7 @@ class ClassSampler:
     ):
         ts = sampler_timesteps(sampler, steps, timesteps)
         h, w = dit.config["input_size"]
-        factor = 2 ** (len(vae.config["block_out_channels"]) - 1)  # the VAE's own downsampling
+        factor = autoencoder.downsampling(vae.config)  # the VAE's own, not always 8
         self.image_shape = (h * factor, w * factor, vae.config["out_channels"])
         if image_size is not None and (image_size, image_size) != self.image_shape[:2]:
             raise UserError(

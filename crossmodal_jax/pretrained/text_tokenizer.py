@@ -126,6 +126,10 @@ class _SentencePiece:
         i = self.sp.piece_to_id(token)
         return None if i == self.sp.unk_id() and token != self.sp.id_to_piece(i) else i
 
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        del skip_special_tokens  # sentencepiece renders no control piece (pad, </s>)
+        return self.sp.decode(ids)
+
     def encode(self, texts: Sequence[str], limit: int | None) -> list[list[int]]:
         out = []
         for ids in self.sp.encode(list(texts)):
@@ -169,6 +173,12 @@ class FolderTokenizer:
         if isinstance(stated, (int, float)) and 0 < stated < _NO_LIMIT:
             limits.append(int(stated))
         self.model_max_length = min(limits) if limits else _T5_DEFAULT_MAX
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Token ids -> text, special tokens (padding, end of text) left out."""
+        return self.backend.decode(
+            [int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True
+        )
 
     def __call__(
         self, texts: str | Sequence[str], max_length: int | None = None

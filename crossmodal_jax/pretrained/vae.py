@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from crossmodal_jax.errors import CheckpointError
-from crossmodal_jax.pretrained import autoencoder
+from crossmodal_jax.pretrained import autoencoder, autoencoder_names
 from crossmodal_jax.pretrained.reader import Checkpoint
 from crossmodal_jax.pretrained.weights import conv
 
@@ -117,7 +117,7 @@ def settings(ckpt: Checkpoint) -> dict[str, Any]:
             "scaling_factor": 1.0,
             "shift_factor": None,
         }
-    s["conv_attention"] = autoencoder.conv_attention(ckpt)
+    s["conv_attention"] = autoencoder_names.conv_attention(ckpt)
     return s
 
 
@@ -136,12 +136,7 @@ init_args = autoencoder.init_args  # the smallest image: one latent pixel
 
 
 def recipe(s: dict[str, Any], ckpt: Checkpoint) -> dict[str, Any]:
-    layout = autoencoder.DIFFUSERS if s["layout"] == "diffusers" else autoencoder.TAMING
-    module = build(s)
-    out = {
-        "encoder": autoencoder.recipe(layout, module.encoder, ckpt),
-        "decoder": autoencoder.recipe(layout, module.decoder, ckpt),
-    }
+    out = autoencoder_names.halves(s, build(s), ckpt)
     if s["use_quant_conv"]:
         out["quant_conv"] = conv("quant_conv")
     if s["use_post_quant_conv"]:

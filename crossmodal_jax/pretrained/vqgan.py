@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from crossmodal_jax.errors import CheckpointError
 from crossmodal_jax.models import layers
-from crossmodal_jax.pretrained import autoencoder
+from crossmodal_jax.pretrained import autoencoder, autoencoder_names
 from crossmodal_jax.pretrained.reader import Checkpoint
 from crossmodal_jax.pretrained.weights import Tensor, conv
 from crossmodal_jax.training.sharding import CODE_DIM, CODEBOOK
@@ -151,7 +151,7 @@ def settings(ckpt: Checkpoint) -> dict[str, Any]:
             "vq_embed_dim": d,
             "scaling_factor": 1.0,
         }
-    s["conv_attention"] = autoencoder.conv_attention(ckpt)
+    s["conv_attention"] = autoencoder_names.conv_attention(ckpt)
     return s
 
 
@@ -169,11 +169,8 @@ init_args = autoencoder.init_args  # the smallest image: one latent pixel
 
 
 def recipe(s: dict[str, Any], ckpt: Checkpoint) -> dict[str, Any]:
-    layout = autoencoder.DIFFUSERS if s["layout"] == "diffusers" else autoencoder.TAMING
-    module = build(s)
     return {
-        "encoder": autoencoder.recipe(layout, module.encoder, ckpt),
-        "decoder": autoencoder.recipe(layout, module.decoder, ckpt),
+        **autoencoder_names.halves(s, build(s), ckpt),
         "quant_conv": conv("quant_conv"),
         "post_quant_conv": conv("post_quant_conv"),
         "codebook": Tensor("quantize.embedding.weight"),
