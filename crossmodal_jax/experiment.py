@@ -85,6 +85,13 @@ class Experiment:
                 config.text_encoder, ctx.mesh, ctx.rules
             )
             text_encoder = TextEncoder(module, variables, width)
+        elif config.data.text_classes:  # a class-conditional generator
+            if dataset.class_captions is None:
+                raise UserError(
+                    f"data.text_classes=True needs a dataset with class labels; "
+                    f"{dataset.described} has none"
+                )
+            text = text_lib.ClassTokenizer(dataset.class_captions())
         else:
             try:
                 text = text_lib.TextTokenizer(tuple(config.data.text_words.split()))
@@ -128,7 +135,7 @@ class Experiment:
 
     def source(self, split: str) -> tuple[Any, grain.transforms.Map | None]:
         """(random-access source, transform still to apply) of a split's model examples."""
-        if not self.modality.precompute:
+        if not (self.modality.precompute and self.modality.in_memory(self.config.data)):
             return self.dataset.split(split), self.features
         if split not in self._materialized:  # computed once per experiment
             self._materialized[split] = pipeline.materialize(

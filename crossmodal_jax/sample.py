@@ -190,6 +190,7 @@ def to_text(workdir: str, config, folder: str, output: str, task: str | None = N
     import jax
     import numpy as np
 
+    from crossmodal_jax.data.padded_audio import mask_key
     from crossmodal_jax.stages.generators import sampler
 
     paths = list_input_files(folder, config.tasks[task] if task else config)
@@ -198,7 +199,7 @@ def to_text(workdir: str, config, folder: str, output: str, task: str | None = N
     def read_all(exp) -> None:  # every file is read and checked before any compute
         try:
             inputs.extend(
-                exp.modality.read_file(p, exp.input_shape, exp.config.data) for p in paths
+                exp.modality.read_input(p, exp.input_shape, exp.config.data) for p in paths
             )
         except (ValueError, OSError) as e:
             raise UserError(one_line(e)) from e
@@ -206,10 +207,16 @@ def to_text(workdir: str, config, folder: str, output: str, task: str | None = N
     with trained(workdir, config, task, read_all) as (exp, state):
         generate = sampler(exp)
         texts, key = [], jax.random.key(_SEED.value)
+        source = exp.task.source
         for start in range(0, len(inputs), _BATCH.value):
-            batch = np.stack(inputs[start : start + _BATCH.value])
+            chunk = inputs[start : start + _BATCH.value]
+            batch = {k: np.stack([entries[k] for entries in chunk]) for k in chunk[0]}
             ids = generate(
-                state.ema_params, state.model_state, batch, jax.random.fold_in(key, start)
+                state.ema_params,
+                state.model_state,
+                batch[source],
+                jax.random.fold_in(key, start),
+                batch.get(mask_key(source)),  # a padded clip's frame mask, or None
             )
             texts += exp.text.decode_batch(np.asarray(ids))
     os.makedirs(output, exist_ok=True)

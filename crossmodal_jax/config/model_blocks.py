@@ -156,6 +156,9 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     c.cond_pool_hidden = 0
     # X→text, vector conditions: dropout rate on the source's code-vector features in training.
     c.cond_dropout = 0.0
+    # With "vectors": pool the condition tokens into the adaLN vector by their masked mean instead
+    # of a map of all positions' features (whose size grows with the source's length: long clips).
+    c.cond_mean_pool = False
     # With "vectors": widths of convolutions over the source's code grid before the DiT reads it
     # (models/condition_stem.py; () = none). Their features are grouped by cond_patch, and their
     # max/mean over the grid, which do not move when the content moves, make the adaLN vector.
@@ -220,6 +223,22 @@ def sample(process: str, **overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def latents(**overrides) -> ml_collections.ConfigDict:
+    """Text→image, gaussian/flow: the training images encoded once by the frozen tokenizer into
+    ArrayRecord shards on disk (stages/latent_precompute.py), as the DiT recipe does."""
+    c = ml_collections.ConfigDict()
+    # Encode every training image once, over every device and process, before the generator
+    # trains; the generator then reads latents, never pixels. Resumable; reused by later runs.
+    c.precompute = False
+    c.dir = ""  # where the shards go ("" = WORKDIR/latents); another run's folder is reused
+    c.flip = True  # also store each image's horizontal flip; training picks one of the two
+    c.shard_size = 1024  # examples per shard (one file, written by one process)
+    c.batch_size = 64  # images per encoder call, split over each process's own devices
+    c.dtype = "float16"  # stored latents: "float16" (half the bytes) | "float32"
+    c.update(overrides)
+    return c
+
+
 def generator(
     process: str,
     *,
@@ -251,6 +270,7 @@ def generator(
     # (the sources are gone); code_shift translates the grid of code ids instead, per axis.
     c.precompute_codes = False
     c.code_shift = ()
+    c.latents = latents()
     c.diffusion = diffusion(process, **(diffusion_overrides or {}))
     c.sample = sample(process, **(sample_overrides or {}))
     c.train = train(**(train_overrides or {}))

@@ -89,6 +89,10 @@ def data(name: str, modality: str, **overrides) -> ml_collections.ConfigDict:
     c.data_dir = ""  # dataset cache; "" = $CROSSMODAL_DATA_DIR or ~/.cache/crossmodal_jax
     # Caption tokenizer: one token per word of this vocabulary; "" = UTF-8 bytes (any text).
     c.text_words = ""
+    # True: each caption is one of a label dataset's class captions (data.name="tfds" with labels:
+    # imagenet2012, cifar10, ...) and conditions the generator as a class label (DiT's label
+    # embedding; data/text.py ClassTokenizer); prompts name a class or its index.
+    c.text_classes = False
     c.text_max_len = 32  # caption length in tokens, the end token included
     c.worker_count = 0  # grain worker processes (0 = in the main process)
     # Resume although a folder or TFDS dataset's training records changed since the workdir's
@@ -119,6 +123,15 @@ def audio_features(**overrides) -> ml_collections.ConfigDict:
     c.n_mels = 32  # mel bands
     c.fmin = 20.0  # lowest mel band edge (Hz)
     c.fmax = 8000.0  # highest mel band edge (Hz)
+    # How a trimmed clip fills num_samples (data/padded_audio.py): "centre" (centre-cut or padded;
+    # every frame is read) | "end" (from sample 0, padded at the end; the batch's "audio_mask"
+    # keeps padded frames out of the tokenizer's loss and the DiT's attention; longer clips are
+    # cut at the end with one warning).
+    c.padding = "centre"
+    # Compute every clip's features once and keep them in memory (short clips; a run of the
+    # embedded speech datasets). False: computed by the grain pipeline (data.worker_count
+    # workers) each time a clip is read, for splits whose features do not fit in memory.
+    c.in_memory = True
     c.update(overrides)
     return c
 
@@ -136,11 +149,18 @@ def folder_data(data: ml_collections.ConfigDict, modality: str, **overrides) -> 
 def tfds_data(data: ml_collections.ConfigDict, modality: str, **overrides) -> None:
     """Adds the keys of `data.name = "tfds"` (crossmodal_jax/data/tfds_sources.py) to a config's
     data block; `modality` is the config's ("image" adds image_size and channels if missing)."""
-    # data.name="tfds": mnist | cifar10 | coco_captions | librispeech | ucf101, optionally with
-    # "/config" or ":version"; prepared in data.data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    # data.name="tfds": mnist | cifar10 | imagenet2012 | coco_captions | librispeech | ucf101,
+    # optionally with "/config" or ":version"; prepared in data.data_dir ("" = $TFDS_DATA_DIR or
+    # ~/tensorflow_datasets)
     data.tfds_name = ""
     data.tfds_train_split = ""  # TFDS split trained on, e.g. "train[:10%]"; "" = the dataset's
     data.tfds_test_split = ""  # TFDS split evaluated, e.g. "test[:500]"; "" = the dataset's
+    # > 0: read this many of tfds's own mock examples (random values of the dataset's features)
+    # instead of a prepared dataset: smoke runs and tests of a real-data config on a fresh checkout.
+    data.tfds_mock_examples = 0
+    # Images: the centre square after scaling the short side (ADM's centre crop, the DiT paper's
+    # ImageNet data) instead of a resize to the square; False keeps a resize.
+    data.center_crop = False
     _media_keys(data, modality)
     data.update(overrides)
 
@@ -178,5 +198,12 @@ def evaluation(**overrides) -> ml_collections.ConfigDict:
     # text→image: InceptionV3 weights of pytorch-fid (.npz, or .pth with torch installed) for
     # FID and Inception Score; "" = none (nothing is downloaded).
     c.inception_weights = ""
+    # text→image with inception_weights: FID and Inception Score of this many generated images,
+    # made in shards over every device and process (captions of the test split dealt i mod
+    # their count; evaluation/fid_eval.py); 0 = one image per test caption, up to num_examples.
+    c.num_samples = 0
+    # With num_samples: reference statistics, an .npz with mu and sigma (ADM's layout, e.g.
+    # VIRTUAL_imagenet256_labeled.npz); "" = computed from the test split's real images.
+    c.reference_stats = ""
     c.update(overrides)
     return c

@@ -25,6 +25,7 @@ from crossmodal_jax.diffusion import gaussian
 from crossmodal_jax.diffusion.masked_decoding import MASKED_SAMPLERS
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import Experiment
+from crossmodal_jax.models import inception_weights
 from crossmodal_jax.models.attention import ATTENTION
 from crossmodal_jax.models.conditioning import CONDITIONINGS
 from crossmodal_jax.models.dit import DIT_LAYOUTS, DIT_PRESETS
@@ -34,6 +35,7 @@ from crossmodal_jax.stages.builders import DTYPES, condition_grid
 from crossmodal_jax.stages.generators import PROCESSES, processes_for
 from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS
 from crossmodal_jax.stages.registry import STAGES
+from crossmodal_jax.stages.source_mask import check_padded_source
 from crossmodal_jax.training import sharding, throughput
 
 
@@ -76,8 +78,15 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     _check_init_from(gen)
     _check_monitoring(config)
     weights = config.eval.inception_weights
-    if weights and not os.path.isfile(os.path.expanduser(weights)):  # not after hours of training
+    random_weights = weights == inception_weights.RANDOM
+    if weights and not random_weights and not os.path.isfile(os.path.expanduser(weights)):
+        # now, not after hours of training
         raise UserError(f"eval.inception_weights: no such file {weights!r}")
+    reference = config.eval.reference_stats
+    if reference and not os.path.isfile(os.path.expanduser(reference)):
+        raise UserError(f"eval.reference_stats: no such file {reference!r}")
+    if config.eval.num_samples < 0 or config.eval.num_samples == 1:
+        raise UserError(f"eval.num_samples={config.eval.num_samples}: 0, or at least 2 for FID")
 
 
 def _check_init_from(gen: ml_collections.ConfigDict) -> None:
@@ -167,6 +176,24 @@ def check_generator(exp: Experiment) -> None:
             f"text_encoder={exp.config.text_encoder!r}: the masked process's DiT conditions on "
             "caption ids; use the gaussian or flow process with a text encoder"
         )
+    if exp.config.data.text_classes and (exp.task.name != "text2image" or not latent_process):
+        raise UserError(
+            "data.text_classes=True conditions a DiT over latents on class labels: it needs "
+            f"task 'text2image' and the gaussian or flow process (got {exp.task.name!r}, "
+            f"{gen.diffusion.process!r})"
+        )
+    if gen.latents.precompute and (exp.task.name != "text2image" or not latent_process):
+        raise UserError(
+            "generator.latents.precompute stores the latents of text→image's gaussian or flow "
+            f"process (got {exp.task.name!r}, {gen.diffusion.process!r}); X→text and the masked "
+            "process precompute code ids: generator.precompute_codes"
+        )
+    if gen.latents.precompute and gen.precompute_codes:
+        raise UserError(
+            "generator.latents.precompute and generator.precompute_codes exclude each other"
+        )
+    if exp.config.data.text_classes and exp.text_encoder is not None:
+        raise UserError("data.text_classes=True and text_encoder exclude each other: choose one")
     if exp.tokenizer.vocab_size == 0:  # a pretrained VAE: latents, no code ids
         if gen.diffusion.process == "masked" and not exp.task.generates_text:
             raise UserError(
@@ -318,6 +345,7 @@ def validate(exp: Experiment, tokenizer_elsewhere: bool = False) -> None:
     check_data(exp)
     check_batches(exp)
     check_perceptual(exp)
+    check_padded_source(exp.config)
     if "generator" in exp.config.stages:
         check_generator(exp)
         if not tokenizer_elsewhere:

@@ -66,6 +66,11 @@ def _block_defaults(config: dict) -> dict:
         out["tokenizer_from"] = {name: "" for name in config.get("tasks", {})}
         return out
     out.update(blocks.sources().to_dict())
+    data = config.get("data")
+    if (
+        isinstance(data, dict) and "name" in data and "modality" in data
+    ):  # data.audio.*, tfds_*, ...
+        out["data"] = blocks.data(data["name"], data["modality"]).to_dict()
     for name, stage in config.items():
         if not isinstance(stage, dict) or "train" not in stage:
             continue

@@ -38,6 +38,9 @@ class Dataset:
     # split name -> {"records", "sha256"} of its record list (data/fingerprint.py); None for the
     # embedded datasets, which this package builds the same way every time.
     fingerprint: Callable[[str], dict] | None = None
+    # The caption of each class, in label order, for a label dataset whose captions are its
+    # classes (data.text_classes: the generator is class-conditional); None: captions are text.
+    class_captions: Callable[[], tuple[str, ...]] | None = None
     _splits: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def split(self, split: str):
@@ -107,8 +110,13 @@ def _tfds(data_cfg: ml_collections.ConfigDict) -> Dataset:
         # Opened (is it prepared?) once per process, then cached by the tfds module.
         open_split=lambda split: tfds_sources.get_source(data_cfg, split),
         blank_record=lambda: tfds_sources.example_record(data_cfg),
-        fingerprint=lambda split: fingerprint.tfds_fingerprint(
-            tfds_sources.builder_name(data_cfg), tfds_sources.data_dir_of(data_cfg), split
+        class_captions=(lambda: tfds_sources.class_captions(data_cfg)) if spec.has_labels else None,
+        fingerprint=lambda split: (
+            fingerprint.mock_fingerprint(data_cfg.tfds_mock_examples)
+            if data_cfg.tfds_mock_examples
+            else fingerprint.tfds_fingerprint(
+                tfds_sources.builder_name(data_cfg), tfds_sources.data_dir_of(data_cfg), split
+            )
         ),
     )
 

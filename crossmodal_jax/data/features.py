@@ -11,9 +11,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from crossmodal_jax.data import audio
+from crossmodal_jax.data import audio, padded_audio
 from crossmodal_jax.data import text as text_lib
 from crossmodal_jax.data.pipeline import image_to_unit
+from crossmodal_jax.errors import UserError
 
 # 3.072 s at 16 kHz: 192 frames with hop 256. The longest spoken_digits utterance (4 words at the
 # slowest speed: "seven seven seven seven") is ~2.3 s after trimming, so nothing is cut.
@@ -30,23 +31,54 @@ def audio_features(
     n_mels: int = 32,
     fmin: float = 20.0,
     fmax: float = 8000.0,
+    padding: str = "centre",
 ) -> np.ndarray:
     """Mono float waveform at any rate -> normalised log-mel f32[num_samples // hop, n_mels, 1].
 
     Steps: resample to 16 kHz, trim leading/trailing silence, scale to a fixed RMS (so recording
-    gain does not matter), centre in ``num_samples`` (pad or crop), log-mel in dB, fixed map to
-    [-1, 1]. The trailing axis of 1 lets a VQ-VAE treat it as a one-channel image.
+    gain does not matter), centre in ``num_samples`` (pad or crop; ``padding="end"``: from sample
+    0, padded at the end, see padded_audio.py), log-mel in dB, fixed map to [-1, 1]. The trailing
+    axis of 1 lets a VQ-VAE treat it as a one-channel image.
     """
+    settings = dict(n_fft=n_fft, hop=hop, n_mels=n_mels, fmin=fmin, fmax=fmax, padding=padding)
+    return audio_example(waveform, sample_rate, num_samples=num_samples, **settings)[0]
+
+
+def audio_example(
+    waveform: np.ndarray,
+    sample_rate: int,
+    *,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    n_fft: int = 512,
+    hop: int = 256,
+    n_mels: int = 32,
+    fmin: float = 20.0,
+    fmax: float = 8000.0,
+    padding: str = "centre",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``audio_features``, frame mask i32[frames]): the mask is 1 on the frames that hold the
+    clip (``padding="end"``), all ones when centred (every frame is read)."""
+    check_padding(padding)
     x = np.asarray(waveform, dtype=np.float32).reshape(-1)
     if sample_rate != audio.SAMPLE_RATE:
         x = audio.resample(x, sample_rate, audio.SAMPLE_RATE)
     x = audio.trim_silence(x, audio.SAMPLE_RATE)
     x = audio.normalize_rms(x)
+    spectrogram = dict(n_fft=n_fft, hop=hop, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    if padding == "end":
+        return padded_audio.end_padded_log_mel(x, num_samples, **spectrogram)
     x = audio.fit_length(x, num_samples)
-    log_mel_FxM = audio.log_mel_spectrogram(
-        x, sample_rate=audio.SAMPLE_RATE, n_fft=n_fft, hop=hop, n_mels=n_mels, fmin=fmin, fmax=fmax
-    )
-    return audio.normalize_log_mel(log_mel_FxM)[..., None]
+    log_mel_FxM = audio.log_mel_spectrogram(x, sample_rate=audio.SAMPLE_RATE, **spectrogram)
+    features = audio.normalize_log_mel(log_mel_FxM)[..., None]
+    return features, np.ones((features.shape[0],), np.int32)
+
+
+def check_padding(padding: str) -> None:
+    """One line (UserError) for a data.audio.padding that is not one of padded_audio.PADDINGS."""
+    if padding not in padded_audio.PADDINGS:
+        raise UserError(
+            f"unknown data.audio.padding {padding!r}; available: {', '.join(padded_audio.PADDINGS)}"
+        )
 
 
 def _caption_str(caption: Any) -> str:
@@ -55,7 +87,8 @@ def _caption_str(caption: Any) -> str:
 
 class AudioTextFeatures(grain.transforms.Map):
     """Record ``{"audio": int16 [T] at 16 kHz, "caption", ...}`` ->
-    ``{"audio": f32 [frames, n_mels, 1], "text": i32 [L], "text_mask": i32 [L]}``.
+    ``{"audio": f32 [frames, n_mels, 1], "text": i32 [L], "text_mask": i32 [L]}``, and with
+    ``padding="end"`` ``"audio_mask": i32 [frames]`` (1 = the frame holds the clip).
 
     ``frames = num_samples // hop`` (192 with the defaults); see ``audio_features``.
     """
@@ -69,10 +102,12 @@ class AudioTextFeatures(grain.transforms.Map):
         n_mels: int = 32,
         fmin: float = 20.0,
         fmax: float = 8000.0,
+        padding: str = "centre",
         text: text_lib.TextTokenizer | None = None,
     ):
         if text_max_len < 1:
             raise ValueError(f"text_max_len must be >= 1, got {text_max_len}")
+        check_padding(padding)
         if num_samples < hop:
             raise ValueError(f"num_samples ({num_samples}) must be >= hop ({hop})")
         self.text_max_len = int(text_max_len)
@@ -84,6 +119,7 @@ class AudioTextFeatures(grain.transforms.Map):
         self.n_mels = int(n_mels)
         self.fmin = float(fmin)
         self.fmax = float(fmax)
+        self.padding = padding
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -95,26 +131,27 @@ class AudioTextFeatures(grain.transforms.Map):
         # Records hold int16 PCM; accept float waveforms too (already in [-1, 1]).
         wave = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
         ids_L, mask_L = self.tokenizer.encode(_caption_str(element["caption"]), self.text_max_len)
-        return {
-            "audio": audio_features(
-                wave,
-                audio.SAMPLE_RATE,
-                num_samples=self.num_samples,
-                n_fft=self.n_fft,
-                hop=self.hop,
-                n_mels=self.n_mels,
-                fmin=self.fmin,
-                fmax=self.fmax,
-            ),
-            "text": ids_L,
-            "text_mask": mask_L,
-        }
+        features, frames_mask = audio_example(
+            wave,
+            audio.SAMPLE_RATE,
+            num_samples=self.num_samples,
+            n_fft=self.n_fft,
+            hop=self.hop,
+            n_mels=self.n_mels,
+            fmin=self.fmin,
+            fmax=self.fmax,
+            padding=self.padding,
+        )
+        out = {"audio": features, "text": ids_L, "text_mask": mask_L}
+        if self.padding == "end":  # centred clips keep the batch they always had
+            out[padded_audio.mask_key("audio")] = frames_mask
+        return out
 
     def __repr__(self) -> str:
         return (
             f"AudioTextFeatures(text_max_len={self.text_max_len}, num_samples={self.num_samples}, "
             f"n_fft={self.n_fft}, hop={self.hop}, n_mels={self.n_mels}, fmin={self.fmin}, "
-            f"fmax={self.fmax}, tokenizer={self.tokenizer})"
+            f"fmax={self.fmax}, padding={self.padding!r}, tokenizer={self.tokenizer})"
         )
 
 

@@ -179,15 +179,30 @@ def _read_npy(p: Path, path: PathLike, hw: tuple[int, int], channels: int) -> li
     return convert_frames(arr, hw, channels)
 
 
-def convert_frames(frames: np.ndarray, hw: tuple[int, int], channels: int) -> list[np.ndarray]:
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The centre square of `size`, after scaling the short side to `size`: ADM's
+    `center_crop_arr` (guided-diffusion), which the DiT paper's ImageNet data uses: box-halving
+    while the short side is at least twice `size`, then bicubic."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def convert_frames(
+    frames: np.ndarray, hw: tuple[int, int], channels: int, crop: bool = False
+) -> list[np.ndarray]:
     """uint8 frames [..., H, W, C] (C 1, 3 or 4) -> uint8 [h, w, channels] each, converted like
-    ``read_image`` (the TFDS sources convert their images and clips with it too)."""
+    ``read_image`` (the TFDS sources convert their images and clips with it too); `crop`: the
+    centre square (`center_crop`, h == w) instead of a resize that changes the aspect ratio."""
     out = []
     for frame_HxWxC in np.asarray(frames, np.uint8).reshape(-1, *np.shape(frames)[-3:]):
         data = frame_HxWxC[..., 0] if frame_HxWxC.shape[-1] == 1 else frame_HxWxC
         # fromarray infers L / RGB / RGBA from the shape of a uint8 array.
-        img = Image.fromarray(np.ascontiguousarray(data))
-        out.append(_as_hwc(_resize(_to_mode(img, channels), hw)))
+        img = _to_mode(Image.fromarray(np.ascontiguousarray(data)), channels)
+        out.append(_as_hwc(center_crop(img, hw[0]) if crop else _resize(img, hw)))
     return out
 
 

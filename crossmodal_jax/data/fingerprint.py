@@ -38,6 +38,11 @@ def tfds_fingerprint(name: str, data_dir: str | None, split: str) -> dict:
     return {"records": int(split_info.num_examples), "sha256": _digest([str(info.version), shards])}
 
 
+def mock_fingerprint(num_examples: int) -> dict:
+    """{"records", "sha256"} of tfds's mock examples (data.tfds_mock_examples): the same every run."""
+    return {"records": num_examples, "sha256": _digest(["tfds mock", num_examples])}
+
+
 def changed(stored: dict, current: dict) -> str:
     """ "" when the fingerprints match, else what changed, in a few words."""
     if stored.get("sha256") == current.get("sha256"):

@@ -16,7 +16,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from crossmodal_jax.data import features, files
+from crossmodal_jax.data import features, files, padded_audio
 from crossmodal_jax.data.pipeline import ImageTextFeatures, image_to_unit, unit_to_uint8
 
 # Image and video files hold 8-bit pixels: 255 is full intensity, whatever the dataset's scale.
@@ -39,17 +39,35 @@ class Modality:
     folder_suffixes: tuple[str, ...]  # files of a folder dataset (data/folders.py)
     to_pictures: Callable[[np.ndarray], np.ndarray]  # model inputs [N, ...] -> uint8 [N, H, W, C]
     # Features costing more than a training step can wait for (a log-mel spectrogram is ~10 ms of
-    # NumPy per clip): computed once per run and kept in memory.
+    # NumPy per clip): computed once per run and kept in memory, when `in_memory(data block)` says
+    # so (audio: data.audio.in_memory; False for splits whose features would not fit).
     precompute: bool = False
+    in_memory: Callable[[ml_collections.ConfigDict], bool] = lambda data_cfg: True
+    # (path, model input shape, data block) -> the model batch entries of one input file, when
+    # they are more than `read_file`'s array (padded audio: the input and its "audio_mask").
+    read_entries: Callable[..., dict[str, np.ndarray]] | None = None
+
+    def read_input(
+        self, path: str, shape: tuple[int, ...], data_cfg: ml_collections.ConfigDict
+    ) -> dict[str, np.ndarray]:
+        """The model batch entries of one input file (the sample CLI's view of it)."""
+        if self.read_entries is not None:
+            return self.read_entries(path, shape, data_cfg)
+        return {self.name: self.read_file(path, shape, data_cfg)}
 
 
 def _image_features(data_cfg, max_value, text):
     return ImageTextFeatures(data_cfg.text_max_len, image_max_value=max_value, text=text)
 
 
+def _audio_settings(data_cfg) -> dict:
+    """data.audio without the key that is not a feature setting (in_memory)."""
+    return {k: v for k, v in data_cfg.audio.items() if k != "in_memory"}
+
+
 def _audio_features(data_cfg, max_value, text):
     del max_value  # waveforms, not pixels
-    return features.AudioTextFeatures(data_cfg.text_max_len, **data_cfg.audio, text=text)
+    return features.AudioTextFeatures(data_cfg.text_max_len, **_audio_settings(data_cfg), text=text)
 
 
 def _video_features(data_cfg, max_value, text):
@@ -65,7 +83,17 @@ def _read_image(path, shape, data_cfg):
 
 def _read_audio(path, shape, data_cfg):
     waveform, rate = files.read_wav(path)
-    return features.audio_features(waveform, rate, **data_cfg.audio)
+    return features.audio_features(waveform, rate, **_audio_settings(data_cfg))
+
+
+def _read_audio_entries(path, shape, data_cfg):
+    """The features and, for end-padded clips, their "audio_mask" (as the training batches)."""
+    waveform, rate = files.read_wav(path)
+    settings = _audio_settings(data_cfg)
+    x, mask = features.audio_example(waveform, rate, **settings)
+    if settings["padding"] == "end":
+        return {"audio": x, padded_audio.mask_key("audio"): mask}
+    return {"audio": x}
 
 
 def _read_video(path, shape, data_cfg):
@@ -106,6 +134,8 @@ MODALITIES: dict[str, Modality] = {
         folder_suffixes=(".wav",),
         to_pictures=_spectrogram_pictures,
         precompute=True,
+        in_memory=lambda data_cfg: data_cfg.audio.in_memory,
+        read_entries=_read_audio_entries,
     ),
     "video": Modality(
         "video",

@@ -101,7 +101,7 @@ def make_train_iterator(
     *,
     global_batch_size: int,
     seed: int,
-    transform: grain.transforms.Map | None,
+    transform: grain.transforms.Map | grain.transforms.RandomMap | None,
     worker_count: int = 0,
 ) -> grain.DatasetIterator:
     """Infinite, seeded, per-process-sharded training batches: a checkpointable grain iterator.
@@ -121,7 +121,9 @@ def make_train_iterator(
     ds = grain.MapDataset.source(source).shuffle(seed=seed)
     # repeat() reseeds upstream shuffles per epoch by default: a new permutation each epoch.
     ds = ds.repeat(None)
-    if transform is not None:
+    if isinstance(transform, grain.transforms.RandomMap):  # per-record rng: resumes repeat it
+        ds = ds.random_map(transform, seed=seed)
+    elif transform is not None:
         ds = ds.map(transform)
     ds = ds.batch(batch_size, drop_remainder=True)
     # Lazy: a process maps and reads only the batches it takes.

@@ -150,3 +150,79 @@ class TextTokenizer:
 
 
 BYTES = TextTokenizer()  # the UTF-8 byte tokenizer behind the module-level functions
+
+
+# --- Class labels ---------------------------------------------------------------------------------
+# A class-conditional generator (ImageNet's DiT) is conditioned on a label, not on words. Each
+# caption of a label dataset is one of its class captions, so the captions *are* the labels: the
+# tokenizer maps a caption to its class index in position 0 (the DiT's label embedding reads it;
+# an all-zero mask is the null label of classifier-free guidance), and back. Prompts may name a
+# class by its caption or by its index ("207").
+
+
+class ClassTokenizer:
+    """Caption <-> class index, with the caption tokenizer's interface (TextTokenizer).
+
+    ids [max_len]: the class index, then PAD; mask [max_len]: 1, then 0. Picklable.
+    """
+
+    words: tuple[str, ...] = ()
+    unused_ids: tuple[int, ...] = ()
+
+    def __init__(self, classes: Sequence[str]):
+        self.classes = tuple(classes)
+        if not self.classes:
+            raise ValueError("a class tokenizer needs at least one class")
+        self._ids = {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.classes)
+
+    def class_index(self, text: str) -> int | None:
+        """The class a prompt names (its caption or its index), or None."""
+        text = " ".join(text.split())
+        if text in self._ids:
+            return self._ids[text]
+        if text.isdigit() and int(text) < len(self.classes):
+            return int(text)
+        return None
+
+    def length(self, text: str) -> int:
+        return 1
+
+    def unknown_words(self, text: str) -> list[str]:
+        """[text] unless it names a class: a class-conditional model has no other prompts."""
+        return [] if self.class_index(text) is not None else [text]
+
+    def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """An empty caption is the null label (an all-zero mask: unconditional)."""
+        ids_L = np.full((max_len,), PAD_ID, dtype=np.int32)
+        mask_L = np.zeros((max_len,), dtype=np.int32)
+        if not text.strip():
+            return ids_L, mask_L
+        index = self.class_index(text)
+        if index is None:
+            shown = ", ".join(self.classes[:3])
+            raise ValueError(
+                f"{text!r} is not one of the {len(self.classes)} classes ({shown}, ...)"
+            )
+        ids_L[0], mask_L[0] = index, 1
+        return ids_L, mask_L
+
+    def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self.encode(t, max_len) for t in texts]
+        if not pairs:
+            empty_NxL = np.zeros((0, max_len), dtype=np.int32)
+            return empty_NxL, empty_NxL.copy()
+        return np.stack([i for i, _ in pairs]), np.stack([m for _, m in pairs])
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        index = int(np.asarray(ids).reshape(-1)[0])
+        return self.classes[index] if 0 <= index < len(self.classes) else ""
+
+    def decode_batch(self, ids_NxL: np.ndarray) -> list[str]:
+        return [self.decode(row) for row in np.asarray(ids_NxL)]
+
+    def __repr__(self) -> str:
+        return f"ClassTokenizer(classes={len(self.classes)})"

@@ -70,14 +70,15 @@ class TfdsSpec:
     train_split: str  # default of data.tfds_train_split
     test_split: str  # default of data.tfds_test_split
     # Caption source: "digit" (mnist label -> "the digit <word>"), "photo" ("a photo of a <class>"),
-    # "class" (the class name in words), "first_caption" (coco), "transcript" (librispeech).
+    # "class" (the class name in words), "label_name" (the ClassLabel name as it is: imagenet's
+    # WordNet ids), "first_caption" (coco), "transcript" (librispeech).
     caption: str
     needs_tensorflow: bool  # its builder or features import tensorflow
     class_names: tuple[str, ...] = ()  # () = the dataset's ClassLabel names (label datasets)
 
     @property
     def has_labels(self) -> bool:
-        return self.caption in ("digit", "photo", "class")
+        return self.caption in ("digit", "photo", "class", "label_name")
 
     @property
     def digit_labels(self) -> bool:
@@ -99,6 +100,12 @@ TFDS_DATASETS: dict[str, TfdsSpec] = {
     ),
     # Frames already resized to 256x256 when the dataset is prepared ("ucf101/ucf101_1": original).
     "ucf101": TfdsSpec("ucf101/ucf101_1_256", "video", "video", "train", "test", "class", True),
+    # ILSVRC-2012 (the tarballs are downloaded by hand: docs/real-data.md); 1,281,167 train and
+    # 50,000 validation images. Its class names are WordNet ids ("n01440764"): the captions of a
+    # class-label run (data.text="classes"), never read as words.
+    "imagenet2012": TfdsSpec(
+        "imagenet2012", "image", "image", "train", "validation", "label_name", False
+    ),
 }
 
 
@@ -147,6 +154,7 @@ class Format:
     channels: int = 1
     frames: int = 8
     max_samples: int = 0  # audio: the features' window (only for the model's input shape)
+    crop: bool = False  # images: the centre square (data.center_crop) rather than a resize
 
     @classmethod
     def from_config(cls, data_cfg) -> Format:
@@ -160,7 +168,8 @@ class Format:
         frames = data_cfg.frames if modality == "video" else 8
         if frames < 1:
             raise UserError(f"data.frames must be >= 1, got {frames}")
-        return cls(modality, data_cfg.image_size, data_cfg.channels, frames)
+        crop = modality == "image" and bool(data_cfg.get("center_crop", False))
+        return cls(modality, data_cfg.image_size, data_cfg.channels, frames, crop=crop)
 
 
 def example_record(data_cfg) -> dict[str, Any]:
@@ -194,6 +203,8 @@ def label_captions(spec: TfdsSpec, names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(f"the digit {w}" for w in NUMBER_WORDS)
     if spec.caption == "photo":
         return tuple(_photo_caption(n) for n in names)
+    if spec.caption == "label_name":
+        return names
     return tuple(class_caption(n) for n in names)
 
 
@@ -223,7 +234,7 @@ def to_record(spec: TfdsSpec, example: dict, fmt: Format, captions: tuple[str, .
     hw = (fmt.image_size, fmt.image_size)
     if spec.modality == "image":
         return {
-            "image": files.convert_frames(media, hw, fmt.channels)[0],
+            "image": files.convert_frames(media, hw, fmt.channels, fmt.crop)[0],
             "label": label,
             "caption": caption,
         }
@@ -345,26 +356,46 @@ def _check_text(spec: TfdsSpec, key: str, captions: tuple[str, ...], words, text
             )
 
 
+def _data_source(name: str, split: str, data_dir: str, mock_examples: int):
+    """``tfds.data_source`` of a prepared split, or of tfds's own mock examples (random values
+    of the dataset's real features, the same on every call) when ``mock_examples`` > 0."""
+    import tensorflow_datasets as tfds
+
+    with contextlib.ExitStack() as stack:
+        if mock_examples:
+            policy = tfds.testing.MockPolicy.USE_CODE  # from the builder's code: no metadata
+            stack.enter_context(tfds.testing.mock_data(num_examples=mock_examples, policy=policy))
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+
+
 @lru_cache(maxsize=8)
-def _cached(key: str, name: str, split: str, data_dir: str, fmt: Format, words, text_max_len):
+def _cached(
+    key: str,
+    name: str,
+    split: str,
+    data_dir: str,
+    fmt: Format,
+    words,
+    text_max_len,
+    mock_examples: int = 0,
+):
     spec = TFDS_DATASETS[key]
     if spec.needs_tensorflow and not tensorflow_installed():
         raise UserError(
             f"tfds dataset {key!r} needs tensorflow to decode its {spec.modality}, which is not "
             'installed: pip install -e ".[tfds]"'
         )
-    import tensorflow_datasets as tfds
-
     try:
         with _quiet_tfds():
-            inner = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            inner = _data_source(name, split, data_dir, mock_examples)
     except Exception as e:  # any tfds failure: explained on one line
         raise _explain(name, split, data_dir, e) from None
     names = spec.class_names
     if spec.has_labels and not names:
         names = tuple(inner.dataset_info.features["label"].names)
     captions = label_captions(spec, names) if spec.has_labels else ()
-    _check_text(spec, key, captions, words, text_max_len)
+    if text_max_len is not None:  # None: the captions are class labels (data.text_classes)
+        _check_text(spec, key, captions, words, text_max_len)
     if len(inner) == 0:
         raise UserError(f"tfds dataset {name!r} split {split!r} in {data_dir} is empty")
     return TfdsSource(key, split, inner, fmt, captions)
@@ -384,8 +415,27 @@ def get_source(data_cfg, split: str) -> TfdsSource:
         data_dir_of(data_cfg),
         Format.from_config(data_cfg),
         tuple(data_cfg.text_words.split()),
-        data_cfg.text_max_len,
+        None if data_cfg.get("text_classes") else data_cfg.text_max_len,
+        data_cfg.tfds_mock_examples,
     )
+
+
+def class_captions(data_cfg) -> tuple[str, ...]:
+    """The caption of each class of a label dataset, in label order, from the builder's metadata
+    (no prepared data needed: sampling a class-conditional run does not open the dataset)."""
+    spec = spec_of(data_cfg)
+    if not spec.has_labels:
+        raise UserError(
+            f"data.tfds_name={data_cfg.tfds_name!r} has no class labels (data.text_classes)"
+        )
+    names = spec.class_names
+    if not names:
+        import tensorflow_datasets as tfds
+
+        with _quiet_tfds():
+            builder = tfds.builder(builder_name(data_cfg), data_dir=data_dir_of(data_cfg))
+            names = tuple(builder.info.features["label"].names)
+    return label_captions(spec, names)
 
 
 def clear_cache() -> None:

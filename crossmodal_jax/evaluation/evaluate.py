@@ -11,6 +11,7 @@ import os
 import jax
 import numpy as np
 
+from crossmodal_jax.data.padded_audio import mask_key
 from crossmodal_jax.evaluation import digits_judge, shapes_judge
 from crossmodal_jax.evaluation.image_generation import image_distribution_metrics
 from crossmodal_jax.evaluation.text_metrics import digit_naming_accuracy, text_metrics
@@ -61,6 +62,7 @@ def caption_test_split(
             generator_state.model_state,
             batch[exp.task.source],
             jax.random.fold_in(key, i),
+            batch.get(mask_key(exp.task.source)),  # a padded source's frame mask, or None
         )
         hyps += exp.text.decode_batch(np.asarray(ids))
         if shown is None:  # the first inputs, for the picture of captions

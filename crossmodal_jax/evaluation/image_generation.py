@@ -11,7 +11,9 @@ Each caption of the split is turned into one image; the generated set is compare
     caption states), its ceiling on the real images `<split>_real_attribute_accuracy/all`, and
     `<split>_classifier_fd` in its hidden layer;
   - `test_fid`, `test_inception_score`: with InceptionV3 when `eval.inception_weights` names the
-    weights file (models/inception.py); nothing is downloaded.
+    weights file (models/inception.py); nothing is downloaded. With `eval.num_samples` > 0 they
+    come from that many images generated across devices and processes (fid_eval.py), against
+    `eval.reference_stats` or the test split's real images.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from crossmodal_jax.evaluation import image_metrics, shapes_detector, shapes_judge
+from crossmodal_jax.evaluation import fid_eval, image_metrics, shapes_detector, shapes_judge
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models import inception, inception_weights
 from crossmodal_jax.stages.samplers import generate_in_batches
@@ -151,6 +153,8 @@ def image_distribution_metrics(exp: Experiment, generator_state, generate) -> di
             metrics.update(shapes_metrics(exp, split, real, fake, captions))
         else:
             metrics.update(classifier_metrics(exp, real, fake, labels))
-        if split == "test":
+        if split == "test" and exp.config.eval.num_samples > 0:  # FID-50K style, sharded
+            metrics.update(fid_eval.fid_metrics(exp, generator_state, generate))
+        elif split == "test":
             metrics.update(inception_metrics(exp.config, real, fake))
     return metrics

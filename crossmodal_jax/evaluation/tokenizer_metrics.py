@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from crossmodal_jax.data.padded_audio import mask_key
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.vq import codebook_perplexity, codebook_usage, dead_code_count
+from crossmodal_jax.stages import source_mask
 from crossmodal_jax.stages.objectives import psnr
 
 
@@ -33,16 +35,20 @@ def reconstruction_metrics(
     tokenizer = exp.tokenizer
 
     @partial(jax.jit, out_shardings=P())  # replicated: readable on every process
-    def run(x):
+    def run(x, frames):
         z_q, idx = tokenizer.apply(tok_vars, x, method="tokenize")
         rec = tokenizer.apply(tok_vars, z_q, method="decode")
+        if frames is not None:  # a padded source: the error of the frames that hold sound
+            return source_mask.masked_mean_squares(x, rec, frames), idx
         mse = jnp.mean(jnp.square(rec - x).reshape(x.shape[0], -1), axis=-1)
         return mse, idx
 
     mses, indices = [], []
     cfg = exp.config.eval
+    key = exp.modality.name
     for batch in exp.batches(split, cfg.batch_size, limit=cfg.num_examples):
-        mse, idx = run(batch[exp.modality.name])
+        frames = batch.get(mask_key(key))
+        mse, idx = run(source_mask.host_canonical(batch[key], frames), frames)
         mses.append(np.asarray(mse))
         indices.append(np.asarray(idx).reshape(-1))
     mse = np.concatenate(mses)

@@ -145,13 +145,39 @@ def _read_torch(path: str) -> Mapping[str, Any]:
     return obj
 
 
+RANDOM = "random:inception"  # random weights: the smoke runs' FID plumbing, not a measurement
+
+
+def random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+    """pytorch-fid names and shapes with random values: He-scaled convs, BatchNorm scales and
+    variances in [0.5, 1.5] and small offsets, so the features stay O(1) and depend on the image
+    (larger BatchNorm offsets make every image's features nearly the same constant)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in torch_state_dict_shapes().items():
+        if name.endswith(("bn.weight", "running_var")):
+            out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+            continue
+        if name.endswith("conv.weight"):
+            scale = np.sqrt(2.0 / np.prod(shape[1:]))
+        elif name == "fc.weight":
+            scale = 1.0 / np.sqrt(shape[1])
+        else:  # bn.bias, running_mean, fc.bias
+            scale = 0.01
+        out[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+    return out
+
+
 def load_inception_params(path: str | os.PathLike) -> dict:
     """pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (needs torch) or its `.npz`
-    conversion (keys = the state-dict names) -> variables for `features` / `inception_outputs`.
+    conversion (keys = the state-dict names) -> variables for `features` / `inception_outputs`;
+    `random:inception`: random weights (`random_state_dict`), for smoke runs.
 
     Nothing is downloaded: the file comes from pytorch-fid's GitHub release `fid_weights`.
     """
     path = os.fspath(path)
+    if path == RANDOM:
+        return convert_state_dict(random_state_dict(), source=path)
     if not os.path.isfile(path):
         raise CheckpointError(
             f"{path}: no such file (expected pytorch-fid's InceptionV3 weights {WEIGHTS_FILE} "

@@ -49,6 +49,10 @@ class TokenDiT(nn.Module):
     # (with cond_conv: F of each code of the grid the stem reads; cond_len counts its tokens)
     cond_pool_hidden: int = 0  # > 0: MLP instead of linear pooling of vector conditions
     cond_dropout: float = 0.0  # dropout on vector conditions' features when train=True
+    # Vector conditions: pool them into the adaLN vector by their masked mean (ConditionEmbedder
+    # mean_pool) instead of a map of every position's features, whose size grows with the
+    # condition's length (a 35 s clip's 440 tokens x 80 features: 27 M parameters at width 768).
+    cond_mean_pool: bool = False
     # Vector conditions through a ConditionStem (condition_stem.py): conv widths (() = none), its
     # kernel and first layer's stride (per axis of cond_grid), the code grid [B, prod(cond_grid),
     # F] fills, and the patch its features are grouped by into cond_len tokens.
@@ -95,6 +99,7 @@ class TokenDiT(nn.Module):
             pool_hidden=self.cond_pool_hidden,
             dropout=self.cond_dropout,
             summary_dim=summary_dim,
+            mean_pool=self.cond_mean_pool,
         )
         self.t_embed = (
             self.shared_t_embed

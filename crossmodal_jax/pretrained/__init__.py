@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from crossmodal_jax.errors import CheckpointError
 from crossmodal_jax.pretrained.kinds import KINDS, kind_of
 from crossmodal_jax.pretrained.parts import GeneratorPart, Part, TextEncoderPart, TokenizerPart
+from crossmodal_jax.pretrained.random_parts import is_random, resolve
 from crossmodal_jax.pretrained.reader import TORCH_SUFFIXES, Checkpoint, read_json
 from crossmodal_jax.pretrained.weights import check, place
 from crossmodal_jax.training.sharding import DEFAULT_RULES, logical_shardings, strip_boxes
@@ -44,7 +45,10 @@ WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
     """Whether `path` names a pretrained checkpoint rather than one of our workdirs: a weights
-    file, or a folder whose config.json is a diffusers/transformers one (ours holds a `task`)."""
+    file, a folder whose config.json is a diffusers/transformers one (ours holds a `task`), or
+    a tiny random-weight part named `random:<kind>` (random_parts.py)."""
+    if is_random(path):
+        return True
     path = Path(path)
     if path.is_file() or path.suffix in WEIGHT_SUFFIXES:
         return path.suffix in WEIGHT_SUFFIXES
@@ -68,8 +72,9 @@ def load(
 
     `kind` forces the kind (else it is read from config.json or recognised from the tensor
     names). With `mesh`, parameters are sharded by our logical-axis `rules` as they are read.
+    `random:<kind>` is a tiny random-weight part, written once to the user's cache.
     """
-    ckpt = Checkpoint(path)
+    ckpt = Checkpoint(resolve(path))
     name = kind or kind_of(ckpt)
     if name not in KINDS:
         raise ValueError(f"unknown pretrained kind {name!r}; known: {', '.join(KINDS)}")

@@ -73,7 +73,7 @@ def load_text_encoder(path: str, mesh, rules, where: str = "text_encoder"):
     part = pretrained.load(path, mesh=mesh, rules=rules)
     if part.kind not in ("t5", "clip_text"):
         raise UserError(f"{where}={path!r} is a {part.kind}, not a text encoder (t5 or clip_text)")
-    text = PretrainedText(path, part.config)
+    text = PretrainedText(str(part.path), part.config)  # random:<kind> -> its folder
     text.tokenizer  # noqa: B018 - a missing tokenizer file is an error now, not in a worker
     width = part.config["d_model"] if part.kind == "t5" else part.config["hidden_size"]
     return part.module, {"params": part.params}, text, int(width)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from crossmodal_jax.data.padded_audio import mask_key
+
 Batch = dict[str, jax.Array]
 Augment = Callable[[Batch, jax.Array], Batch]
 
@@ -61,7 +63,14 @@ def source_shift(source_key: str, max_shift: Sequence[int], fill: float = -1.0):
         return None
 
     def augment(batch: Batch, key: jax.Array) -> Batch:
-        return {**batch, source_key: random_shift(batch[source_key], key, max_shift, fill)}
+        out = {**batch, source_key: random_shift(batch[source_key], key, max_shift, fill)}
+        frames = batch.get(mask_key(source_key))
+        if frames is not None:  # a padded source: its frame mask moves with it (0 uncovered)
+            x = batch[source_key]
+            spread = jnp.broadcast_to(frames.reshape(*frames.shape, *([1] * (x.ndim - 2))), x.shape)
+            moved = random_shift(spread, key, max_shift, 0)  # the same offsets (same key)
+            out[mask_key(source_key)] = jnp.max(moved, axis=tuple(range(2, x.ndim)))
+        return out
 
     return augment
 
@@ -139,7 +148,14 @@ def code_shift(codes_key: str, max_shift: Sequence[int]):
     def augment(batch: Batch, key: jax.Array) -> Batch:
         ids = batch[codes_key]
         one_id = ids.ndim == len(max_shift) + 1  # no stage axis: add one as the channels
-        shifted = random_shift(ids[..., None] if one_id else ids, key, max_shift, None)
-        return {**batch, codes_key: shifted[..., 0] if one_id else shifted}
+        channels = ids[..., None] if one_id else ids
+        masks = batch.get(mask_key(codes_key))
+        if masks is not None:  # a padded source's code mask [B, *grid]: one more channel
+            channels = jnp.concatenate([channels, masks[..., None].astype(ids.dtype)], axis=-1)
+        shifted = random_shift(channels, key, max_shift, None)
+        out = {**batch, codes_key: shifted[..., 0] if one_id else shifted[..., : ids.shape[-1]]}
+        if masks is not None:
+            out[mask_key(codes_key)] = shifted[..., -1].astype(masks.dtype)
+        return out
 
     return augment

@@ -8,6 +8,7 @@ import math
 import jax.numpy as jnp
 import ml_collections
 
+from crossmodal_jax.data.text import ClassTokenizer
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.dit import DIT_LAYOUTS, DIT_PRESETS, DiT
 from crossmodal_jax.models.token_dit import TokenDiT
@@ -86,6 +87,8 @@ def build_dit(exp: Experiment, own: bool = False) -> DiT:
         cond_vocab_size=exp.text.vocab_size,
         cond_len=exp.config.data.text_max_len,
         cond_feature_dim=exp.text_encoder.width if exp.text_encoder is not None else 0,
+        # data.text_classes: the caption is a class index, read by DiT's label embedding.
+        num_classes=exp.text.vocab_size if isinstance(exp.text, ClassTokenizer) else 0,
         dtype=DTYPES[m.dtype],
         remat=m.remat,
         conditioning=m.conditioning,
@@ -113,6 +116,7 @@ def build_token_dit(exp: Experiment, own: bool = False) -> TokenDiT:
             cond["cond_feature_dim"] = exp.tokenizer.code_dim * group
             cond["cond_pool_hidden"] = m.cond_pool_hidden
             cond["cond_dropout"] = m.cond_dropout
+            cond["cond_mean_pool"] = m.cond_mean_pool
             if m.cond_conv:  # the stem groups its features (source_condition: none)
                 cond["cond_conv"] = tuple(m.cond_conv)
                 cond["cond_conv_kernel"] = tuple(m.cond_conv_kernel) or 3

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from crossmodal_jax.config.workdir import checkpointed_stages
 from crossmodal_jax.data import text as text_tok
 from crossmodal_jax.diffusion import flow, flow_samplers, gaussian, masked, masked_decoding
 from crossmodal_jax.experiment import Experiment
-from crossmodal_jax.stages import builders, init_from, summaries
+from crossmodal_jax.stages import builders, init_from, latent_precompute, summaries
 from crossmodal_jax.stages.augment import code_shift, compose, source_affine, source_shift
 from crossmodal_jax.stages.flow_sampler import make_flow_image_generator
 from crossmodal_jax.stages.objectives import (
@@ -56,7 +57,14 @@ def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
     """A DiT over the frozen tokenizer's normalized latents, trained by `objective`: what the
     Gaussian and flow processes share (latent statistics, model, data, sample grids)."""
     frozen = {"tokenizer": tokenizer_variables(exp)}
-    frozen["latents"] = latent_statistics(exp, frozen["tokenizer"])
+    make_iterator = exp.train_iterator_factory(exp.config.generator.train)
+    if exp.config.generator.latents.precompute:  # encoded once, read from disk
+        restored = NAME in checkpointed_stages(exp.ctx.workdir)
+        frozen["latents"], make_iterator = latent_precompute.stored_latents(
+            exp, frozen["tokenizer"], restored
+        )
+    else:
+        frozen["latents"] = latent_statistics(exp, frozen["tokenizer"])
     if exp.text_encoder is not None:  # frozen, sharded and checkpointed like the tokenizer
         frozen["text_encoder"] = exp.text_encoder.variables
     dit = builders.build_dit(exp)
@@ -64,7 +72,6 @@ def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
     def init_variables(key):
         return dit.init(key, *builders.example_inputs(exp, dit))
 
-    make_iterator = exp.train_iterator_factory(exp.config.generator.train)
     if exp.config.generator.precompute_codes:
         make_iterator = precomputed_codes_iterator_factory(exp, exp.tokenizer)
     return _stage(

@@ -15,11 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.data import text as text_tok
+from crossmodal_jax.data.padded_audio import mask_key
 from crossmodal_jax.diffusion import flow, gaussian, masked
 from crossmodal_jax.models.condition_stem import group_codes
 from crossmodal_jax.models.dit import DiT
 from crossmodal_jax.models.lpips import lpips_distance
 from crossmodal_jax.models.vqvae import VQVAE
+from crossmodal_jax.stages import source_mask
 from crossmodal_jax.stages.augment import Augment
 from crossmodal_jax.training.step import Objective
 
@@ -40,12 +42,13 @@ def vqvae_objective(
     quantizer reports (its health and loss terms) is logged under its own name."""
 
     def loss_fn(params, model_state, batch, key):
+        batch = source_mask.canonical(batch, data_key)  # a padded source's padding: silence
         x = batch[data_key]
         variables = {k: v for k, v in model_state.items() if k != PERCEPTUAL}
         (x_rec, aux), new_vars = model.apply(
             {"params": params, **variables}, x, train=True, rngs={"vq": key}, mutable=["vq_stats"]
         )
-        recon, metrics = reconstruction_terms(x, x_rec, aux)
+        recon, metrics = reconstruction_terms(x, x_rec, aux, batch.get(mask_key(data_key)))
         recon = recon + perceptual_term(model_state, x, x_rec, perceptual_weight, metrics)
         return recon + aux["loss"], ({**model_state, **new_vars}, metrics)
 
@@ -73,11 +76,15 @@ def reconstruction_mse(x: jax.Array, x_rec: jax.Array) -> jax.Array:
 
 
 def reconstruction_terms(
-    x: jax.Array, x_rec: jax.Array, aux: dict
+    x: jax.Array, x_rec: jax.Array, aux: dict, frame_mask: jax.Array | None = None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(reconstruction MSE, the tokenizer's logged metrics: MSE, PSNR and every scalar the
-    quantizer reports) of one batch."""
-    mse_per_example = reconstruction_mse(x, x_rec)
+    quantizer reports) of one batch; with a padded source's `frame_mask` [B, frames], over the
+    frames that hold sound (source_mask.py)."""
+    if frame_mask is None:
+        mse_per_example = reconstruction_mse(x, x_rec)
+    else:
+        mse_per_example = source_mask.masked_mean_squares(x, x_rec, frame_mask)
     recon = jnp.mean(mse_per_example)
     metrics = {
         "recon_mse": recon,
@@ -91,6 +98,11 @@ def reconstruction_terms(
 # the target of text→image) when the generator stage computed them once before training
 # (generator.precompute_codes): then the step does not run the tokenizer.
 TOKENIZER_CODES = "tokenizer_codes"
+# With a padded source: i32[B, *grid], 1 for the codes that hold sound (source_mask.py).
+TOKENIZER_CODES_MASK = mask_key(TOKENIZER_CODES)
+# Batch key of the frozen tokenizer's latents [B, h, w, c] when they were encoded once into shards
+# before training (generator.latents.precompute; stages/latent_precompute.py).
+TOKENIZER_LATENTS = "tokenizer_latents"
 
 
 def encode_latents(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.Array:
@@ -101,7 +113,10 @@ def encode_latents(tokenizer: VQVAE, tokenizer_vars: Any, x: jax.Array) -> jax.A
 
 def batch_latents(tokenizer: VQVAE, tokenizer_vars: Any, batch: dict, key: str) -> jax.Array:
     """The quantized latents of batch[key]: the codebook vectors of the batch's precomputed
-    TOKENIZER_CODES when it has them (the same z_q, without running the encoder), else encoded."""
+    TOKENIZER_CODES when it has them (the same z_q, without running the encoder), its stored
+    TOKENIZER_LATENTS, else encoded."""
+    if TOKENIZER_LATENTS in batch:
+        return batch[TOKENIZER_LATENTS]
     if TOKENIZER_CODES in batch:
         z_q = tokenizer.apply(tokenizer_vars, batch[TOKENIZER_CODES], method="lookup")
         return jax.lax.stop_gradient(z_q)
@@ -265,9 +280,15 @@ def vq_tokens(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> TokenF
         if TOKENIZER_CODES in batch:
             ids = batch[TOKENIZER_CODES]
         else:
+            batch = source_mask.canonical(batch, key)
             ids = source_code_ids(tokenizer, model_state["tokenizer"], batch[key])
+        depth = tokenizer.code_depth  # residual stages: a trailing axis of ids a position
+        grid = ids.shape[1:] if depth == 1 else ids.shape[1:-1]
+        mask = source_mask.condition_mask(batch, key, grid, (), codes_key=TOKENIZER_CODES)
         ids = ids.reshape(ids.shape[0], -1)
-        return ids, jnp.ones_like(ids)
+        if mask is None:
+            return ids, jnp.ones_like(ids)
+        return ids, jnp.repeat(mask, depth, axis=1)  # the ids of one position share its mask
 
     return tokens
 
@@ -281,9 +302,12 @@ def vq_vectors(tokenizer: VQVAE, key: str, patch: tuple[int, ...] = ()) -> Token
     what the DiT sees."""
 
     def vectors(model_state, batch):
+        batch = source_mask.canonical(batch, key)  # a padded source's padding: silence
         z_q = batch_latents(tokenizer, model_state["tokenizer"], batch, key)
+        grid = z_q.shape[1:-1]
+        mask = source_mask.condition_mask(batch, key, grid, patch, codes_key=TOKENIZER_CODES)
         z_q = group_codes(z_q, tuple(patch))
-        return z_q, jnp.ones(z_q.shape[:2], jnp.int32)
+        return z_q, jnp.ones(z_q.shape[:2], jnp.int32) if mask is None else mask
 
     return vectors
 

@@ -14,9 +14,16 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax.data import pipeline
+from crossmodal_jax.data.padded_audio import mask_key
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.models.vqvae import VQVAE
-from crossmodal_jax.stages.objectives import TOKENIZER_CODES, encode_latents, source_code_ids
+from crossmodal_jax.stages import source_mask
+from crossmodal_jax.stages.objectives import (
+    TOKENIZER_CODES,
+    TOKENIZER_CODES_MASK,
+    encode_latents,
+    source_code_ids,
+)
 from crossmodal_jax.stages.tokenizer import tokenizer_variables
 from crossmodal_jax.training import sharding
 
@@ -55,14 +62,18 @@ def codes_converter(exp: Experiment, tokenizer: VQVAE) -> Callable[..., dict]:
     source_key = exp.task.continuous
 
     def convert(batch: dict, pad_to: int | None = None) -> dict:
-        x = batch[source_key]
+        frames = batch.get(mask_key(source_key))  # a padded source's frame mask, or None
+        x = source_mask.host_canonical(batch[source_key], frames)
         n = len(x)
         ids = encode(tok_vars, pipeline.pad_batch(x, pad_to) if pad_to else x)
-        return {
+        coded = {
             TOKENIZER_CODES: np.asarray(ids)[:n],
             "text": batch["text"],
             "text_mask": batch["text_mask"],
         }
+        if frames is not None:  # which codes hold sound travels with them (source_mask.py)
+            coded[TOKENIZER_CODES_MASK] = source_mask.host_code_mask(frames, exp.latent_grid)
+        return coded
 
     return convert
 

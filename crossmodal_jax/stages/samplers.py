@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from crossmodal_jax.data import text as text_tok
+from crossmodal_jax.data.padded_audio import mask_key
 from crossmodal_jax.data.pipeline import pad_batch
 from crossmodal_jax.diffusion import (
     dpm_solver,
@@ -215,18 +216,23 @@ def make_text_generator(
     condition: Callable,
     forbidden_ids: tuple[int, ...] = (),
 ) -> Callable:
-    """A jitted fn(params, model_state, source, key) -> caption ids i32[B, text_len].
+    """A jitted fn(params, model_state, source, key, source_mask=None) -> caption ids
+    i32[B, text_len].
 
-    `source` is the continuous input (image, log-mel, video); `condition(model_state, batch)` turns
-    it into what the DiT attends to (objectives.SOURCE_CONDITIONS: the frozen tokenizer's ids or
+    `source` is the continuous input (image, log-mel, video), `source_mask` a padded source's
+    frame mask (the batch's "audio_mask"; source_mask.py); `condition(model_state, batch)` turns
+    them into what the DiT attends to (objectives.SOURCE_CONDITIONS: the frozen tokenizer's ids or
     code vectors). `forbidden_ids` are never emitted (a word vocabulary's unknown word). Decode
     the result with the experiment's caption tokenizer (`Experiment.text`).
     """
     masked_sampler(sample_cfg)  # an unknown name fails here, not at the first call
 
     @partial(jax.jit, out_shardings=P())
-    def generate(params, model_state, source, key):
-        cond, cond_mask = condition(model_state, {source_key: source})
+    def generate(params, model_state, source, key, source_mask=None):
+        batch = {source_key: source}
+        if source_mask is not None:
+            batch[mask_key(source_key)] = source_mask
+        cond, cond_mask = condition(model_state, batch)
         logits_fn = masked_logits_fn(dit, params, cond, cond_mask, sample_cfg.guidance)
         return _masked_sample(
             logits_fn,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from crossmodal_jax.data.padded_audio import mask_key
 from crossmodal_jax.experiment import Experiment
 from crossmodal_jax.logs.pictures import examples_table, picture_grid, save_png
 from crossmodal_jax.logs.writers import MetricWriter
@@ -49,12 +50,13 @@ def text_summary(exp: Experiment, generate: Callable) -> Summary:
     """Captions of a few fixed test inputs beside their references, in TensorBoard and the log."""
     shown = exp.first_examples("test", 8)
     source = shown[exp.task.source]
+    frames = shown.get(mask_key(exp.task.source))  # a padded source's frame mask, or None
     references = exp.text.decode_batch(shown["text"])
 
     def summarize(state, step, writer: MetricWriter):
         key = jax.random.fold_in(jax.random.key(exp.config.seed), step)
         captions = exp.text.decode_batch(
-            np.asarray(generate(state.ema_params, state.model_state, source, key))
+            np.asarray(generate(state.ema_params, state.model_state, source, key, frames))
         )
         table = examples_table([str(i) for i in range(len(captions))], captions, references)
         writer.text(step, "captions", table)

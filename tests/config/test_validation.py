@@ -137,6 +137,19 @@ def test_impossible_combinations_are_named(tmp_path):
         build_experiment(config, str(tmp_path / "run"), {"data": 8})
 
 
+def test_class_labels_and_stored_latents_where_they_cannot_work_are_named(tmp_path):
+    config = vqdit_img.get_config("smoke")
+    config.data.data_dir = str(tmp_path / "data")
+    config.data.text_classes = True  # the embedded digits' captions are sentences, not classes
+    with pytest.raises(UserError, match="text_classes=True needs a dataset with class labels"):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+    config = _config("img2txt")
+    config.data.data_dir = str(tmp_path / "data")
+    config.generator.latents.precompute = True
+    with pytest.raises(UserError, match="generator.latents.precompute stores the latents"):
+        build_experiment(config, str(tmp_path / "run"), {"data": 8})
+
+
 def test_tokenizer_extras_that_cannot_work_are_named(tmp_path):
     config = vqdit_img.get_config("smoke")
     config.data.data_dir = str(tmp_path / "data")

@@ -208,7 +208,7 @@ def test_unprepared_dataset_says_how_to_prepare_it_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize(
     "tfds_name, expected",
     [
-        ("imagenet2012", "unknown data.tfds_name 'imagenet2012'; available: cifar10, coco_"),
+        ("imagenet21k", "unknown data.tfds_name 'imagenet21k'; available: cifar10, coco_"),
         ("", "data.name='tfds' needs data.tfds_name, one of: cifar10, coco_captions, "),
     ],
 )
@@ -296,3 +296,43 @@ def test_mnist_prepared_without_random_access_is_one_line(tmp_path):
     config = _config("img2txt", "mnist", data_dir=str(tmp_path / "tfds"))
     message = _one_line(_split, config, "train")
     assert "is stored as tfrecord, which has no random access; delete " in message
+
+
+# --- class-conditional ImageNet on tfds's mock data (configs/imagenet256.py) -------------------
+
+
+def test_imagenet_mock_data_become_class_labels_of_centre_crops():
+    """data.tfds_mock_examples reads tfds's own mock ImageNet without any mock context; each
+    caption is a WordNet id, which data.text_classes turns into the class index the DiT's label
+    embedding reads; images are ADM's centre crop."""
+    config = _config("imagenet256", "imagenet2012")
+    config.update(tokenizer_from="")  # our own tokenizer block: no pretrained part needed here
+    config.data.update(tfds_mock_examples=N)
+    exp = local_experiment(config)
+    train = exp.dataset.split("train")
+    assert len(train) == N and exp.dataset.fingerprint("train")["records"] == N
+    example, record = train._inner[1], train[1]
+    names = train._inner.dataset_info.features["label"].names
+    assert record["caption"].decode() == names[int(example["label"])]
+    side = config.data.image_size
+    expected = files.center_crop(Image.fromarray(example["image"]), side)
+    np.testing.assert_array_equal(record["image"], np.asarray(expected))
+    batch = next(exp.batches("train", N))
+    assert batch["text"].shape == (N, 1)
+    np.testing.assert_array_equal(batch["text"][:, 0], [train._inner[i]["label"] for i in range(N)])
+    assert batch["text_mask"].tolist() == [[1]] * N
+
+    text = exp.text  # the class tokenizer: captions, indices and the empty (null) prompt
+    assert text.vocab_size == 1000 and text.decode(text.encode("207", 1)[0]) == names[207]
+    assert text.encode(names[3], 1)[0].tolist() == [3]
+    assert text.encode("", 1)[1].tolist() == [0]  # unconditional
+    assert text.unknown_words("a golden retriever") == ["a golden retriever"]
+    assert text.unknown_words("999") == [] and text.unknown_words("1000") == ["1000"]
+
+
+def test_centre_crop_keeps_the_middle_square():
+    """ADM's crop: the short side scaled to the size, the long side's middle kept."""
+    pixels = np.zeros((40, 80, 3), np.uint8)
+    pixels[:, 20:60] = 255  # the middle 40 columns are white
+    out = np.asarray(files.center_crop(Image.fromarray(pixels), 20))
+    assert out.shape == (20, 20, 3) and out.min() == 255

@@ -22,23 +22,7 @@ RESIZE = 107
 
 
 def _random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    """pytorch-fid names and shapes; He-scaled convs, BatchNorm scales and variances in [0.5, 1.5]
-    and small offsets, so the features stay O(1) and depend on the image (larger BatchNorm
-    offsets make every image's features nearly the same constant)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in inception_weights.torch_state_dict_shapes().items():
-        if name.endswith(("bn.weight", "running_var")):
-            out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-            continue
-        if name.endswith("conv.weight"):
-            scale = np.sqrt(2.0 / np.prod(shape[1:]))
-        elif name == "fc.weight":
-            scale = 1.0 / np.sqrt(shape[1])
-        else:  # bn.bias, running_mean, fc.bias
-            scale = 0.01
-        out[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-    return out
+    return inception_weights.random_state_dict(seed)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Pretrained parts inside a run's Experiment (`tokenizer_from` a checkpoint, `text_encoder`): what
 the generator, sampler and evaluation get equals the part itself, and what cannot work is refused
-in one line before anything is trained. (The run through `main` is tests/cli/test_pretrained_cli.py.)
+in one line before anything is trained. (The run through `main` is the COCO smoke of
+tests/cli/test_real_size_configs.py.)
 """
 
 import importlib.util
