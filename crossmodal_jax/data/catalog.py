@@ -15,7 +15,7 @@ from typing import Any
 import grain
 import ml_collections
 
-from crossmodal_jax.data import fingerprint, folders, shapes, sources, tfds_sources
+from crossmodal_jax.data import fingerprint, folders, shapes, sources, tfds_records, tfds_sources
 from crossmodal_jax.data.modalities import MODALITIES
 from crossmodal_jax.errors import UserError
 
@@ -97,12 +97,12 @@ def _folder(data_cfg: ml_collections.ConfigDict) -> Dataset:
 
 
 def _tfds(data_cfg: ml_collections.ConfigDict) -> Dataset:
-    spec = tfds_sources.spec_of(data_cfg)
+    spec = tfds_records.spec_of(data_cfg)
     _check_frame_size(data_cfg, spec.modality)
     return Dataset(
         data_cfg,
         modality=spec.modality,
-        image_max_value=tfds_sources.IMAGE_MAX_VALUE,
+        image_max_value=tfds_records.IMAGE_MAX_VALUE,
         has_labels=spec.has_labels,
         digit_labels=spec.digit_labels,
         described=f"data.tfds_name={data_cfg.tfds_name!r}",

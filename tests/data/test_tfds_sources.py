@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from crossmodal_jax.config import validation
-from crossmodal_jax.data import files, tfds_sources
+from crossmodal_jax.data import files, tfds_records, tfds_sources
 from crossmodal_jax.errors import UserError
 from crossmodal_jax.experiment import local_experiment
 
@@ -106,7 +106,7 @@ TF_CASES = {"coco_captions_text2image", "coco_captions_image2text", "librispeech
 def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
     file, name, overrides, media = CASES[case]
     config = _config(file, name, **overrides)
-    spec = tfds_sources.TFDS_DATASETS[name]
+    spec = tfds_records.TFDS_DATASETS[name]
     with _mocked():
         exp = _opened(config)
         train, test = exp.dataset.split("train"), exp.dataset.split("test")
@@ -139,18 +139,18 @@ def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
     np.testing.assert_array_equal(record[media], expected)
     caption = record["caption"].decode()
     if name == "mnist":
-        assert caption == f"the digit {tfds_sources.NUMBER_WORDS[int(example['label'])]}"
+        assert caption == f"the digit {tfds_records.NUMBER_WORDS[int(example['label'])]}"
         assert record["label"] == example["label"]
     elif name == "cifar10":
-        word = tfds_sources.CIFAR10_CLASSES[int(example["label"])]
+        word = tfds_records.CIFAR10_CLASSES[int(example["label"])]
         assert caption == f"a photo of {'an' if word[0] in 'aeiou' else 'a'} {word}"
     elif name == "ucf101":
         names = train._inner.dataset_info.features["label"].names
-        assert caption == tfds_sources.class_caption(names[int(example["label"])])
+        assert caption == tfds_records.class_caption(names[int(example["label"])])
     elif name == "coco_captions":
-        assert caption == " ".join(tfds_sources._text(example["captions"]["text"][0]).split())
+        assert caption == " ".join(tfds_records._text(example["captions"]["text"][0]).split())
     else:
-        assert caption == " ".join(tfds_sources._text(example["text"]).lower().split())
+        assert caption == " ".join(tfds_records._text(example["text"]).lower().split())
 
     # The model's view: the features of the record, in batches, with the config's input shape.
     key = exp.task.continuous
@@ -159,7 +159,7 @@ def test_every_source_feeds_its_model_through_the_config(case, tmp_path):
     assert len(source) == N
     # Class datasets keep their labels (the text→image feature classifier learns from them);
     # only mnist's are the digit its caption names (image→text digit-naming accuracy).
-    spec = tfds_sources.TFDS_DATASETS[name]
+    spec = tfds_records.TFDS_DATASETS[name]
     assert ("label" in batch) == (name in ("mnist", "cifar10", "ucf101")) == spec.has_labels
     assert exp.dataset.digit_labels == (name == "mnist")
 
@@ -180,11 +180,11 @@ def test_mnist_records_keep_the_pixels_and_train_batches_shuffle(tmp_path):
 
 
 def test_class_names_become_captions():
-    assert tfds_sources.class_caption("ApplyEyeMakeup") == "apply eye makeup"
-    assert tfds_sources.class_caption("YoYo") == "yo yo"
-    assert tfds_sources.class_caption("apply_eye_makeup") == "apply eye makeup"
-    cifar = tfds_sources.TFDS_DATASETS["cifar10"]
-    captions = tfds_sources.label_captions(cifar, tfds_sources.CIFAR10_CLASSES)
+    assert tfds_records.class_caption("ApplyEyeMakeup") == "apply eye makeup"
+    assert tfds_records.class_caption("YoYo") == "yo yo"
+    assert tfds_records.class_caption("apply_eye_makeup") == "apply eye makeup"
+    cifar = tfds_records.TFDS_DATASETS["cifar10"]
+    captions = tfds_records.label_captions(cifar, tfds_records.CIFAR10_CLASSES)
     assert captions[:4] == (
         "a photo of an airplane",
         "a photo of an automobile",
