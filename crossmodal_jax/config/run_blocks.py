@@ -19,7 +19,7 @@ def train(**overrides) -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # AdamW decoupled weight decay
     c.b1 = 0.9  # Adam beta1
     c.b2 = 0.99  # Adam beta2
-    c.grad_clip = 1.0  # clip gradients to this global norm
+    c.grad_clip = 1.0  # clip gradients to this global norm (0 = no clipping)
     c.ema_decay = 0.0  # EMA of the weights used for sampling/eval; 0 keeps a plain copy
     c.log_every = 50  # steps between logged scalars (metrics.jsonl, TensorBoard, progress line)
     c.images_every = 500  # steps between summaries (reconstructions/samples); 0 = only at the end

@@ -128,14 +128,18 @@ def make_train_iterator(
     ds = ds.batch(batch_size, drop_remainder=True)
     # Lazy: a process maps and reads only the batches it takes.
     ds = ds[jax.process_index() :: jax.process_count()]
-    iter_ds = ds.to_iter_dataset(READ_OPTIONS)
+    return iter(with_workers(ds.to_iter_dataset(READ_OPTIONS), worker_count))
+
+
+def with_workers(iter_ds: grain.IterDataset, worker_count: int) -> grain.IterDataset:
+    """`iter_ds` read by `worker_count` grain worker processes (0: in this process)."""
     if worker_count > 0:
         # grain workers read absl flags; outside an absl app (tests, notebooks) use the defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         # Workers need a picklable source and transform (both module-level classes here).
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter(iter_ds)
+    return iter_ds
 
 
 def make_eval_batches(

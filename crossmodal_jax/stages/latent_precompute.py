@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,17 +111,38 @@ def _encoder(exp: Experiment, tok_host: Any, flip: bool):
     return run, size
 
 
+class EncoderInputs(grain.transforms.Map):
+    """Record -> what the encode needs and the shard keeps: the model image, label and raw
+    caption (module-level and picklable: grain workers decode and crop in parallel)."""
+
+    def __init__(self, features: grain.transforms.Map):
+        self.features = features
+
+    def map(self, record: dict[str, Any]) -> dict[str, Any]:
+        caption = record["caption"]
+        return {
+            "image": self.features.map(record)["image"],
+            "label": np.int32(record.get("label", -1)),
+            "caption": caption if isinstance(caption, bytes) else str(caption).encode("utf-8"),
+        }
+
+
 def _encode_shard(exp, encode, size, source, start: int, stop: int, dtype) -> list[dict]:
+    """The records of examples [start, stop): images read by data.worker_count grain workers
+    (decoding and cropping 256² JPEGs is the precompute's other cost), encoded `size` at a time."""
+    ds = grain.MapDataset.source(source)[start:stop].map(EncoderInputs(exp.features))
+    ds = ds.batch(size, drop_remainder=False)
+    batches = pipeline.with_workers(
+        ds.to_iter_dataset(pipeline.READ_OPTIONS), exp.config.data.worker_count
+    )
     records = []
-    for lo in range(start, stop, size):
-        raw = [source[i] for i in range(lo, min(lo + size, stop))]
-        images = np.stack([exp.features.map(r)["image"] for r in raw])
-        z, z_flip = encode(pipeline.pad_batch(images, size))
-        for j, r in enumerate(raw):
-            record = {store.LATENT: z[j].astype(dtype), "label": np.int32(r.get("label", -1))}
+    for batch in batches:
+        z, z_flip = encode(pipeline.pad_batch(batch["image"], size))
+        for j in range(len(batch["image"])):
+            record = {store.LATENT: z[j].astype(dtype), "label": np.int32(batch["label"][j])}
             if z_flip is not None:
                 record[store.LATENT_FLIP] = z_flip[j].astype(dtype)
-            record["caption"] = r["caption"]
+            record["caption"] = bytes(batch["caption"][j])
             records.append(record)
     return records
 

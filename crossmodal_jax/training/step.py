@@ -43,7 +43,8 @@ class TrainState:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW with linear warmup, cosine decay and global-norm clipping; returns (tx, lr schedule)."""
+    """AdamW with linear warmup, cosine decay and global-norm clipping (none when grad_clip <= 0:
+    optax's clip to norm 0 would zero every gradient); returns (tx, lr schedule)."""
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=cfg.learning_rate,
@@ -52,7 +53,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> tuple[optax.GradientTransf
         end_value=cfg.learning_rate * cfg.end_lr_fraction,
     )
     tx = optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
         optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay),
     )
     return tx, schedule

@@ -37,6 +37,23 @@ def test_lr_schedule_warmup_then_cosine():
     assert 0.1 < float(schedule(55)) < 1.0
 
 
+def test_grad_clip_zero_turns_clipping_off():
+    """grad_clip=0 leaves gradients as they are (the DiT recipe clips nothing); optax's clip to
+    norm 0 would zero every gradient, and the first Adam step would move nothing. The clip's
+    state is empty either way, so checkpoints keep one structure."""
+    cfg = vqdit_img.get_config().tokenizer.train
+    cfg.update(warmup_steps=0, learning_rate=1.0, end_lr_fraction=1.0, weight_decay=0.0)
+    grads, params = {"w": jnp.array([3.0, -4.0])}, {"w": jnp.zeros(2)}
+    for clip in (1.0, 0.0):
+        cfg.grad_clip = clip
+        tx, _ = make_optimizer(cfg)
+        state = tx.init(params)
+        assert state[0] == optax.EmptyState()
+        updates, _ = tx.update(grads, state, params)
+        # Adam's first step is -lr * g / |g| per coordinate, whatever the (nonzero) scale.
+        np.testing.assert_allclose(updates["w"], [-1.0, 1.0], rtol=1e-4)
+
+
 def test_train_step_matches_manual_update_and_ema():
     """One step = optax update of the objective's grads; ema = d*ema + (1-d)*new params."""
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
