@@ -2,13 +2,25 @@
 CPU devices (nothing runs): does a model fit, and what do its collectives move?
 
   python benchmarks/scale_plan.py [--devices=8,64] [--models=dit_xl2,t2i_2b] \
-      [--presets=dp,fsdp,fsdp_tp] [--global_batch=256]
+      [--presets=dp,fsdp,fsdp_tp] [--global_batch=0]
+  python benchmarks/scale_plan.py --devices=8,64,256 --models=imagenet256,coco256_t2i
 
-Models (bf16 compute, float32 weights, remat, AdamW + weight EMA, the shared `train_step`):
-  dit_xl2  DiT-XL/2 at 256×256: 32×32×4 latents, patch 2 (256 tokens), unconditional (the class
-           embedding of the paper would add 1.2 M parameters);
-  t2i_2b   a ~2 B-parameter text→image DiT: width 2048, 20 cross-attention blocks (16 heads),
-           the same latents, captions of 128 tokens.
+Models (float32 weights, AdamW + weight EMA, the shared `train_step`):
+  dit_xl2      DiT-XL/2 at 256×256: 32×32×4 latents, patch 2 (256 tokens), unconditional (the
+               class embedding of the paper would add 1.2 M parameters); bf16, remat;
+  t2i_2b       a ~2 B-parameter text→image DiT: width 2048, 20 cross-attention blocks (16 heads),
+               the same latents, captions of 128 tokens; bf16, remat;
+  imagenet256  configs/imagenet256.py's generator, read from its get_config(): DiT-XL/2 with
+               DiT's label embedding (1,000 classes), its optimizer and diffusion settings;
+  coco256_t2i  configs/coco256_t2i.py's generator: a cross-attention DiT-B/2 whose condition is
+               the frozen T5 v1.1 base encoder's hidden states (64 tokens × 768), computed in
+               every step: the encoder (random init, t5-v1_1-base's shape) is in the compiled
+               step and its float32 weights in the state, sharded by the same rules.
+The config rows are built by the generator's own builders (stages/builders.py: build_dit,
+example_inputs, caption_condition) and objective (gaussian_diffusion_objective) over the batch
+the latent shards feed (`tokenizer_latents`, text ids and mask, label), so the plan follows the
+configs. Their latents are the SD-VAE's: image_size / 8 a side, 4 channels.
+
 Presets on n devices: dp (data=n: every device holds everything), fsdp (fsdp=n: weights,
 gradients and Adam split n ways), fsdp_tp (fsdp=n/4, tensor=4: MLP and heads split 4 ways
 inside a host, the rest FSDP).
@@ -16,29 +28,37 @@ inside a host, the rest FSDP).
 For each (devices, model, preset): parameters; XLA's per-device bytes of the compiled step
 (`memory_analysis`: arguments = the sharded state + this device's batch, outputs, temporaries);
 the analytic per-device bytes of weights + Adam + EMA (16 B a parameter) and of the float32
-gradients (4 B), split by fsdp × tensor; and the bytes of each collective kind in one device's
-program (training/plan.py). Each device count compiles in its own process (the fake device count
-is fixed when JAX starts). The last line is one JSON object.
+gradients (4 B), split by fsdp × tensor, plus a frozen text encoder's float32 weights (4 B); and
+the bytes of each collective kind in one device's program (training/plan.py). Each device count
+compiles in its own process (the fake device count is fixed when JAX starts). The last line is
+one JSON object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+import types
+from typing import Any
 
+import ml_collections
 from absl import app, flags
 
 _DEVICES = flags.DEFINE_list("devices", ["8", "64"], "Fake device counts.")
 _MODELS = flags.DEFINE_list("models", ["dit_xl2", "t2i_2b"], "Models (see the docstring).")
 _PRESETS = flags.DEFINE_list("presets", ["dp", "fsdp", "fsdp_tp"], "Sharding presets.")
-_BATCH = flags.DEFINE_integer("global_batch", 256, "Global batch.")
+_BATCH = flags.DEFINE_integer(
+    "global_batch", 0, "Global batch; 0 = the config's generator.train.batch_size (256 otherwise)."
+)
 _CHILD = flags.DEFINE_integer("child", 0, "Internal: compile for this many devices, print rows.")
 
-LATENT, CHANNELS, PATCH, CAPTION = 32, 4, 2, 128
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LATENT, CHANNELS, PATCH, CAPTION, DEFAULT_BATCH = 32, 4, 2, 128, 256
 MODELS = {
     "dit_xl2": dict(hidden_size=1152, depth=28, num_heads=16),
     "t2i_2b": dict(
@@ -50,7 +70,48 @@ MODELS = {
         cond_len=CAPTION,
     ),
 }
+# Rows read from a config file of configs/ (its generator at full size).
+CONFIGS = ("imagenet256", "coco256_t2i")
+# The SD-VAE (sd-vae-ft-ema/-mse): 8× downsampling to 4 channels.
+VAE_DOWNSAMPLE, VAE_CHANNELS = 8, 4
+# Frozen text encoders a config may name, as pretrained/t5.py's settings: google/t5-v1_1-base's
+# config.json (12 layers, width 768, 12 heads of 64, gated-GELU MLP of 2048, 32,128 pieces).
+TEXT_ENCODERS = {
+    "t5-v1_1-base": dict(
+        vocab_size=32128,
+        d_model=768,
+        d_kv=64,
+        num_heads=12,
+        d_ff=2048,
+        num_layers=12,
+        num_buckets=32,
+        max_distance=128,
+        epsilon=1e-6,
+        gated=True,
+        activation="gelu_new",
+        bias_per_layer=False,
+    ),
+}
+FROZEN_BYTES_PER_PARAM = 4  # a frozen encoder's float32 weights: no gradient, Adam or EMA
 GIB = 2**30
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+    """configs/<name>.py's get_config() (the full size, no variant)."""
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def batch_size(model: str) -> int:
+    """--global_batch, else the config's training batch: the plan is of the batch it trains at."""
+    if _BATCH.value:
+        return _BATCH.value
+    if model in CONFIGS:
+        return int(load_config(model).generator.train.batch_size)
+    return DEFAULT_BATCH
 
 
 def preset_mesh(preset: str, n: int) -> dict[str, int]:
@@ -59,53 +120,202 @@ def preset_mesh(preset: str, n: int) -> dict[str, int]:
     ]
 
 
-def stage_spec(model: str):
-    """The StageSpec of a model: eps-prediction Gaussian diffusion on latents (+ caption ids)."""
+@dataclasses.dataclass
+class Case:
+    """What one row compiles: the stage, its global batch (ShapeDtypeStructs) and the parameter
+    count of the frozen parts riding in model_state."""
+
+    spec: Any
+    batch: dict
+    frozen_params: int = 0
+
+
+@dataclasses.dataclass
+class PlanExperiment:
+    """The fields of an `Experiment` that the generator's builders read, at the config's full
+    size without its dataset or pretrained files (neither exists here): the builders then make
+    exactly the DiT, inputs and condition that training would."""
+
+    config: ml_collections.ConfigDict
+    latent_grid: tuple[int, int]
+    tokenizer: Any  # .code_dim: the latent channels
+    text: Any  # .vocab_size (a ClassTokenizer for class labels)
+    text_encoder: Any = None  # .module, .width
+    generator_model: Any = None
+
+
+def legacy_case(model: str, batch: int) -> Case:
+    """dit_xl2 / t2i_2b: eps-prediction Gaussian diffusion on latents (+ caption ids)."""
+    import jax
     import jax.numpy as jnp
+    import numpy as np
     from dit_step import diffusion_spec, train_config
 
     from crossmodal_jax.models.dit import DiT
 
     size = MODELS[model]
     dit = DiT((LATENT, LATENT), CHANNELS, patch_size=PATCH, dtype=jnp.bfloat16, remat=True, **size)
-    captioned = "cond_len" in size
-    caption_len = CAPTION if captioned else 0
-    spec = diffusion_spec(dit, train_config(1000), _BATCH.value, caption_len=caption_len)
-    return dataclasses.replace(spec, name=model), captioned
+    caption_len = CAPTION if "cond_len" in size else 0
+    spec = diffusion_spec(dit, train_config(1000), batch, caption_len=caption_len)
+    shapes = {"latents": jax.ShapeDtypeStruct((batch, LATENT, LATENT, CHANNELS), np.float32)}
+    if caption_len:
+        shapes["text"] = jax.ShapeDtypeStruct((batch, CAPTION), np.int32)
+        shapes["text_mask"] = jax.ShapeDtypeStruct((batch, CAPTION), np.int32)
+    return Case(dataclasses.replace(spec, name=model), shapes)
+
+
+def text_encoder_state(source: str, mesh=None, rules=()) -> tuple[Any, dict, int]:
+    """(module, abstract params, parameter count) of a frozen text encoder of the named
+    checkpoint's shape: random init, never materialised; with `mesh`, the params carry the
+    shardings `rules` give them there (as pretrained.load places real weights)."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from crossmodal_jax.pretrained import t5
+    from crossmodal_jax.training import sharding
+
+    settings = text_encoder_settings(source)
+    module = t5.build(settings)
+    init = lambda *a: module.init(jax.random.key(0), *a)["params"]
+    boxed = jax.eval_shape(init, *t5.init_args(settings))
+    abstract = sharding.strip_boxes(boxed)
+    if mesh is not None:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            shardings = sharding.logical_shardings(boxed, mesh, rules)
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
+    count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract)))
+    return module, abstract, count
+
+
+def text_encoder_settings(source: str) -> dict[str, Any]:
+    """pretrained/t5.py's settings of the checkpoint a config names (by its folder's name)."""
+    name = os.path.basename(str(source).rstrip("/"))
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"text_encoder={source!r}: the plan knows {', '.join(TEXT_ENCODERS)}")
+    return TEXT_ENCODERS[name]
+
+
+def plan_experiment(
+    config: ml_collections.ConfigDict, mesh=None, rules=()
+) -> tuple[PlanExperiment, int]:
+    """The config's PlanExperiment (SD-VAE latents; ImageNet's class ids from the TFDS builder's
+    metadata; a frozen text encoder of its checkpoint's shape) and the encoder's parameter count.
+    """
+    from crossmodal_jax.data import text as text_lib
+    from crossmodal_jax.data import tfds_sources
+    from crossmodal_jax.experiment import TextEncoder
+
+    side = config.data.image_size // VAE_DOWNSAMPLE
+    encoder, frozen_params = None, 0
+    if config.text_encoder:
+        settings = text_encoder_settings(config.text_encoder)
+        module, params, frozen_params = text_encoder_state(config.text_encoder, mesh, rules)
+        encoder = TextEncoder(module, {"params": params}, settings["d_model"])
+        text = types.SimpleNamespace(vocab_size=settings["vocab_size"])
+    elif config.data.text_classes:
+        text = text_lib.ClassTokenizer(tfds_sources.class_captions(config.data))
+    else:
+        text = text_lib.TextTokenizer(tuple(config.data.text_words.split()))
+    latents = types.SimpleNamespace(code_dim=VAE_CHANNELS)
+    return PlanExperiment(config, (side, side), latents, text, encoder), frozen_params
+
+
+def config_case(model: str, mesh, rules, batch: int) -> Case:
+    """The generator stage of configs/<model>.py over precomputed latents, on `mesh`."""
+    import jax
+    import numpy as np
+
+    from crossmodal_jax.diffusion import gaussian
+    from crossmodal_jax.stages import builders
+    from crossmodal_jax.stages.objectives import TOKENIZER_LATENTS, gaussian_diffusion_objective
+    from crossmodal_jax.training import sharding
+    from crossmodal_jax.training.stage import StageSpec
+
+    config = load_config(model)
+    diff = config.generator.diffusion
+    if diff.process != "gaussian":
+        raise ValueError(f"{model}: the plan builds Gaussian-diffusion DiTs, not {diff.process}")
+    exp, frozen_params = plan_experiment(config, mesh, rules)
+    side, text_len = exp.latent_grid[0], config.data.text_max_len
+    rep = sharding.replicated(mesh)
+    frozen: dict[str, Any] = {
+        "tokenizer": {},  # the latents are read from shards: no encoder runs
+        "latents": {
+            "mean": jax.ShapeDtypeStruct((VAE_CHANNELS,), np.float32, sharding=rep),
+            "std": jax.ShapeDtypeStruct((), np.float32, sharding=rep),
+        },
+    }
+    if exp.text_encoder is not None:
+        frozen["text_encoder"] = exp.text_encoder.variables
+    dit = builders.build_dit(exp)
+    objective = gaussian_diffusion_objective(
+        dit,
+        None,  # the batch holds TOKENIZER_LATENTS: the tokenizer is never called
+        gaussian.make_schedule(diff.schedule, diff.timesteps),
+        prediction=diff.prediction,
+        cond_drop=diff.cond_drop,
+        weighting=diff.loss_weighting,
+        min_snr_gamma=diff.min_snr_gamma,
+        condition=builders.caption_condition(exp),
+    )
+    spec = StageSpec(
+        name=model,
+        train_cfg=config.generator.train,
+        init_variables=lambda key: dit.init(key, *builders.example_inputs(exp, dit)),
+        objective=objective,
+        make_iterator=lambda: None,  # compiled, never run
+        frozen_state=frozen,
+    )
+    # What data/latent_shards.LatentFeatures yields a step.
+    shapes = {
+        TOKENIZER_LATENTS: jax.ShapeDtypeStruct((batch, side, side, VAE_CHANNELS), np.float32),
+        "text": jax.ShapeDtypeStruct((batch, text_len), np.int32),
+        "text_mask": jax.ShapeDtypeStruct((batch, text_len), np.int32),
+        "label": jax.ShapeDtypeStruct((batch,), np.int32),
+    }
+    return Case(spec, shapes, frozen_params)
 
 
 def child(n: int) -> None:
     """Compile every (model, preset) on n fake devices; one JSON row a case on stdout."""
     import flax.linen as nn
     import jax
-    import numpy as np
 
     from crossmodal_jax.training import plan, sharding
 
     assert jax.device_count() == n, jax.device_count()
-    rules = sharding.DEFAULT_RULES
     for model in _MODELS.value:
-        spec, captioned = stage_spec(model)
-        batch = {
-            "latents": jax.ShapeDtypeStruct((_BATCH.value, LATENT, LATENT, CHANNELS), np.float32)
-        }
-        if captioned:
-            batch["text"] = jax.ShapeDtypeStruct((_BATCH.value, CAPTION), np.int32)
-            batch["text_mask"] = jax.ShapeDtypeStruct((_BATCH.value, CAPTION), np.int32)
+        batch = batch_size(model)
+        if model in CONFIGS:
+            rules = sharding.rules_from_config(load_config(model).mesh.rules)
+        else:
+            rules = sharding.DEFAULT_RULES
         for preset in _PRESETS.value:
             shape = preset_mesh(preset, n)
             mesh = sharding.make_mesh(shape)
             t0 = time.perf_counter()
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                row = plan.plan_step(spec, mesh, rules, batch)
+                case = (
+                    config_case(model, mesh, rules, batch)
+                    if model in CONFIGS
+                    else legacy_case(model, batch)
+                )
+                row = plan.plan_step(case.spec, mesh, rules, case.batch)
             shards = shape.get("fsdp", 1) * shape.get("tensor", 1)
+            analytic = plan.analytic_bytes(row["params"], shards)
+            analytic["frozen"] = case.frozen_params * FROZEN_BYTES_PER_PARAM / shards
             row.update(
                 devices=n,
                 model=model,
                 preset=preset,
                 mesh=shape,
+                batch=batch,
+                frozen_params=case.frozen_params,
                 compile_s=round(time.perf_counter() - t0, 1),
-                analytic=plan.analytic_bytes(row["params"], shards),
+                analytic=analytic,
                 replicated=len(row["replicated"]),
             )
             print("ROW " + json.dumps(row), flush=True)
@@ -114,15 +324,19 @@ def child(n: int) -> None:
 def table(rows: list[dict]) -> str:
     lines = [
         "| devices | model | preset | params | arguments | temporaries | analytic state + grads "
-        "| all-gather | reduce-scatter | all-reduce | compile |",
+        "(+ frozen) | all-gather | reduce-scatter | all-reduce | compile |",
         "|---" * 11 + "|",
     ]
     for r in rows:
         c, a = r["collectives"], r["analytic"]
+        frozen = f" + {a['frozen'] / GIB:.2f}" if a.get("frozen") else ""
+        params = f"{r['params'] / 1e9:.3f} B"
+        if r.get("frozen_params"):
+            params += f" + {r['frozen_params'] / 1e9:.3f} B frozen"
         lines.append(
-            f"| {r['devices']} | {r['model']} | {r['preset']} | {r['params'] / 1e9:.3f} B "
+            f"| {r['devices']} | {r['model']} | {r['preset']} | {params} "
             f"| {r['argument_bytes'] / GIB:.2f} GiB | {r['temp_bytes'] / GIB:.2f} GiB "
-            f"| {a['state'] / GIB:.2f} + {a['grads'] / GIB:.2f} GiB "
+            f"| {a['state'] / GIB:.2f} + {a['grads'] / GIB:.2f}{frozen} GiB "
             f"| {c['all-gather'] / GIB:.2f} GiB | {c['reduce-scatter'] / GIB:.2f} GiB "
             f"| {c['all-reduce'] / GIB:.2f} GiB | {r['compile_s']} s |"
         )
@@ -131,6 +345,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv) -> None:
     del argv
+    unknown = set(_MODELS.value) - set(MODELS) - set(CONFIGS)
+    if unknown:
+        sys.exit(f"unknown --models {sorted(unknown)}; available: {', '.join([*MODELS, *CONFIGS])}")
     if _CHILD.value:
         child(_CHILD.value)
         return
@@ -152,7 +369,7 @@ def main(argv) -> None:
         print(f"{n} devices: {len(found)} cases compiled in {time.perf_counter() - t0:.0f} s")
         rows += found
     print(table(rows))
-    print(json.dumps({"batch": _BATCH.value, "rows": rows}))
+    print(json.dumps({"global_batch_flag": _BATCH.value, "rows": rows}))
 
 
 if __name__ == "__main__":
