@@ -77,3 +77,17 @@ def test_sample_cli_captions_a_clip_longer_than_the_centre_cut_ones(librispeech_
     rows = read_jsonl(out / "outputs.jsonl")
     assert [r["input"] for r in rows] == ["long.wav", "short.wav"]
     assert all(isinstance(r["text"], str) for r in rows)
+
+
+def test_sample_cli_names_a_broken_wav(librispeech_run, tmp_path):
+    """(The speech→text case of test_tasks_cli.py's broken-input test, which no longer trains
+    configs/speech2txt.py: this smoke run covers its task.)"""
+    workdir, _, _ = librispeech_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "broken.wav").write_bytes(b"not really a media file")
+    out = tmp_path / "out"
+    result = run_cli("sample", f"--workdir={workdir}", f"--input={folder}", f"--output={out}")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "broken.wav" in result.stderr and not out.exists()
