@@ -4,6 +4,7 @@ CPU devices (nothing runs): does a model fit, and what do its collectives move?
   python benchmarks/scale_plan.py [--devices=8,64] [--models=dit_xl2,t2i_2b] \
       [--presets=dp,fsdp,fsdp_tp] [--global_batch=0]
   python benchmarks/scale_plan.py --devices=8,64,256 --models=imagenet256,coco256_t2i
+  python benchmarks/scale_plan.py --devices=8,64 --models=librispeech_s2t
 
 Models (float32 weights, AdamW + weight EMA, the shared `train_step`):
   dit_xl2      DiT-XL/2 at 256×256: 32×32×4 latents, patch 2 (256 tokens), unconditional (the
@@ -15,7 +16,10 @@ Models (float32 weights, AdamW + weight EMA, the shared `train_step`):
   coco256_t2i  configs/coco256_t2i.py's generator: a cross-attention DiT-B/2 whose condition is
                the frozen T5 v1.1 base encoder's hidden states (64 tokens × 768), computed in
                every step: the encoder (random init, t5-v1_1-base's shape) is in the compiled
-               step and its float32 weights in the state, sharded by the same rules.
+               step and its float32 weights in the state, sharded by the same rules;
+  librispeech_s2t  configs/librispeech_s2t.py's masked text generator (the Experiment built on
+               tfds's mock data: shapes come from the config) over precomputed code ids and their
+               mask, the frozen tokenizer's variables in its state.
 The config rows are built by the generator's own builders (stages/builders.py: build_dit,
 example_inputs, caption_condition) and objective (gaussian_diffusion_objective) over the batch
 the latent shards feed (`tokenizer_latents`, text ids and mask, label), so the plan follows the
@@ -109,7 +113,7 @@ def batch_size(model: str) -> int:
     """--global_batch, else the config's training batch: the plan is of the batch it trains at."""
     if _BATCH.value:
         return _BATCH.value
-    if model in CONFIGS:
+    if model in CONFIGS or model in TEXT_CONFIGS:
         return int(load_config(model).generator.train.batch_size)
     return DEFAULT_BATCH
 
@@ -279,6 +283,47 @@ def config_case(model: str, mesh, rules, batch: int) -> Case:
     return Case(spec, shapes, frozen_params)
 
 
+# Rows of X→text configs: the generator stage of the real Experiment, built on tfds's mock data
+# (the model shapes come from the config, not the data), over precomputed code ids.
+TEXT_CONFIGS = ("librispeech_s2t",)
+
+
+def text_case(model: str, mesh, batch: int) -> Case:
+    """The masked text generator of configs/<model>.py (precompute_codes: the batch holds the
+    frozen tokenizer's code ids and their mask, as data the step never encodes), with the
+    tokenizer's variables as abstract frozen state."""
+    import jax
+    import numpy as np
+
+    from crossmodal_jax.experiment import local_experiment
+    from crossmodal_jax.stages import generators, tokenizer
+    from crossmodal_jax.stages.objectives import TOKENIZER_CODES, TOKENIZER_CODES_MASK
+    from crossmodal_jax.training import sharding
+    from crossmodal_jax.training.step import frozen_state
+
+    config = load_config(model)
+    config.data.tfds_mock_examples = 2
+    exp = local_experiment(config)
+    x = jax.ShapeDtypeStruct((1, *exp.input_shape), np.float32)
+    variables = jax.eval_shape(lambda v: exp.tokenizer.init(jax.random.key(0), v), x)
+    rep = sharding.replicated(mesh)
+    variables = jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rep),
+        sharding.strip_boxes(variables),
+    )
+    exp.results[tokenizer.NAME] = frozen_state(variables)
+    spec = generators.generator_stage(exp)
+    text_len, grid = config.data.text_max_len, exp.code_grid
+    shapes = {
+        TOKENIZER_CODES: jax.ShapeDtypeStruct((batch, *grid), np.int32),
+        "text": jax.ShapeDtypeStruct((batch, text_len), np.int32),
+        "text_mask": jax.ShapeDtypeStruct((batch, text_len), np.int32),
+    }
+    if config.data.audio.padding == "end":  # padded clips: their codes' mask travels with them
+        shapes[TOKENIZER_CODES_MASK] = jax.ShapeDtypeStruct((batch, *grid), np.int32)
+    return Case(dataclasses.replace(spec, name=model), shapes)
+
+
 def child(n: int) -> None:
     """Compile every (model, preset) on n fake devices; one JSON row a case on stdout."""
     import flax.linen as nn
@@ -289,7 +334,7 @@ def child(n: int) -> None:
     assert jax.device_count() == n, jax.device_count()
     for model in _MODELS.value:
         batch = batch_size(model)
-        if model in CONFIGS:
+        if model in CONFIGS or model in TEXT_CONFIGS:
             rules = sharding.rules_from_config(load_config(model).mesh.rules)
         else:
             rules = sharding.DEFAULT_RULES
@@ -298,11 +343,12 @@ def child(n: int) -> None:
             mesh = sharding.make_mesh(shape)
             t0 = time.perf_counter()
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                case = (
-                    config_case(model, mesh, rules, batch)
-                    if model in CONFIGS
-                    else legacy_case(model, batch)
-                )
+                if model in CONFIGS:
+                    case = config_case(model, mesh, rules, batch)
+                elif model in TEXT_CONFIGS:
+                    case = text_case(model, mesh, batch)
+                else:
+                    case = legacy_case(model, batch)
                 row = plan.plan_step(case.spec, mesh, rules, case.batch)
             shards = shape.get("fsdp", 1) * shape.get("tensor", 1)
             analytic = plan.analytic_bytes(row["params"], shards)
@@ -345,9 +391,11 @@ def table(rows: list[dict]) -> str:
 
 def main(argv) -> None:
     del argv
-    unknown = set(_MODELS.value) - set(MODELS) - set(CONFIGS)
+    unknown = set(_MODELS.value) - set(MODELS) - set(CONFIGS) - set(TEXT_CONFIGS)
     if unknown:
-        sys.exit(f"unknown --models {sorted(unknown)}; available: {', '.join([*MODELS, *CONFIGS])}")
+        sys.exit(
+            f"unknown --models {sorted(unknown)}; available: {', '.join([*MODELS, *CONFIGS, *TEXT_CONFIGS])}"
+        )
     if _CHILD.value:
         child(_CHILD.value)
         return

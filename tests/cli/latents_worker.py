@@ -1,4 +1,4 @@
-"""One process of the latent precompute tests (tests/cli/test_real_size_configs.py): builds the
+"""One process of the latent precompute tests (tests/cli/test_imagenet256_cli.py): builds the
 imagenet256 smoke experiment (TFDS's mock ImageNet, a random-weight VAE) and encodes its training
 split into `--folder`; with `--num_processes` it joins a jax.distributed job first.
 

@@ -1,7 +1,7 @@
 """Pretrained parts inside a run's Experiment (`tokenizer_from` a checkpoint, `text_encoder`): what
 the generator, sampler and evaluation get equals the part itself, and what cannot work is refused
 in one line before anything is trained. (The run through `main` is the COCO smoke of
-tests/cli/test_real_size_configs.py.)
+tests/cli/test_coco256_cli.py.)
 """
 
 import importlib.util
