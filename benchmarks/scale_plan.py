@@ -305,7 +305,8 @@ def text_case(model: str, mesh, batch: int) -> Case:
     config.data.tfds_mock_examples = 2
     exp = local_experiment(config)
     x = jax.ShapeDtypeStruct((1, *exp.input_shape), np.float32)
-    variables = jax.eval_shape(lambda v: exp.tokenizer.init(jax.random.key(0), v), x)
+    keys = {"params": jax.random.key(0), "vq": jax.random.key(1)}
+    variables = jax.eval_shape(lambda v: exp.tokenizer.init(keys, v, train=False), x)
     rep = sharding.replicated(mesh)
     variables = jax.tree.map(
         lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rep),
@@ -321,7 +322,8 @@ def text_case(model: str, mesh, batch: int) -> Case:
     }
     if config.data.audio.padding == "end":  # padded clips: their codes' mask travels with them
         shapes[TOKENIZER_CODES_MASK] = jax.ShapeDtypeStruct((batch, *grid), np.int32)
-    return Case(dataclasses.replace(spec, name=model), shapes)
+    frozen_params = int(sum(np.prod(v.shape) for v in jax.tree.leaves(variables)))
+    return Case(dataclasses.replace(spec, name=model), shapes, frozen_params)
 
 
 def child(n: int) -> None:
