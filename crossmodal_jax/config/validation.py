@@ -30,7 +30,7 @@ from crossmodal_jax.models.attention import ATTENTION
 from crossmodal_jax.models.conditioning import CONDITIONINGS
 from crossmodal_jax.models.dit import DIT_LAYOUTS, DIT_PRESETS
 from crossmodal_jax.models.lpips import MIN_SIZE
-from crossmodal_jax.stages import init_from
+from crossmodal_jax.stages import init_from, latent_precompute
 from crossmodal_jax.stages.builders import DTYPES, condition_grid
 from crossmodal_jax.stages.generators import PROCESSES, processes_for
 from crossmodal_jax.stages.objectives import SOURCE_CONDITIONS
@@ -188,6 +188,8 @@ def check_generator(exp: Experiment) -> None:
             f"process (got {exp.task.name!r}, {gen.diffusion.process!r}); X→text and the masked "
             "process precompute code ids: generator.precompute_codes"
         )
+    if gen.latents.precompute:
+        latent_precompute.check_settings(gen.latents)
     if gen.latents.precompute and gen.precompute_codes:
         raise UserError(
             "generator.latents.precompute and generator.precompute_codes exclude each other"

@@ -83,6 +83,18 @@ def manifest(exp: Experiment, tok_host: Any, num_examples: int) -> dict[str, Any
     }
 
 
+def check_settings(cfg) -> None:
+    """One-line errors for generator.latents settings that cannot work (checked before any
+    stage trains, config/validation.py, and again here)."""
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"generator.latents.dtype={cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise UserError(
+            f"generator.latents.shard_size={cfg.shard_size} and batch_size={cfg.batch_size} "
+            "must be >= 1"
+        )
+
+
 def _encoder(exp: Experiment, tok_host: Any, flip: bool):
     """(encode(batch) -> (latents, flipped latents or None) as NumPy, batch size): jitted over
     this process's devices only."""
@@ -151,11 +163,9 @@ def precompute_latents(exp: Experiment, tok_vars: Any) -> dict[str, Any]:
     """Encode the training split's images into shards (what is missing of them) and return
     {"folder", "num_shards", "stats": {"count", "mean", "std"}}; every process returns the same."""
     cfg = exp.config.generator.latents
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"generator.latents.dtype={cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    if cfg.shard_size < 1:
-        raise UserError(f"generator.latents.shard_size must be >= 1, got {cfg.shard_size}")
+    check_settings(cfg)
     folder = latent_folder(exp)
+    folder.mkdir(parents=True, exist_ok=True)  # every process: its shards may come first
     source = exp.dataset.split("train")
     n = len(source)
     tok_host = host_tree(tok_vars)
