@@ -25,9 +25,7 @@ the same names, and the tests import those in-process.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 
 from absl import app, flags
 
@@ -209,21 +207,12 @@ def main(argv: list[str]) -> None:
         fail(one_line(e))
     import jax
 
+    from crossmodal_jax import processes
     from crossmodal_jax.logs.writers import quiet_library_logs
 
     quiet_library_logs()
-    if FLAGS.coordinator_address or FLAGS.distributed:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s [p{jax.process_index()}] %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-        force=True,
+    processes.start(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
     )
     try:
         metrics = evaluate_dit() if mode == "dit" else evaluate_workdir()

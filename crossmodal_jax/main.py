@@ -91,19 +91,9 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     import jax
 
-    if _COORDINATOR.value or _DISTRIBUTED.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s [p{jax.process_index()}] %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-        force=True,
-    )
+    from crossmodal_jax import processes
+
+    processes.start(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     from crossmodal_jax import joint_run, run
     from crossmodal_jax.training import compile_cache
 
