@@ -77,6 +77,16 @@ def caption_words(captions: Iterable[str]) -> str:
     return " ".join(sorted({w for c in captions for w in c.split()}))
 
 
+def stack_encoded(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded (ids, mask) pairs -> (ids [N, max_len], mask [N, max_len]), int32 (N may be 0)."""
+    if not pairs:
+        empty_NxL = np.zeros((0, max_len), dtype=np.int32)
+        return empty_NxL, empty_NxL.copy()
+    return np.stack([i for i, _ in pairs]), np.stack([m for _, m in pairs])
+
+
 class TextTokenizer:
     """Text <-> ids: UTF-8 bytes when ``words`` is empty, else one id per vocabulary word.
 
@@ -124,11 +134,7 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Encodes several texts: ``(ids [N, max_len], mask [N, max_len])``, int32."""
-        pairs = [self.encode(t, max_len) for t in texts]
-        if not pairs:
-            empty_NxL = np.zeros((0, max_len), dtype=np.int32)
-            return empty_NxL, empty_NxL.copy()
-        return np.stack([i for i, _ in pairs]), np.stack([m for _, m in pairs])
+        return stack_encoded([self.encode(t, max_len) for t in texts], max_len)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Stops at the first EOS; PAD, MASK and unknown ids are skipped, so it never raises."""
@@ -211,11 +217,7 @@ class ClassTokenizer:
         return ids_L, mask_L
 
     def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [self.encode(t, max_len) for t in texts]
-        if not pairs:
-            empty_NxL = np.zeros((0, max_len), dtype=np.int32)
-            return empty_NxL, empty_NxL.copy()
-        return np.stack([i for i, _ in pairs]), np.stack([m for _, m in pairs])
+        return stack_encoded([self.encode(t, max_len) for t in texts], max_len)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         index = int(np.asarray(ids).reshape(-1)[0])
