@@ -60,7 +60,7 @@ def main(argv) -> None:
         config = _config()
         exp = local_experiment(config, os.path.join(tmp, "run"))
         tok_host = latent_precompute.host_tree(tokenizer_variables(exp))
-        encode, size = latent_precompute._encoder(exp, tok_host, flip=True)
+        encode, size = latent_precompute.encoder(exp, tok_host, flip=True)
         source = exp.dataset.split("train")
         raw = [source[i] for i in range(size)]
         images = np.stack([exp.features.map(r)["image"] for r in raw])
@@ -73,7 +73,7 @@ def main(argv) -> None:
             encode(images)
             times.append(time.perf_counter() - t0)
         call_s = float(np.median(times))
-        records = latent_precompute._encode_shard(exp, encode, size, source, 0, size, np.float16)
+        records = latent_precompute.encode_shard(exp, encode, size, source, 0, size, np.float16)
         record_bytes = len(serialization.msgpack_serialize(records[0]))
         folder = Path(tmp) / "shard"
         folder.mkdir()

@@ -21,27 +21,17 @@ from crossmodal_jax.errors import UserError
 DEFAULT_NUM_SAMPLES = 49152
 
 
-def audio_features(
-    waveform: np.ndarray,
-    sample_rate: int,
-    *,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
-    n_fft: int = 512,
-    hop: int = 256,
-    n_mels: int = 32,
-    fmin: float = 20.0,
-    fmax: float = 8000.0,
-    padding: str = "centre",
-) -> np.ndarray:
-    """Mono float waveform at any rate -> normalised log-mel f32[num_samples // hop, n_mels, 1].
+def audio_features(waveform: np.ndarray, sample_rate: int, **settings) -> np.ndarray:
+    """Mono float waveform at any rate -> normalised log-mel f32[num_samples // hop, n_mels, 1]
+    (`audio_example`'s features, its settings: num_samples, n_fft, hop, n_mels, fmin, fmax,
+    padding).
 
     Steps: resample to 16 kHz, trim leading/trailing silence, scale to a fixed RMS (so recording
     gain does not matter), centre in ``num_samples`` (pad or crop; ``padding="end"``: from sample
     0, padded at the end, see padded_audio.py), log-mel in dB, fixed map to [-1, 1]. The trailing
     axis of 1 lets a VQ-VAE treat it as a one-channel image.
     """
-    settings = dict(n_fft=n_fft, hop=hop, n_mels=n_mels, fmin=fmin, fmax=fmax, padding=padding)
-    return audio_example(waveform, sample_rate, num_samples=num_samples, **settings)[0]
+    return audio_example(waveform, sample_rate, **settings)[0]
 
 
 def audio_example(

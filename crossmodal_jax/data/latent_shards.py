@@ -94,22 +94,12 @@ def write_shard(folder: Path, name: str, records: Sequence[dict[str, Any]]) -> N
     final = folder / f"{name}.array_record"
     tmp = folder / f".{name}.array_record.tmp-{os.getpid()}"
     writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-    sums = None
     for record in records:
         writer.write(serialization.msgpack_serialize(record))
-        stacked = [record[LATENT]] + ([record[LATENT_FLIP]] if LATENT_FLIP in record else [])
-        part = channel_sums(np.stack(stacked))
-        if sums is None:
-            sums = part
-        else:
-            sums = {
-                "count": sums["count"] + part["count"],
-                "sum": [a + b for a, b in zip(sums["sum"], part["sum"], strict=True)],
-                "sumsq": [a + b for a, b in zip(sums["sumsq"], part["sumsq"], strict=True)],
-            }
     writer.close()
     os.replace(tmp, final)
-    _write_json(folder / f"{name}.json", sums)
+    latents = [r[k] for r in records for k in (LATENT, LATENT_FLIP) if k in r]
+    _write_json(folder / f"{name}.json", channel_sums(np.stack(latents)))
 
 
 def merged_stats(folder: Path, names: Sequence[str]) -> dict[str, Any]:

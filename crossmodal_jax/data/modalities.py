@@ -82,8 +82,7 @@ def _read_image(path, shape, data_cfg):
 
 
 def _read_audio(path, shape, data_cfg):
-    waveform, rate = files.read_wav(path)
-    return features.audio_features(waveform, rate, **_audio_settings(data_cfg))
+    return _read_audio_entries(path, shape, data_cfg)["audio"]
 
 
 def _read_audio_entries(path, shape, data_cfg):

@@ -95,7 +95,7 @@ def check_settings(cfg) -> None:
         )
 
 
-def _encoder(exp: Experiment, tok_host: Any, flip: bool):
+def encoder(exp: Experiment, tok_host: Any, flip: bool) -> tuple[Any, int]:
     """(encode(batch) -> (latents, flipped latents or None) as NumPy, batch size): jitted over
     this process's devices only."""
     mesh = sharding.make_mesh({"data": -1}, devices=jax.local_devices())
@@ -139,7 +139,7 @@ class EncoderInputs(grain.transforms.Map):
         }
 
 
-def _encode_shard(exp, encode, size, source, start: int, stop: int, dtype) -> list[dict]:
+def encode_shard(exp, encode, size, source, start: int, stop: int, dtype) -> list[dict]:
     """The records of examples [start, stop): images read by data.worker_count grain workers
     (decoding and cropping 256² JPEGs is the precompute's other cost), encoded `size` at a time."""
     ds = grain.MapDataset.source(source)[start:stop].map(EncoderInputs(exp.features))
@@ -178,11 +178,11 @@ def precompute_latents(exp: Experiment, tok_vars: Any) -> dict[str, Any]:
     mine = [k for k in range(len(ranges)) if k % jax.process_count() == jax.process_index()]
     todo = [k for k in mine if not store.shard_done(folder, names[k])]
     if todo:
-        encode, size = _encoder(exp, tok_host, cfg.flip)
+        encode, size = encoder(exp, tok_host, cfg.flip)
         start, done_examples = time.perf_counter(), 0
         for i, k in enumerate(todo):
             lo, hi = ranges[k]
-            records = _encode_shard(exp, encode, size, source, lo, hi, DTYPES[cfg.dtype])
+            records = encode_shard(exp, encode, size, source, lo, hi, DTYPES[cfg.dtype])
             store.write_shard(folder, names[k], records)
             done_examples += hi - lo
             elapsed = time.perf_counter() - start
