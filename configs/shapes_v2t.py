@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "sequence" in variants:
         c.mesh.shape.update(data=-1, sequence=2)
     if "smoke" in variants:
+        c.data.name = "moving_shapes_smoke"  # same clips, 128 + 32 + 32
         blocks.text_task_smoke(c)
         # One evaluation during training too, at the last step (eval.every; the final evaluation's
         # batch shape, so the sampler compiles once): the suite's test of X→text's periodic path.

@@ -5,11 +5,12 @@ XLA_FLAGS must be set before jax is imported anywhere, hence at the top of conft
 
 import os
 
-# LLVM at -O0: the suite is mostly XLA:CPU compilation, which this makes ~40 % faster (a sharded
-# adversarial step test 29 s -> 18 s, a shapes_t2i smoke run 59 s -> 48 s, measured alone on 2
-# cores); the tests assert behaviour, not speed. CLI subprocesses get the same flags
-# (tests/cli/cli_helpers.subprocess_env).
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# The suite is mostly XLA:CPU compilation; the tests assert behaviour, not speed. LLVM at -O0 makes
+# it ~40 % faster (a sharded adversarial step test 29 s -> 18 s, a shapes_t2i smoke run 59 s ->
+# 48 s); XLA's older loop fusion emitters instead of the MLIR ones a further ~28 % (a
+# vqdit_img:smoke run with no cache, median of 3: 43.5 s -> 31.3 s); both measured alone on 2
+# cores. CLI subprocesses get the same flags (tests/cli/cli_helpers.subprocess_env).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()

@@ -87,6 +87,15 @@ DATASETS: dict[str, DatasetSpec] = {
         modality="video",
         image_max_value=moving_shapes.IMAGE_MAX_VALUE,
     ),
+    "moving_shapes_smoke": DatasetSpec(
+        name=moving_shapes.SMOKE_NAME,
+        version=moving_shapes.VERSION,
+        splits=moving_shapes.SPLITS,
+        generate=moving_shapes.generate_smoke_split,
+        digit_labels=False,
+        modality="video",
+        image_max_value=moving_shapes.IMAGE_MAX_VALUE,
+    ),
     "spoken_digits": DatasetSpec(
         name=spoken_digits.NAME,
         version=spoken_digits.VERSION,

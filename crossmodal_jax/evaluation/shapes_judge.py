@@ -40,7 +40,13 @@ _GRAMMARS = (
 )
 ATTRIBUTES = ("count", "color", "shape", "size", "position", "relation", "direction")
 # Datasets whose captions this judge reads.
-DATASETS = ("shapes", "moving_shapes", "spoken_shapes", "spoken_shapes_smoke")
+DATASETS = (
+    "shapes",
+    "moving_shapes",
+    "moving_shapes_smoke",
+    "spoken_shapes",
+    "spoken_shapes_smoke",
+)
 
 
 def caption_words() -> tuple[str, ...]:

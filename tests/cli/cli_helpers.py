@@ -84,7 +84,7 @@ def shapes_inputs(name: str, folder, data_dir: str) -> list[str]:
             wave = resample(clip.astype(np.float32), int(len(clip) * 22050 / 16000))
             wavfile.write(folder / f"{i}.wav", 22050, wave.astype(np.int16))
         return ["0.wav", "1.wav"]
-    clip = data.load_arrays("moving_shapes", "test", data_dir)["video"][0]  # as a 48×48 .gif
+    clip = data.load_arrays("moving_shapes_smoke", "test", data_dir)["video"][0]  # as a 48×48 .gif
     frames = [Image.fromarray(np.kron(f, np.ones((3, 3, 1), np.uint8))[:48, :48]) for f in clip]
     frames[0].save(folder / "a.gif", save_all=True, append_images=frames[1:])
     np.save(folder / "b.npy", clip)

@@ -1,11 +1,8 @@
 """configs/librispeech_s2t.py:smoke end to end on a fresh checkout: tfds's own mock LibriSpeech
 (nothing prepared), clips padded at the end with their frame mask. main trains the tokenizer and
-half the generator, stops; a second main resumes the generator from its checkpoint, finishes and
-evaluates (WER in metrics.json); the sample CLI captions a .wav longer than the centre-cut clips
-of the embedded speech configs (3.07 s at most), whole.
-
-The two runs train one workdir, built once per test run (the conftest's smoke-workdir pattern:
-shared folder, file lock) and read-only afterwards.
+the generator and evaluates (WER in metrics.json); the sample CLI captions a .wav longer than the
+centre-cut clips of the embedded speech configs (3.07 s at most), whole. (Resuming is the same
+code for every config: tests/cli/test_resume.py.)
 """
 
 import json
@@ -14,42 +11,23 @@ import os
 import numpy as np
 import pytest
 from cli_helpers import read_jsonl, run_cli
-from conftest import data_flags
-from filelock import FileLock
 
 CONFIG = "configs/librispeech_s2t.py:smoke"
 pytest.importorskip("tensorflow")  # tfds's librispeech builder decodes with it (the tfds extra)
 
 
 @pytest.fixture(scope="session")
-def librispeech_run(shared_dir, data_dir):
-    """(workdir, output of the first run, of the resumed run): trained in two runs, once."""
-    workdir = shared_dir / "workdirs" / "librispeech_s2t_smoke"
-    flags = [f"--config={CONFIG}", f"--workdir={workdir}", *data_flags(CONFIG, data_dir)]
-    logs = [workdir.with_suffix(f".run{i}.log") for i in (1, 2)]
-    (shared_dir / "workdirs").mkdir(exist_ok=True)
-    with FileLock(str(workdir) + ".lock"):
-        if not logs[1].exists():
-            # Stopped after 3 of the generator's 6 steps (its first checkpoint), not evaluated;
-            # both are keys a workdir may change (config/workdir.py SAFE_KEYS).
-            first = run_cli(
-                "main", *flags, "--config.generator.train.steps=3", "--config.eval.at_end=False"
-            )
-            assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-            logs[0].write_text(first.stdout + first.stderr)
-            resumed = run_cli("main", *flags)
-            assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-            logs[1].write_text(resumed.stdout + resumed.stderr)
-    return str(workdir), logs[0].read_text(), logs[1].read_text()
+def librispeech_run(smoke_workdir):
+    """(workdir, main's output): trained once per test run, read-only afterwards."""
+    workdir, _, log = smoke_workdir(CONFIG)
+    return workdir, log
 
 
-def test_smoke_trains_resumes_and_reports_wer(librispeech_run):
-    workdir, first, resumed = librispeech_run
-    assert "[generator] finished 3 steps" in first
-    assert "[generator] resuming from step 3" in resumed and "[generator] finished 3" in resumed
+def test_smoke_trains_and_reports_wer(librispeech_run):
+    workdir, log = librispeech_run
+    assert "[generator] finished 6 steps" in log
     rows = read_jsonl(os.path.join(workdir, "generator", "metrics.jsonl"))
-    # Logged every 2 steps and at the last: 2 and 3 by the first run, 4 and 6 by the resumed one.
-    assert [r["step"] for r in rows] == [2, 3, 4, 6]
+    assert [r["step"] for r in rows] == [2, 4, 6]  # logged every 2 steps
     assert all(np.isfinite(r["loss"]) for r in rows)
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     for key in ("test_wer", "test_cer", "test_psnr_db", "test_codebook_usage"):
@@ -62,7 +40,7 @@ def test_smoke_trains_resumes_and_reports_wer(librispeech_run):
 def test_sample_cli_captions_a_clip_longer_than_the_centre_cut_ones(librispeech_run, tmp_path):
     from scipy.io import wavfile
 
-    workdir, _, _ = librispeech_run
+    workdir, _ = librispeech_run
     folder = tmp_path / "in"
     folder.mkdir()
     rate = 22050  # resampled to 16 kHz, not refused
@@ -82,7 +60,7 @@ def test_sample_cli_captions_a_clip_longer_than_the_centre_cut_ones(librispeech_
 def test_sample_cli_names_a_broken_wav(librispeech_run, tmp_path):
     """(The speech→text case of test_tasks_cli.py's broken-input test, which no longer trains
     configs/speech2txt.py: this smoke run covers its task.)"""
-    workdir, _, _ = librispeech_run
+    workdir, _ = librispeech_run
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "broken.wav").write_bytes(b"not really a media file")

@@ -113,8 +113,8 @@ def test_unknown_dataset_and_split_errors(tmp_path):
     with pytest.raises(ValueError) as err:
         sources.get_source("foo", "train", tmp_path)
     assert str(err.value) == (
-        "unknown dataset 'foo'; available: digits, moving_digits, moving_shapes, shapes, "
-        "spoken_digits, spoken_digits_smoke, spoken_shapes, spoken_shapes_smoke"
+        "unknown dataset 'foo'; available: digits, moving_digits, moving_shapes, moving_shapes_smoke, "
+        "shapes, spoken_digits, spoken_digits_smoke, spoken_shapes, spoken_shapes_smoke"
     )
     with pytest.raises(ValueError) as err:
         sources.get_source("digits", "validation", tmp_path)

@@ -154,6 +154,16 @@ def test_moving_shapes_move_one_way_and_stay_inside():
             assert np.allclose(speed, r["speed"], atol=0.3) and r["speed"] in (1, 2)
 
 
+def test_the_moving_smoke_set_is_the_first_clips_of_each_split(tmp_path):
+    for split, size in moving_shapes.SMOKE_SPLIT_SIZES.items():
+        smoke = sources.get_source("moving_shapes_smoke", split, tmp_path)
+        assert len(smoke) == size
+        for i in (0, size - 1):
+            want = moving_shapes.example(split, i)
+            assert smoke[i]["caption"] == want["caption"]
+            np.testing.assert_array_equal(smoke[i]["video"], want["video"])
+
+
 def test_splits_have_their_sizes_and_are_deterministic():
     assert shapes.SPLIT_SIZES == {"train": 20000, "test": 2000, "novel": 1000}
     a, b = shapes.example("test", 7), shapes.example("test", 7)
