@@ -1,9 +1,9 @@
 """Gaussian vs masked diffusion side by side: sample quality and sampling time of trained workdirs.
 
   python benchmarks/process_compare.py --workdirs=runs/vqdit_img,runs/vqdit_masked \
-      [--per_digit=30] [--repeats=5] [--seed=0] [--batch_size=64] [--guidance=G] [--steps=S]
+      [--per_digit=30] [--repeats=5] [--seed=0] [--batch_size=32] [--guidance=G] [--steps=S]
 
-Restores each workdir's sampler once (crossmodal_jax.sample.trained) and generates
+Restores each workdir's sampler once (crossmodal_jax.pipeline, as the sample CLI) and generates
 `per_digit` images for each prompt "the digit <word>" exactly as the `sample` CLI does (same seed,
 same --batch_size chunks), so the images equal the CLI's PNGs. --seed, --batch_size, --guidance and
 --steps are the `sample` CLI's flags and apply to every workdir.
@@ -20,7 +20,6 @@ last line: one JSON object.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -32,53 +31,36 @@ from absl import app, flags
 from sample_quality import CLASSIFIERS, fit_classifiers, judge
 from sklearn.datasets import load_digits
 
-from crossmodal_jax import data
+import crossmodal_jax.sample  # noqa: F401  defines --seed, --batch_size, --steps, ...
 from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError, fail
 from crossmodal_jax.evaluation.digits_judge import digit_prompts
 from crossmodal_jax.logs.writers import quiet_library_logs
-from crossmodal_jax.sample import trained
-from crossmodal_jax.stages.generators import sampler
+from crossmodal_jax.pipeline import Pipeline, buckets_up_to
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Trained text→image workdirs, comma-separated.")
 _PER_DIGIT = flags.DEFINE_integer("per_digit", 30, "Samples per digit prompt.")
 _REPEATS = flags.DEFINE_integer(
     "repeats", 5, "Timed passes per workdir after the first.", lower_bound=1
 )
-FLAGS = flags.FLAGS  # --seed, --batch_size, --guidance, --steps: defined by crossmodal_jax.sample
+FLAGS = flags.FLAGS  # --seed, --batch_size, --guidance, --steps, --sampler: crossmodal_jax.sample's
 
 
 class Run:
-    """One workdir's restored sampler and the fixed inputs of a pass over all prompts."""
+    """One workdir's pipeline (the sample CLI's: same buckets, keys and images) and its passes."""
 
-    def __init__(self, exp, state, prompts: list[str]):
-        self.workdir, self.config, self.state = exp.ctx.workdir, exp.config, state
-        self.generate = sampler(exp)  # the sample CLI's sampler
-        batch = FLAGS.batch_size
-        text_tok, config = exp.text, exp.config
-        # The sample CLI's chunks and keys, so the images are the ones users get from it.
-        self.chunks = [
-            (*text_tok.encode_batch(prompts[s : s + batch], config.data.text_max_len), s)
-            for s in range(0, len(prompts), batch)
-        ]
-        self.key = jax.random.key(FLAGS.seed)
+    def __init__(self, workdir: str, config, prompts: list[str]):
+        self.workdir, self.config, self.prompts = workdir, config, prompts
+        self.pipe = Pipeline(workdir, config, buckets=buckets_up_to(FLAGS.batch_size))
+        overrides = dict(steps=FLAGS.steps, guidance=FLAGS.guidance, sampler=FLAGS.sampler)
+        self.settings = self.pipe.sample_settings(config.task, **overrides)
         self.times: list[float] = []
 
     def sample(self) -> tuple[np.ndarray, float]:
-        """uint8 images [N, H, W] of every prompt, and the seconds the pass took."""
+        """uint8 images [N, H, W, C] of every prompt, and the seconds the pass took."""
         t0 = time.perf_counter()
-        out = [
-            self.generate(
-                self.state.ema_params,
-                self.state.model_state,
-                ids,
-                mask,
-                jax.random.fold_in(self.key, start),
-            )
-            for ids, mask, start in self.chunks
-        ]
-        images = np.concatenate([np.asarray(x) for x in out])  # waits for the device
-        return data.unit_to_uint8(images), time.perf_counter() - t0
+        images = self.pipe.generate(self.prompts, seed=FLAGS.seed, **self.settings)
+        return images, time.perf_counter() - t0
 
 
 def time_alternating(runs: list[Run], repeats: int, reference: list[np.ndarray]) -> None:
@@ -138,28 +120,20 @@ def compare(workdirs: list[str], per_digit: int, repeats: int) -> list[dict]:
     configs = [load_resolved_config(w) for w in workdirs]
     if any(c.task != "text2image" for c in configs):
         raise UserError("every workdir must be a text2image run")
-    if any(list(c.mesh.rules) != list(configs[0].mesh.rules) for c in configs):
-        # The samplers trace inside the innermost restored context, so its rules must fit all.
-        raise UserError("workdirs have different mesh.rules; compare them in separate calls")
-    with contextlib.ExitStack() as stack:
-        runs = []
-        for w, c in zip(workdirs, configs, strict=True):
-            exp, state = stack.enter_context(trained(w, c))  # applies --guidance/--steps
-            runs.append(Run(exp, state, prompts))
-        firsts = [run.sample() for run in runs]  # compile + run, in order
-        images = [im for im, _ in firsts]
-        time_alternating(runs, repeats, images)
+    runs = [Run(w, c, prompts) for w, c in zip(workdirs, configs, strict=True)]
+    firsts = [run.sample() for run in runs]  # restore + compile + run, in order
+    time_alternating(runs, repeats, [im for im, _ in firsts])
     classifiers = fit_classifiers()
     rows = []
     for run, (im, first_s) in zip(runs, firsts, strict=True):
-        metrics, sample_cfg = read_metrics(run.workdir), run.config.generator.sample
+        metrics, sample_cfg = read_metrics(run.workdir), run.settings
         rows.append(
             {
                 "workdir": run.workdir,
                 "process": run.config.generator.diffusion.process,
-                "sampler": sample_cfg.sampler,
-                "steps": sample_cfg.steps,
-                "guidance": sample_cfg.guidance,
+                "sampler": sample_cfg["sampler"],
+                "steps": sample_cfg["steps"],
+                "guidance": sample_cfg["guidance"],
                 "first_pass_s": round(first_s, 2),
                 "pass_s": [round(t, 3) for t in run.times],
                 "ms_per_image": round(1000 * statistics.median(run.times) / len(im), 3),

@@ -8,7 +8,7 @@ the sample CLI read them from here instead of re-deriving them from the config.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -169,9 +169,12 @@ class Experiment:
         return next(self.batches(split, n, limit=n))
 
 
-def local_experiment(config: ml_collections.ConfigDict, workdir: str = "") -> Experiment:
-    """The Experiment of a config on this process's devices, data-parallel, without the run's
-    validation: for the sample CLI, benchmarks and notebooks that load a trained workdir."""
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+def local_experiment(
+    config: ml_collections.ConfigDict, workdir: str = "", devices: Sequence[Any] | None = None
+) -> Experiment:
+    """The Experiment of a config on this process's devices (or `devices`), data-parallel,
+    without the run's validation: for the sample CLI, benchmarks and notebooks that load a
+    trained workdir."""
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     rules = sharding.rules_from_config(config.mesh.rules)
     return Experiment.build(config, RunContext(workdir, mesh, rules, config.seed))

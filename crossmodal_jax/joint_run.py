@@ -249,10 +249,12 @@ def _write_task_report(exp: Experiment, metrics: dict, seconds: float) -> None:
         write_results(exp.ctx.workdir, exp.config, metrics, seconds)
 
 
-def local_task_experiments(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Every task's Experiment of a trained joint workdir on this process's devices,
-    data-parallel, without the run's validation (the sample CLI, notebooks)."""
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+def local_task_experiments(
+    config: ml_collections.ConfigDict, workdir: str, devices: list | None = None
+) -> dict:
+    """Every task's Experiment of a trained joint workdir on this process's devices (or
+    `devices`), data-parallel, without the run's validation (the sample CLI, notebooks)."""
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
     rules = sharding.rules_from_config(config.mesh.rules)
     exps = build_task_experiments(config, workdir, mesh, rules, validate=False)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -8,6 +8,9 @@ image→text / speech→text / video→text: --input=FOLDER of .png / .wav / .gi
     Other image sizes are resized, other sample rates resampled, other frame counts padded/cut.
 A joint workdir (configs/shapes_joint.py) runs one of its tasks: --task=NAME, or the task its
 --input fits (a text file: text→image; a folder: the task whose source files it holds).
+--steps, --guidance and --sampler change the config's sampler; a workdir is sampled through
+crossmodal_jax.pipeline (the Python API), so the same --seed gives the same outputs as
+Pipeline.from_workdir(DIR).generate(prompts, seed=...) with its default buckets.
 
 No training run, converted checkpoints (facebookresearch/DiT's sample.py; instead of --workdir):
     python -m crossmodal_jax.sample --dit=DiT-XL-2-256x256.pt --vae=sd-vae-ft-ema \
@@ -17,7 +20,6 @@ No training run, converted checkpoints (facebookresearch/DiT's sample.py; instea
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -41,7 +43,9 @@ _GUIDANCE = flags.DEFINE_float(
     "guidance", None, "Classifier-free guidance scale (default: config)."
 )
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: config).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Prompts generated per call.")
+_BATCH = flags.DEFINE_integer(
+    "batch_size", 32, "Inputs generated per call (the largest of the pipeline's batch buckets)."
+)
 _UPSCALE = flags.DEFINE_integer("upscale", 1, "Nearest-neighbour upscale factor of written PNGs.")
 _DIT = flags.DEFINE_string(
     "dit",
@@ -54,7 +58,8 @@ _CLASSES = flags.DEFINE_string("classes", None, "With --dit: class ids, e.g. 207
 _SAMPLER = flags.DEFINE_string(
     "sampler",
     None,
-    "With --dit: ddim (default, 50 steps), dpm_solver (25) or ddpm (250, DiT's learned variance).",
+    "The sampler (default: the workdir config's). With --dit: ddim (default, 50 steps), "
+    "dpm_solver (25) or ddpm (250, DiT's learned variance).",
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "With --dit: the image side the checkpoints must produce (a check)."
@@ -89,136 +94,46 @@ def check_prompts(text, prompts: list[str]) -> None:
             )
 
 
-def with_command_line_sampler(config):
-    """The config with the sampler settings of the command line."""
-    if _GUIDANCE.value is not None:
-        config.generator.sample.guidance = _GUIDANCE.value
-    if _STEPS.value is not None:
-        config.generator.sample.steps = _STEPS.value
-    return config
+def sample_overrides() -> dict:
+    """The sampler settings of the command line (None: the workdir config's)."""
+    return dict(steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
 
 
-@contextlib.contextmanager
-def trained(workdir: str, config, task: str | None = None, check=None):
-    """(Experiment, trained generator state) of a workdir on this machine's devices, used inside
-    its mesh and rules; `task`: one task of a joint workdir; `check(exp)` runs before anything is
-    restored or compiled (the user's inputs). No run validation: sampling needs neither a
-    training folder nor a prepared TFDS dataset, only the workdir."""
-    import flax.linen as nn
-    import jax
-
-    from crossmodal_jax import joint_run
-    from crossmodal_jax.experiment import local_experiment
-    from crossmodal_jax.stages.generators import generator_stage
-    from crossmodal_jax.stages.tokenizer_source import attach_tokenizer
-    from crossmodal_jax.training.stage import restore_stage_state
-
-    if task is None:
-        exp = local_experiment(with_command_line_sampler(config), workdir)
-    else:
-        with_command_line_sampler(config.tasks[task])
-        exps = joint_run.local_task_experiments(config, workdir)
-        exp = exps[task]
-    if check is not None:
-        check(exp)
-    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
-        try:
-            if task is None:
-                attach_tokenizer(exp)  # a single-task run's tokenizer_from another workdir
-                state = restore_stage_state(generator_stage(exp), exp.ctx)
-            else:
-                state = joint_run.restore_view_state(config, workdir, exps, task)
-        except FileNotFoundError as e:
-            raise UserError(one_line(e)) from e
-        yield exp, state
-
-
-def text_to_image(
-    workdir: str, config, prompts: list[str], output: str, task: str | None = None
-) -> list[str]:
-    """Generate one PNG per prompt; returns the written paths."""
-    import jax
-    import numpy as np
-
-    from crossmodal_jax import data
+def text_to_image(pipe, task: str, prompt_file: str, output: str) -> list[str]:
+    """One PNG per prompt line, in line order; returns the written paths."""
     from crossmodal_jax.logs.pictures import save_png
-    from crossmodal_jax.stages.generators import sampler
 
-    def check(exp) -> None:  # before anything is restored or compiled
-        check_prompts(exp.text, prompts)
-
-    with trained(workdir, config, task, check) as (exp, state):
-        generate = sampler(exp)
-        os.makedirs(output, exist_ok=True)
-        paths, key = [], jax.random.key(_SEED.value)
-        for start in range(0, len(prompts), _BATCH.value):
-            chunk = prompts[start : start + _BATCH.value]
-            ids, mask = exp.text.encode_batch(chunk, exp.config.data.text_max_len)
-            images = generate(
-                state.ema_params,
-                state.model_state,
-                ids,
-                mask,
-                jax.random.fold_in(key, start),
-            )
-            images = data.unit_to_uint8(np.asarray(images))
-            for i, img in enumerate(images):
-                if _UPSCALE.value > 1:
-                    img = img.repeat(_UPSCALE.value, 0).repeat(_UPSCALE.value, 1)
-                path = os.path.join(output, f"{start + i:06d}.png")
-                save_png(path, img)
-                paths.append(path)
+    prompts = read_prompts(prompt_file)
+    check_prompts(pipe.experiment(task).text, prompts)  # before anything is restored or compiled
+    images = pipe.generate(prompts, task=task, seed=_SEED.value, **sample_overrides())
+    os.makedirs(output, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        if _UPSCALE.value > 1:
+            img = img.repeat(_UPSCALE.value, 0).repeat(_UPSCALE.value, 1)
+        paths.append(os.path.join(output, f"{i:06d}.png"))
+        save_png(paths[-1], img)
     return paths
 
 
-def list_input_files(folder: str, config) -> list[str]:
-    """The folder's inputs of the task's source modality, sorted by file name."""
+def list_input_files(folder: str, source: str) -> list[str]:
+    """The folder's inputs of the `source` modality, sorted by file name."""
     from crossmodal_jax.data import files
     from crossmodal_jax.data.modalities import MODALITIES
 
-    suffixes = MODALITIES[tasks.get_task(config.task).source].input_suffixes
     try:
-        return [str(p) for p in files.list_inputs(folder, suffixes)]
+        return [str(p) for p in files.list_inputs(folder, MODALITIES[source].input_suffixes)]
     except ValueError as e:
         raise UserError(one_line(e)) from e
 
 
-def to_text(workdir: str, config, folder: str, output: str, task: str | None = None) -> list[str]:
-    """Caption every input file; writes OUT/outputs.jsonl in file-name order."""
+def to_text(pipe, task: str, folder: str, output: str) -> list[str]:
+    """Caption every input file (all read and checked before any compute); writes
+    OUT/outputs.jsonl in file-name order."""
     import json
 
-    import jax
-    import numpy as np
-
-    from crossmodal_jax.data.padded_audio import mask_key
-    from crossmodal_jax.stages.generators import sampler
-
-    paths = list_input_files(folder, config.tasks[task] if task else config)
-    inputs = []
-
-    def read_all(exp) -> None:  # every file is read and checked before any compute
-        try:
-            inputs.extend(
-                exp.modality.read_input(p, exp.input_shape, exp.config.data) for p in paths
-            )
-        except (ValueError, OSError) as e:
-            raise UserError(one_line(e)) from e
-
-    with trained(workdir, config, task, read_all) as (exp, state):
-        generate = sampler(exp)
-        texts, key = [], jax.random.key(_SEED.value)
-        source = exp.task.source
-        for start in range(0, len(inputs), _BATCH.value):
-            chunk = inputs[start : start + _BATCH.value]
-            batch = {k: np.stack([entries[k] for entries in chunk]) for k in chunk[0]}
-            ids = generate(
-                state.ema_params,
-                state.model_state,
-                batch[source],
-                jax.random.fold_in(key, start),
-                batch.get(mask_key(source)),  # a padded clip's frame mask, or None
-            )
-            texts += exp.text.decode_batch(np.asarray(ids))
+    paths = list_input_files(folder, tasks.get_task(task).source)
+    texts = pipe.caption(paths, task=task, seed=_SEED.value, **sample_overrides())
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, "outputs.jsonl")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -228,10 +143,6 @@ def to_text(workdir: str, config, folder: str, output: str, task: str | None = N
             )
     os.replace(path + ".tmp", path)  # never a half-written outputs.jsonl
     return [path]
-
-
-def _prompts_to_images(workdir: str, config, path: str, output: str, task=None) -> list[str]:
-    return text_to_image(workdir, config, read_prompts(path), output, task)
 
 
 def joint_task(config, input_path: str) -> str:
@@ -267,7 +178,7 @@ def joint_task(config, input_path: str) -> str:
 
 
 # By the task's target: what --input is and what is written.
-RUNNERS = {"image": _prompts_to_images, "text": to_text}
+RUNNERS = {"image": text_to_image, "text": to_text}
 
 
 def from_checkpoints() -> list[str]:
@@ -308,7 +219,7 @@ def main(argv: list[str]) -> None:
             fail(one_line(e))
         print(f"wrote {len(paths)} file(s) to {_OUTPUT.value}")
         return
-    dit_only = [f.name for f in (_VAE, _CLASSES, _SAMPLER, _IMAGE_SIZE) if f.value is not None]
+    dit_only = [f.name for f in (_VAE, _CLASSES, _IMAGE_SIZE) if f.value is not None]
     if dit_only:
         fail(f"--{dit_only[0]} is for --dit (sampling converted checkpoints)")
     if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
@@ -318,9 +229,11 @@ def main(argv: list[str]) -> None:
     try:
         config = load_resolved_config(_WORKDIR.value)
         compile_cache.enable(config.compilation_cache_dir)  # the workdir's run's cache
-        task = joint_task(config, _INPUT.value) if config.task == tasks.JOINT else None
-        runner = RUNNERS[tasks.get_task(task or config.task).target]
-        paths = runner(_WORKDIR.value, config, _INPUT.value, _OUTPUT.value, task)
+        from crossmodal_jax.pipeline import Pipeline, buckets_up_to
+
+        task = joint_task(config, _INPUT.value) if config.task == tasks.JOINT else config.task
+        pipe = Pipeline(_WORKDIR.value, config, buckets=buckets_up_to(_BATCH.value))
+        paths = RUNNERS[tasks.get_task(task).target](pipe, task, _INPUT.value, _OUTPUT.value)
     except UserError as e:
         fail(str(e))
     print(f"wrote {len(paths)} file(s) to {_OUTPUT.value}")

@@ -243,7 +243,7 @@ def to_diffusers_dit(params: Params, dit_kwargs: dict[str, Any], folder: str | o
 def export_workdir(workdir: str, folder: str | os.PathLike) -> Path:
     """The generator of a trained workdir (its EMA weights, which sampling uses) as a diffusers
     folder, if it is a class-label DiT; otherwise one line saying why not, before anything is
-    restored. Mirrors `sample.trained()` without its command-line sampler flags."""
+    restored. Restores as crossmodal_jax.pipeline does a single-task workdir."""
     import flax.linen as nn
 
     from crossmodal_jax import tasks
