@@ -136,10 +136,14 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # (in front of them, shared blocks) | "cross_attention" (a gated cross-attention sublayer
     # per block) | "mmdit" (SD3: per-stream weights, one joint attention).
     c.conditioning = "in_context"
-    # Attention kernel (models/attention.py): "xla" (jax.nn.dot_product_attention) | "einsum"
-    # (the same maths in a [B, heads, L, D] layout: faster on CPUs) | "blocked" (online softmax
-    # over key blocks: memory linear in the sequence, for long sequences without a fused kernel).
-    c.attention = "xla"
+    # Attention kernel (models/attention.py): "auto" (per platform and shapes: "cudnn" on NVIDIA
+    # GPUs with bf16 compute and a head dim that is a multiple of 8, "splash" on TPU v4+,
+    # "einsum" on CPUs, else "xla"; a fallback is logged once) | "xla"
+    # (jax.nn.dot_product_attention) | "einsum" (the same maths in a [B, heads, L, D] layout:
+    # faster on CPUs) | "blocked" (online softmax over key blocks: memory linear in the sequence,
+    # for long sequences without a fused kernel) | "cudnn" (cuDNN's fused kernel, in bf16) |
+    # "splash" (Pallas splash attention, TPU v4+).
+    c.attention = "auto"
     # Gaussian and flow: the exact numerics of a PyTorch DiT's layout (models/dit.DIT_LAYOUTS:
     # timestep frequencies, position-embedding order, pre-MLP norm eps): "ours" | "facebook"
     # (facebookresearch/DiT) | "diffusers" (DiTTransformer2DModel). Set it to the layout of
@@ -289,7 +293,7 @@ def joint_trunk(**overrides) -> ml_collections.ConfigDict:
     c.remat = False  # recompute each block's activations in the backward pass (saves memory)
     # How every task's condition reaches its target tokens (models/conditioning.py).
     c.conditioning = "cross_attention"
-    c.attention = "xla"  # attention kernel (models/attention.py)
+    c.attention = "auto"  # attention kernel (models/attention.py; generator_model's comment)
     c.update(overrides)
     return c
 

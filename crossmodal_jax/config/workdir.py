@@ -22,8 +22,8 @@ from crossmodal_jax.tasks import JOINT
 log = logging.getLogger("crossmodal_jax")
 
 # Keys a resumed run may change: which stages run, how long, how it logs, evaluates and samples, and
-# on which mesh and with which sharding rules (checkpoints restore onto any mesh). Everything else
-# changes what is trained.
+# on which mesh, with which sharding rules and attention kernel (checkpoints restore onto any mesh
+# and fit every kernel). Everything else changes what is trained.
 SAFE_KEYS = (
     "stages",
     "*.train.steps",
@@ -34,6 +34,7 @@ SAFE_KEYS = (
     "*.train.skip_nonfinite",
     "eval.*",
     "generator.sample.*",
+    "generator.model.attention",  # the same maths by another kernel: checkpoints fit every one
     "data.worker_count",
     "data.allow_changed_data",
     "data.data_dir",
