@@ -29,8 +29,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# espeak-ng synthesizes the embedded spoken_digits dataset (speech→text). Debian/Ubuntu: installed
-# with apt-get (sudo when not root); elsewhere: install it yourself (macOS: brew install espeak-ng).
+# espeak-ng synthesizes the embedded spoken_digits dataset (speech→text); chromium and its driver run
+# the web demo's browser test (tests/cli/test_serve.py). Debian/Ubuntu: each installed with apt-get
+# when missing (sudo when not root); elsewhere: install them yourself (macOS: brew install
+# espeak-ng; without chromium the browser test is skipped).
 install-system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1; then \
@@ -40,6 +42,14 @@ install-system-deps:
 	  else \
 	    echo "espeak-ng not found and no apt-get: install it (macOS: brew install espeak-ng)" >&2; \
 	    exit 1; \
+	  fi; }
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium not found and no apt-get: the web demo's browser test will be skipped" >&2; \
 	  fi; }
 
 demo: $(VENV)/.core

@@ -15,6 +15,7 @@ outputs through any of them. Nothing here writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -208,6 +209,11 @@ class Pipeline:
 
     def sample_settings(self, task: str, **overrides) -> dict[str, Any]:
         """The task's generator.sample with the given keys of SAMPLE_KEYS replaced (None: kept)."""
+        unknown = sorted(set(overrides) - set(SAMPLE_KEYS))
+        if unknown:
+            raise UserError(
+                f"unknown sampler setting {unknown[0]!r}; known: {', '.join(SAMPLE_KEYS)}"
+            )
         sample = self.experiment(task).config.generator.sample
         settings = {k: sample[k] for k in SAMPLE_KEYS}
         settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -288,7 +294,12 @@ class Pipeline:
             raise UserError(f"one modality a call, got {', '.join(sorted(kinds))}")
         task = self.task_for(kinds.pop(), task)
         exp = self.experiment(task)
-        with tempfile.TemporaryDirectory(prefix="crossmodal-inputs-") as folder:
+        paths_only = all(isinstance(item, (str, os.PathLike)) for item in inputs)
+        with (
+            contextlib.nullcontext("")
+            if paths_only
+            else tempfile.TemporaryDirectory(prefix="crossmodal-inputs-") as folder
+        ):  # arrays are written there as the files they would be
             entries = []
             for i, item in enumerate(inputs):
                 path = _as_file(item, exp.task.source, folder, i)
@@ -348,8 +359,9 @@ class Pipeline:
         for name in [task] if task else self.tasks:
             exp = self.experiment(name)
             for bucket in self.buckets:
-                if exp.task.source == tasks.TEXT:
-                    self.generate([""] * bucket, task=name, **sample)
+                if exp.task.source == tasks.TEXT:  # "": no word; a class model: class 0
+                    prompt = "0" if exp.text.unknown_words("") else ""
+                    self.generate([prompt] * bucket, task=name, **sample)
                 else:
                     _, entries = self.read_inputs([blank_input(exp)] * bucket, name)
                     self.caption_entries(name, entries, **sample)

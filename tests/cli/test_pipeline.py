@@ -97,6 +97,7 @@ def test_bad_requests_are_one_line_errors(joint, tmp_path):
         (lambda: pipe.caption([np.zeros((8, 8, 3), np.float32)]), "uint8 pixels, got float32"),
         (lambda: pipe.generate(["a red circle"], sampler="nope"), "nope"),
         (lambda: pipe.generate(["a red circle"], steps=0), "steps must be at least 1"),
+        (lambda: pipe.caption_entries("image2text", [], step=3), "unknown sampler setting 'step'"),
     ]
     for call, message in cases:
         with pytest.raises(UserError) as err:
