@@ -262,13 +262,11 @@ def local_task_experiments(
     return exps
 
 
-def restore_view_state(
-    config: ml_collections.ConfigDict, workdir: str, exps: dict, task: str
-) -> TrainState:
-    """The trained joint generator of a workdir as `task`'s generator state (views attached);
-    call inside the experiments' mesh and rules."""
+def restore_joint_state(config: ml_collections.ConfigDict, workdir: str, exps: dict) -> TrainState:
+    """The trained joint generator of a workdir (views attached to `exps`; each task's state is
+    `joint.view_state(state, task)`); call inside the experiments' mesh and rules."""
     joint.attach_joint_model(exps, config.generator.model)
     spec = joint.joint_generator_stage(exps, config.generator)
     first = next(iter(exps.values()))
     ctx = RunContext(workdir, first.ctx.mesh, first.ctx.rules, config.seed)
-    return joint.view_state(restore_stage_state(spec, ctx), task)
+    return restore_stage_state(spec, ctx)

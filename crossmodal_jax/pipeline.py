@@ -38,7 +38,7 @@ from crossmodal_jax.experiment import Experiment, local_experiment
 from crossmodal_jax.stages import joint
 from crossmodal_jax.stages.generators import generator_entry, generator_stage
 from crossmodal_jax.stages.tokenizer_source import attach_tokenizer
-from crossmodal_jax.training.stage import RunContext, restore_stage_state
+from crossmodal_jax.training.stage import restore_stage_state
 
 # Batch sizes a request is cut into: 1 (one interactive request), 8 (a few batched together),
 # 32 (bulk). A request of n inputs runs ceil(n / 32) batches, each of the smallest bucket it fits.
@@ -197,11 +197,7 @@ class Pipeline:
             self._loaded[task].state = restore_stage_state(generator_stage(exp), exp.ctx)
             return
         exps = {name: t.exp for name, t in self._loaded.items()}  # one joint state for all
-        joint.attach_joint_model(exps, self.config.generator.model)
-        spec = joint.joint_generator_stage(exps, self.config.generator)
-        first = next(iter(exps.values()))
-        ctx = RunContext(self.workdir, first.ctx.mesh, first.ctx.rules, self.config.seed)
-        state = restore_stage_state(spec, ctx)
+        state = joint_run.restore_joint_state(self.config, self.workdir, exps)
         for name, t in self._loaded.items():
             t.state = joint.view_state(state, name)
 
