@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -83,24 +84,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _CONFIG.value is None or not _WORKDIR.value:
-        fail("both --config=configs/<task>.py and --workdir=DIR are required")
+def start(config: ml_collections.ConfigDict) -> None:
+    """Once per process, before the first run: quiet library logs, join the other processes
+    (multi-process flags or environment), turn on the persistent compilation cache."""
     quiet_library_logs()
-    import jax
-
     from crossmodal_jax import processes
-
-    processes.start(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
-    from crossmodal_jax import joint_run, run
     from crossmodal_jax.training import compile_cache
 
-    compile_cache.enable(_CONFIG.value.compilation_cache_dir)
-    runner = joint_run.run if joint_run.is_joint(_CONFIG.value) else run.run
+    processes.start(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
+    compile_cache.enable(config.compilation_cache_dir)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """One run of `config` in `workdir` (joint or single-task); a UserError or a failure in a
+    multi-process run ends the program with one line, a preemption with exit code 0."""
+    import jax
+
+    from crossmodal_jax import joint_run, run
+
+    runner = joint_run.run if joint_run.is_joint(config) else run.run
     try:
-        runner(_CONFIG.value, _WORKDIR.value)
+        return runner(config, workdir)
     except Preempted as e:  # every process stops at the same step: a clean shutdown
         logging.getLogger("crossmodal_jax").info("%s", e)
         sys.exit(0)
@@ -110,6 +114,15 @@ def main(argv: list[str]) -> None:
         if isinstance(e, UserError):
             fail(str(e))
         raise
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        fail("both --config=configs/<task>.py and --workdir=DIR are required")
+    start(_CONFIG.value)
+    train(_CONFIG.value, _WORKDIR.value)
 
 
 def run_main() -> None:
