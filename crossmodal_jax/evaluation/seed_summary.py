@@ -29,8 +29,21 @@ HEADLINE = (
 
 def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
     """A copy of `config` trained with `seed`: its init, data order and diffusion noise, and, in a
-    joint config, every task's (its tokenizer's) as well."""
-    out = ml_collections.ConfigDict(config.to_dict())
+    joint config, every task's (its tokenizer's) as well. `{seed}` in a string value becomes the
+    seed, so each seed can read its own part of an earlier seeds run, e.g.
+    `--config.tokenizer_from=runs/i2t_seeds/seed_{seed}`."""
+
+    def fill(tree: dict) -> dict:
+        return {
+            k: fill(v)
+            if isinstance(v, dict)
+            else v.replace("{seed}", str(seed))
+            if isinstance(v, str)
+            else v
+            for k, v in tree.items()
+        }
+
+    out = ml_collections.ConfigDict(fill(config.to_dict()))
     out.seed = seed
     for name in out.get("tasks", {}):
         out.tasks[name].seed = seed

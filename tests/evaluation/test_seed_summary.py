@@ -65,5 +65,8 @@ def test_seeded_sets_every_seed_and_leaves_the_config_alone():
     out = seed_summary.seeded(config, 7)
     assert out.seed == 7 and all(out.tasks[t].seed == 7 for t in out.tasks)
     assert config.seed == 0 and all(config.tasks[t].seed == 0 for t in config.tasks)
-    single = seed_summary.seeded(ml_collections.ConfigDict(dict(seed=0, x=1)), 3)
-    assert single.to_dict() == dict(seed=3, x=1)
+    config = ml_collections.ConfigDict(dict(seed=0, x=1, s=dict(t="runs/a/seed_{seed}", u="{x}")))
+    assert seed_summary.seeded(config, 3).to_dict() == dict(
+        seed=3, x=1, s=dict(t="runs/a/seed_3", u="{x}")
+    )
+    assert config.s.t == "runs/a/seed_{seed}"
