@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
@@ -36,7 +37,12 @@ def latent_statistics(exp: Experiment, tok_vars: dict, num_batches: int = 8) -> 
     Diffusion assumes unit-scale data; VQ latents have whatever scale the codebook learned.
     """
     mesh = exp.ctx.mesh
-    it = exp.train_iterator_factory(exp.config.generator.train)()
+    # The stage's own batches, rounded up to split over the data-parallel devices: equal to them in
+    # every run that trains (its batch divides them), and a joint task's mixture rows (4 of a
+    # smoke run) restored on more devices (8) still load instead of raising IndivisibleError.
+    dp = sharding.data_parallel_size(mesh)
+    rows = -(-exp.config.generator.train.batch_size // dp) * dp
+    it = exp.train_iterator_factory(ml_collections.ConfigDict(dict(batch_size=rows)))()
     encode = jax.jit(lambda v, x: encode_latents(exp.tokenizer, v, x), out_shardings=P())
     zs = [
         np.asarray(encode(tok_vars, sharding.global_batch(next(it), mesh)["image"]))

@@ -88,3 +88,22 @@ def test_text_to_image_trains_on_precomputed_codes_as_on_the_encoded_images(tmp_
         looked_up, _ = gen.objective(params, gen.frozen_state, {TOKENIZER_CODES: ids, **text}, key)
         np.testing.assert_allclose(looked_up, encoded, rtol=1e-6)
         assert TOKENIZER_CODES in next(gen.make_iterator())
+
+
+def test_latent_statistics_read_batches_the_devices_can_split(tmp_path):
+    # A joint task's few mixture rows (4 in the smoke run) restored on more devices (the 8 test
+    # devices): the statistics' batches round up to 8 rows instead of raising IndivisibleError,
+    # and a batch the devices split (8) is read as it is, so trained runs keep their statistics.
+    config = _smoke_config(tmp_path, "configs/vqdit_img.py")
+    exp = _experiment(config, tmp_path)
+    assert sharding.data_parallel_size(exp.ctx.mesh) == 8
+    with jax.set_mesh(exp.ctx.mesh), nn.logical_axis_rules(exp.ctx.rules):
+        exp.results["tokenizer"] = _fresh(tokenizer.tokenizer_stage(exp), exp.ctx, 0)
+        tok_vars = tokenizer.tokenizer_variables(exp)
+        stats = {}
+        for rows in (4, 8):
+            config.generator.train.batch_size = rows
+            stats[rows] = precompute.latent_statistics(exp, tok_vars, num_batches=2)
+        for k in ("mean", "std"):
+            np.testing.assert_array_equal(stats[4][k], stats[8][k])
+        assert stats[8]["mean"].shape == (exp.tokenizer.code_dim,) and float(stats[8]["std"]) > 0
