@@ -48,7 +48,9 @@ def settings(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def build(cfg: dict[str, Any]) -> DiT:
-    return DiT(**cfg)
+    # The platform's attention kernel, as a config-built DiT (generator.model.attention="auto"):
+    # on a CPU the einsum layout, which benchmarks/attention.py measures faster than XLA's.
+    return DiT(**{"attention": "auto", **cfg})
 
 
 def init_args(cfg: dict[str, Any]) -> tuple:

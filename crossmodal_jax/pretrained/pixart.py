@@ -141,7 +141,9 @@ _INIT_ONLY = ("sample_size", "cross_attention_dim")
 
 
 def build(cfg: dict[str, Any]) -> PixArtTransformer:
-    return PixArtTransformer(**{k: v for k, v in cfg.items() if k not in _INIT_ONLY})
+    # The platform's attention kernel, as a config-built DiT (pretrained/dit.py says why).
+    kwargs = {k: v for k, v in cfg.items() if k not in _INIT_ONLY}
+    return PixArtTransformer(**{"attention": "auto", **kwargs})
 
 
 def init_args(cfg: dict[str, Any]) -> tuple:
