@@ -54,7 +54,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         images_every=1500,
     )
     c.generator.model.cond_patch = (2, 2)
-    c.generator.model.cond_pool_hidden = 256
+    # The adaLN vector is the mean of the condition tokens, not an MLP of every position's
+    # features: that MLP learns whole scenes and names a held-out pair as a seen one. Over 3 seeds
+    # (crossmodal_jax.seeds, results.md "Novel colour–shape pairs over seeds"): exact captions on
+    # `novel` 78.2 ± 2.7 % → 88.4 ± 3.0 % (no seed below 84.9 %), on `test` 98.7 → 99.3 %.
+    c.generator.model.cond_mean_pool = True
     c.generator.precompute_codes = True
 
     c.eval = blocks.evaluation(batch_size=128, num_examples=0)

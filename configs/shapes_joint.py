@@ -59,6 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # image→text reads scenes with text→image's tokenizer (VQ with the rotation trick, 1,200
     # steps) instead of training its own 1,600-step one: the whole run fits 40 minutes.
     c.tokenizer_of.image2text = "text2image"
+    # image→text's condition as the joint runs of results.md were measured with: an MLP of every
+    # position's features (256 wide) as the adaLN vector. The single-task config mean-pools since
+    # it was measured better over seeds; the joint has not been measured so.
+    c.tasks.image2text.generator.model.update(cond_mean_pool=False, cond_pool_hidden=256)
     # Per task: a workdir whose finished tokenizer it uses instead of training one (a single-task
     # workdir, or a joint workdir's task folder, e.g. runs/shapes_joint/text2image; same dataset
     # and tokenizer model, checked in one line); "" = train it here.
