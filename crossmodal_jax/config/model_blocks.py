@@ -156,7 +156,7 @@ def generator_model(**overrides) -> ml_collections.ConfigDict:
     # the target): (1, 4) makes a spectrogram's 4 mel codes of a time step one token. () = 1s.
     c.cond_patch = ()
     # With "vectors": width of a hidden GELU layer in the map pooling all condition vectors into
-    # the adaLN vector (0 = a linear map).
+    # the adaLN vector (0 = a linear map; unused with cond_mean_pool).
     c.cond_pool_hidden = 0
     # X→text, vector conditions: dropout rate on the source's code-vector features in training.
     c.cond_dropout = 0.0

@@ -113,9 +113,9 @@ class ConditionEmbedder(nn.Module):
     # With feature_dim: > 0 puts a hidden GELU layer of this width in the pooled map (a small MLP
     # over all positions' features instead of a linear map); 0 keeps it linear.
     pool_hidden: int = 0
-    # With feature_dim: dropout rate on the condition's features in training (rng "dropout"). A
-    # few thousand sources are easily memorised through the pooled map; dropping features
-    # makes the caption depend on many of them.
+    # With feature_dim: dropout rate on the condition's features in training (rng "dropout"), with
+    # either pooling. A few thousand sources are easily memorised through the pooled map;
+    # dropping features makes the caption depend on many of them.
     dropout: float = 0.0
     # With feature_dim: > 0 means the caller gives a `summary` [B, summary_dim] of the whole
     # condition (condition_stem.ConditionStem's max and mean over its grid), and the pooled vector
@@ -146,11 +146,11 @@ class ConditionEmbedder(nn.Module):
 
         mask = mask_BxL.astype(jnp.float32)
         count_B = jnp.sum(mask, axis=1)
+        if self.feature_dim and self.dropout:
+            cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
         if self.feature_dim and self.mean_pool:  # projected like ids are embedded
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
         elif self.feature_dim:
-            if self.dropout:
-                cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
             if self.summary_dim:
                 if summary_BxS is None:  # unconditional: the null vector replaces it below

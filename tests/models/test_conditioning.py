@@ -172,3 +172,30 @@ def test_both_models_take_every_variant_from_the_builders(conditioning):
     logits = _compiled(token_dit.apply, params, ids, t, cond, mask)(params, ids, t, cond, mask)
     assert logits.shape == (2, token_dit.seq_len, token_dit.vocab_size)
     assert np.all(np.isfinite(logits)) and float(jnp.abs(logits).max()) > 0
+
+
+@pytest.mark.parametrize("mean_pool", [False, True])
+def test_condition_dropout_drops_features_in_training_only_with_either_pooling(mean_pool):
+    from crossmodal_jax.models.dit import ConditionEmbedder
+
+    def embedder(dropout):
+        return ConditionEmbedder(
+            vocab_size=8,
+            max_len=L,
+            hidden_size=D,
+            feature_dim=3,
+            dropout=dropout,
+            mean_pool=mean_pool,
+        )
+
+    cond, mask = _normal((B, L, 3), 0), MASK
+    params = embedder(0.0).init(_key(1), cond, mask)
+    plain = embedder(0.0).apply(params, cond, mask)
+    dropped = embedder(0.5)
+    # Evaluation: dropout is off, the outputs are those of the same weights without it.
+    for a, b in zip(dropped.apply(params, cond, mask), plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Training: features are dropped (and the rest scaled), so both outputs change.
+    trained = dropped.apply(params, cond, mask, train=True, rngs={"dropout": _key(2)})
+    for a, b in zip(trained, plain, strict=True):
+        assert not np.allclose(a, b)
