@@ -21,6 +21,7 @@ import json
 import os
 import sys
 
+import ml_collections
 from absl import app, flags
 
 from crossmodal_jax import main as single
@@ -36,10 +37,11 @@ _METRICS = flags.DEFINE_list(
 
 
 def seed_dir(workdir: str, seed: int) -> str:
+    """Where seed `seed` of a seeds run trains: an ordinary workdir."""
     return os.path.join(workdir, f"seed_{seed}")
 
 
-def finished_metrics(config, workdir: str) -> dict | None:
+def finished_metrics(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """A seed workdir's metrics when it finished with exactly this config, else None (to train)."""
     config_path, metrics_path = (os.path.join(workdir, n) for n in ("config.json", "metrics.json"))
     if not (os.path.isfile(config_path) and os.path.isfile(metrics_path)):

@@ -70,8 +70,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def summarize(per_seed: Mapping[int, Mapping[str, float]]) -> dict[str, dict]:
     """Per metric present in every seed's metrics: mean, std (ddof=1), min, max and the values in
-    seed order. Non-numeric and non-finite values are left out of the statistics (a NaN metric of
-    one seed drops that metric, with the seeds that have it listed under `values`)."""
+    seed order. A metric that is not a finite number in every seed is left out."""
     seeds = sorted(per_seed)
     keys = set.intersection(*(set(per_seed[s]) for s in seeds)) if seeds else set()
     out = {}
