@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generator = blocks.text_generator(
         c.data.text_max_len,
         sample_overrides=dict(sampler="threshold", steps=5),
-        steps=3000,
+        steps=4000,  # 3,000 before: novel 88.4 ± 3.0 % over 3 seeds, 4,000: 92.3 ± 1.9 % (results.md)
         batch_size=64,
         ema_decay=0.998,
         images_every=1500,
