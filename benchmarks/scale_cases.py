@@ -178,9 +178,8 @@ def config_case(model: str, mesh, rules, batch: int) -> Case:
     import jax
     import numpy as np
 
-    from crossmodal_jax.diffusion import gaussian
-    from crossmodal_jax.stages import builders
-    from crossmodal_jax.stages.objectives import TOKENIZER_LATENTS, gaussian_diffusion_objective
+    from crossmodal_jax.stages import builders, generators
+    from crossmodal_jax.stages.objectives import TOKENIZER_LATENTS
     from crossmodal_jax.training import sharding
     from crossmodal_jax.training.stage import StageSpec
 
@@ -201,16 +200,8 @@ def config_case(model: str, mesh, rules, batch: int) -> Case:
     if exp.text_encoder is not None:
         frozen["text_encoder"] = exp.text_encoder.variables
     dit = builders.build_dit(exp)
-    objective = gaussian_diffusion_objective(
-        dit,
-        None,  # the batch holds TOKENIZER_LATENTS: the tokenizer is never called
-        gaussian.make_schedule(diff.schedule, diff.timesteps),
-        prediction=diff.prediction,
-        cond_drop=diff.cond_drop,
-        weighting=diff.loss_weighting,
-        min_snr_gamma=diff.min_snr_gamma,
-        condition=builders.caption_condition(exp),
-    )
+    # The tokenizer is None: the batch holds TOKENIZER_LATENTS, so no encoder runs.
+    objective = generators.gaussian_objective(exp, None)
     spec = StageSpec(
         name=model,
         train_cfg=config.generator.train,

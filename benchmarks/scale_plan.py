@@ -21,9 +21,9 @@ Models (float32 weights, AdamW + weight EMA, the shared `train_step`):
                tfds's mock data: shapes come from the config) over precomputed code ids and their
                mask, the frozen tokenizer's variables in its state.
 The config rows are built by the generator's own builders (stages/builders.py: build_dit,
-example_inputs, caption_condition) and objective (gaussian_diffusion_objective) over the batch
-the latent shards feed (`tokenizer_latents`, text ids and mask, label), so the plan follows the
-configs. Their latents are the SD-VAE's: image_size / 8 a side, 4 channels.
+example_inputs, caption_condition) and objective (stages/generators.py: gaussian_objective)
+over the batch the latent shards feed (`tokenizer_latents`, text ids and mask, label), so the
+plan follows the configs. Their latents are the SD-VAE's: image_size / 8 a side, 4 channels.
 
 Presets on n devices: dp (data=n: every device holds everything), fsdp (fsdp=n: weights,
 gradients and Adam split n ways), fsdp_tp (fsdp=n/4, tensor=4: MLP and heads split 4 ways

@@ -85,11 +85,13 @@ def latent_image_stage(exp: Experiment, objective: Objective) -> StageSpec:
     )
 
 
-def gaussian_image_stage(exp: Experiment) -> StageSpec:
+def gaussian_objective(exp: Experiment, tokenizer) -> Callable:
+    """The generator's Gaussian-diffusion loss as the config says; `tokenizer` None when every
+    batch holds precomputed latents (benchmarks/scale_cases.py's memory plans)."""
     diff = exp.config.generator.diffusion
-    objective = gaussian_diffusion_objective(
+    return gaussian_diffusion_objective(
         builders.build_dit(exp),
-        exp.tokenizer,
+        tokenizer,
         gaussian.make_schedule(diff.schedule, diff.timesteps),
         prediction=diff.prediction,
         cond_drop=diff.cond_drop,
@@ -97,7 +99,10 @@ def gaussian_image_stage(exp: Experiment) -> StageSpec:
         min_snr_gamma=diff.min_snr_gamma,
         condition=builders.caption_condition(exp),
     )
-    return latent_image_stage(exp, objective)
+
+
+def gaussian_image_stage(exp: Experiment) -> StageSpec:
+    return latent_image_stage(exp, gaussian_objective(exp, exp.tokenizer))
 
 
 def gaussian_image_sampler(exp: Experiment) -> Callable:
