@@ -313,6 +313,12 @@ def check_condition_stem(m: ml_collections.ConfigDict, grid: tuple[int, ...]) ->
         )
     if patch and m.cond_input != "vectors":
         raise UserError("generator.model.cond_patch needs generator.model.cond_input='vectors'")
+    if m.cond_mean_pool and m.cond_pool_hidden:
+        # The mean of the condition's tokens is the adaLN vector: there is no pooled map to widen.
+        raise UserError(
+            f"generator.model.cond_pool_hidden={m.cond_pool_hidden} is unused with "
+            "generator.model.cond_mean_pool=True: set it to 0, or cond_mean_pool=False"
+        )
 
 
 def check_tokenizer_available(exp: Experiment) -> None:

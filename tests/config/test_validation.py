@@ -64,6 +64,7 @@ def _config(name):
         ("video2txt", "generator.model.cond_conv_kernel", (3, 3), "needs 3 sizes >= 1, one per"),
         ("img2txt", "generator.model.cond_conv", (8, 0), "cond_conv=.8, 0. needs widths >= 1"),
         ("img2txt", "generator.model.cond_conv_stride", (2, 2), "cond_conv_stride needs generat"),
+        ("shapes_i2t", "generator.model.cond_pool_hidden", 256, "cond_pool_hidden=256 is unused"),
         ("img2txt", "generator.sample.sampler", "beam", "unknown sampler 'beam'.*threshold"),
         ("vqdit_img", "generator.sample.guidance_interval", (0.6, 0.4), "0 <= lo < hi <= 1"),
         ("img2txt", "profile_steps", "5", r"config.profile_steps: expected two step numbers 'a,b'"),
