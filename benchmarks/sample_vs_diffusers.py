@@ -1,7 +1,7 @@
 """Our whole-loop sampler against diffusers' DiTPipeline on the same weights, noise and guidance.
 
   python benchmarks/sample_vs_diffusers.py [--models=S,B] [--batches=1,8,32] [--samplers=ddim,dpm_solver]
-      [--guidance=1.5] [--repeats=3]
+      [--guidance=1.5] [--repeats=3] [--dtypes=float32,bfloat16]
 
 For each DiT size (the paper's S/2 and B/2 over 32x32x4 latents, random weights: a diffusers
 `DiTTransformer2DModel` with learned sigma, saved as a diffusers folder and read by our converter,
@@ -9,14 +9,16 @@ pretrained/class_sampler.py) and each sampler (DDIM 50 steps, DPM-Solver++(2M) 2
 guidance --guidance and without (1.0):
   - theirs: `DiTPipeline(...)(labels, guidance_scale, num_inference_steps)` with the scheduler of
     that sampler, the initial latents replaced by ours (its `randn_tensor`), decoding with a tiny
-    random AutoencoderKL (both sides decode with it; its cost is small beside the DiT's);
+    random AutoencoderKL (both sides decode with it; its cost is small beside the DiT's), float32;
   - ours: `ClassSampler` with the same timesteps and DiTPipeline's guidance rule (every eps
-    channel), one jitted program for the chain and one for decoding.
+    channel), one jitted program for the chain and one for decoding, once per --dtypes entry (the
+    DiT's compute dtype; weights and the chain's arithmetic stay float32).
 It checks the final latents agree (max |ours - theirs| over their range, as tests/pretrained/
-test_class_sampler.py does at 1e-3), then times images/s at each batch size, the two running
-alternately (timing.py), median of --repeats calls after a warm-up call. The last line is one
-JSON object with `min_speedup_batch8` (the smallest ours/theirs images/s ratio at batch 8 over the
-models and samplers) and `max_rel_diff` (the largest latent difference over its range).
+test_class_sampler.py does at 1e-3 in float32), then times images/s at each batch size, all sides
+running alternately (timing.py), median of --repeats calls after a warm-up call. The last line is
+one JSON object with `min_speedup_batch8` (the smallest ours/theirs images/s ratio at batch 8 over
+the models and samplers) and `max_rel_diff` (the largest latent difference over its range) of the
+first dtype, and the same keys suffixed `_bfloat16` (each further dtype).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "8", "32"], "Batch sizes timed.")
 _SAMPLERS = flags.DEFINE_list("samplers", ["ddim", "dpm_solver"], "ddim (50), dpm_solver (20).")
 _GUIDANCE = flags.DEFINE_float("guidance", 1.5, "Guidance scale of the guided rows.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls of each side per setting.")
+_DTYPES = flags.DEFINE_list(
+    "dtypes", ["float32", "bfloat16"], "Our DiT's compute dtypes (theirs runs in float32)."
+)
 _CHECK_BATCH = 2  # examples of the equality check
 
 HEADS = {"S": 6, "B": 12}  # x head dim 64: hidden 384 / 768, 12 blocks each
@@ -137,42 +142,44 @@ def timesteps_of(sampler: str) -> np.ndarray:
 def compare(model: str, sampler: str, guidance: float, batches: list[int], parts) -> dict:
     dit_t, vae_t, ours_parts = parts
     theirs = Theirs(dit_t, vae_t, sampler, guidance)
-    ours = cs.ClassSampler(
-        *ours_parts,
-        sampler=sampler,
-        guidance=guidance,
-        timesteps=timesteps_of(sampler),
-        guided_channels=None,  # DiTPipeline guides every eps channel
-    )
+    ours = {
+        dtype: cs.ClassSampler(
+            *ours_parts,
+            sampler=sampler,
+            guidance=guidance,
+            timesteps=timesteps_of(sampler),
+            guided_channels=None,  # DiTPipeline guides every eps channel
+            dtype=dtype,
+        )
+        for dtype in _DTYPES.value
+    }
     labels = [207, 360]
-    x_T = np.asarray(ours.noise(_CHECK_BATCH, jax.random.key(0)))
+    first = next(iter(ours.values()))
+    x_T = np.asarray(first.noise(_CHECK_BATCH, jax.random.key(0)))
     theirs(labels, x_T)
     want = theirs.latents
-    got = np.asarray(ours.denoise(labels, x_T))
-    rel = float(np.abs(got - want).max() / max(np.ptp(want), 1e-12))
     row = {"model": f"DiT-{model}/2", "sampler": sampler, "steps": STEPS[sampler]}
-    row.update(guidance=guidance, max_rel_diff=rel, images_per_s={})
+    row.update(guidance=guidance, max_rel_diff={}, images_per_s={})
+    for dtype, sample in ours.items():
+        got = np.asarray(sample.denoise(labels, x_T))
+        row["max_rel_diff"][dtype] = float(np.abs(got - want).max() / max(np.ptp(want), 1e-12))
     for batch in batches:
         labels_b = [int(i) % 1000 for i in range(batch)]
-        x_b = np.asarray(ours.noise(batch, jax.random.key(1)))
-        ms = alternating_medians(
-            {
-                "ours": lambda y=labels_b, x=x_b: jax.block_until_ready(
-                    ours.decode(ours.denoise(y, x), True)
-                ),
-                "theirs": lambda y=labels_b, x=x_b: theirs(y, x),
-            },
-            _REPEATS.value,
-            warmup=1,
-        )
-        row["images_per_s"][batch] = {
-            "ours": round(1e3 * batch / ms["ours"], 3),
-            "theirs": round(1e3 * batch / ms["theirs"], 3),
-            "speedup": round(ms["theirs"] / ms["ours"], 3),
+        x_b = np.asarray(first.noise(batch, jax.random.key(1)))
+        calls = {
+            dtype: lambda s=sample, y=labels_b, x=x_b: jax.block_until_ready(
+                s.decode(s.denoise(y, x), True)
+            )
+            for dtype, sample in ours.items()
         }
-        print(
-            f"{row['model']} {sampler} g={guidance:g} batch {batch}: {row['images_per_s'][batch]}"
-        )
+        calls["theirs"] = lambda y=labels_b, x=x_b: theirs(y, x)
+        ms = alternating_medians(calls, _REPEATS.value, warmup=1)
+        cell = {"theirs": round(1e3 * batch / ms["theirs"], 3)}
+        for dtype in ours:
+            cell[dtype] = round(1e3 * batch / ms[dtype], 3)
+            cell[f"speedup_{dtype}"] = round(ms["theirs"] / ms[dtype], 3)
+        row["images_per_s"][batch] = cell
+        print(f"{row['model']} {sampler} g={guidance:g} batch {batch}: {cell}", flush=True)
     return row
 
 
@@ -190,29 +197,39 @@ def main(argv) -> None:
             for sampler in _SAMPLERS.value:
                 for guidance in (_GUIDANCE.value, 1.0):
                     rows.append(compare(model, sampler, guidance, batches, (dit_t, vae_t, ours)))
-    at8 = [r["images_per_s"][8]["speedup"] for r in rows if 8 in r["images_per_s"]]
+    dtypes = _DTYPES.value
     print(
-        "| model | sampler | steps | guidance | max rel diff | "
-        + " | ".join(f"batch {b}: ours / theirs images/s (×)" for b in batches)
+        "| model | sampler | steps | guidance | max rel diff ("
+        + ", ".join(dtypes)
+        + ") | "
+        + " | ".join(f"batch {b}: ours ({', '.join(dtypes)}) / theirs images/s" for b in batches)
         + " |"
     )
     print("|---" * (5 + len(batches)) + "|")
     for r in rows:
+        diffs = ", ".join(f"{r['max_rel_diff'][d]:.1e}" for d in dtypes)
         cells = " | ".join(
-            f"{v['ours']:.2f} / {v['theirs']:.2f} ({v['speedup']:.2f}×)"
+            " / ".join(f"{v[d]:.3g} ({v[f'speedup_{d}']:.2f}×)" for d in dtypes)
+            + f" / {v['theirs']:.3g}"
             for v in r["images_per_s"].values()
         )
         print(
             f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['guidance']:g} "
-            f"| {r['max_rel_diff']:.1e} | {cells} |"
+            f"| {diffs} | {cells} |"
         )
-    summary = {
-        "rows": rows,
-        "min_speedup_batch8": min(at8) if at8 else None,
-        "max_rel_diff": max(r["max_rel_diff"] for r in rows),
-        "load_avg": os.getloadavg()[0],
-        **environment(),
-    }
+
+    def smallest(values):
+        values = list(values)
+        return min(values) if values else None
+
+    summary = {"rows": rows}
+    for i, d in enumerate(dtypes):  # the first dtype's keys unsuffixed (float32 by default)
+        suffix = "" if i == 0 else f"_{d}"
+        summary[f"min_speedup_batch8{suffix}"] = smallest(
+            r["images_per_s"][8][f"speedup_{d}"] for r in rows if 8 in r["images_per_s"]
+        )
+        summary[f"max_rel_diff{suffix}"] = max(r["max_rel_diff"][d] for r in rows)
+    summary.update(load_avg=os.getloadavg()[0], **environment())
     print(json.dumps(summary))
 
 

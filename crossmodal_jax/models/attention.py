@@ -55,13 +55,16 @@ def xla_attention(q, k, v, mask=None):
 def einsum_attention(q, k, v, mask=None):
     scale = q.shape[-1] ** -0.5
     q_BxNxTxH, k_BxNxSxH, v_BxNxSxH = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-    logits = jnp.einsum("bnth,bnsh->bnts", q_BxNxTxH * scale, k_BxNxSxH)
+    # Both products of bfloat16 inputs accumulate in float32 (XLA:CPU's fast kernels need it;
+    # layers.float32_accumulating_dot says why), the softmax runs in float32.
+    f32 = None if q.dtype == jnp.float32 else jnp.float32
+    logits = jnp.einsum("bnth,bnsh->bnts", q_BxNxTxH * scale, k_BxNxSxH, preferred_element_type=f32)
     logits = logits.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out_BxNxTxH = jnp.einsum("bnts,bnsh->bnth", weights, v_BxNxSxH)
-    return jnp.swapaxes(out_BxNxTxH, 1, 2)
+    out_BxNxTxH = jnp.einsum("bnts,bnsh->bnth", weights, v_BxNxSxH, preferred_element_type=f32)
+    return jnp.swapaxes(out_BxNxTxH, 1, 2).astype(v.dtype)
 
 
 def blocked_attention(q, k, v, mask=None, block: int = BLOCK):

@@ -266,7 +266,9 @@ def test_remat_gives_the_same_gradients(token_setup):
         return jax.jit(jax.grad(loss))(params)
 
     want, got = grads(_token_dit()), grads(_token_dit(remat=True))
-    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got, want)
+    # Float32 rounding only: remat recomputes the forward inside other fusions (1.3e-5 relative
+    # seen on an AMX Xeon, where XLA:CPU picks other kernels); a wrong remat is off by O(1).
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5), got, want)
 
 
 @pytest.mark.parametrize(
