@@ -15,6 +15,7 @@ Pipeline.from_workdir(DIR).generate(prompts, seed=...) with its default buckets.
 No training run, converted checkpoints (facebookresearch/DiT's sample.py; instead of --workdir):
     python -m crossmodal_jax.sample --dit=DiT-XL-2-256x256.pt --vae=sd-vae-ft-ema \
         --classes=207,360,387 --output=OUT [--sampler=ddim|dpm_solver|ddpm] [--steps=N] [--guidance=G]
+        [--dit_dtype=float32|bfloat16]
     -> OUT/000000.png, ... in class order and OUT/grid.png (pretrained/class_sampler.py).
 """
 
@@ -60,6 +61,14 @@ _SAMPLER = flags.DEFINE_string(
     None,
     "The sampler (default: the workdir config's). With --dit: ddim (default, 50 steps), "
     "dpm_solver (25) or ddpm (250, DiT's learned variance).",
+)
+_DIT_DTYPE = flags.DEFINE_enum(
+    "dit_dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "With --dit: the DiT's compute dtype (weights stay float32). bfloat16 is faster where the "
+    "hardware multiplies it (accelerators, AMX CPUs: docs/pretrained.md), a small move in the "
+    "images.",
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "With --dit: the image side the checkpoints must produce (a check)."
@@ -203,6 +212,7 @@ def from_checkpoints() -> list[str]:
         batch_size=_BATCH.value,
         image_size=_IMAGE_SIZE.value,
         upscale=_UPSCALE.value,
+        dtype=_DIT_DTYPE.value,
     )
 
 

@@ -353,6 +353,7 @@ def sample_to_folder(
     batch_size: int = 64,
     image_size: int | None = None,
     upscale: int = 1,
+    dtype: str = "float32",
 ) -> list[str]:
     """`python -m crossmodal_jax.sample --dit ...`: every check before any compute, then every
     sample before any file; returns the written paths."""
@@ -364,7 +365,13 @@ def sample_to_folder(
     dit, vae = load_parts(dit_path, vae_path)
     ids = parse_classes(classes, int(dit.config["num_classes"]))
     sample = ClassSampler(
-        dit, vae, sampler=sampler, steps=steps, guidance=guidance, image_size=image_size
+        dit,
+        vae,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        image_size=image_size,
+        dtype=dtype,
     )
     images = sample.sample_all(ids, jax.random.key(seed), batch_size)
     return save_samples(images, output, upscale)
