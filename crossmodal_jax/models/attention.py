@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crossmodal_jax.models import products
 from crossmodal_jax.models.splash_attention import splash_attention
 from crossmodal_jax.training.sharding import SEQ
 
@@ -55,16 +56,15 @@ def xla_attention(q, k, v, mask=None):
 def einsum_attention(q, k, v, mask=None):
     scale = q.shape[-1] ** -0.5
     q_BxNxTxH, k_BxNxSxH, v_BxNxSxH = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-    # Both products of bfloat16 inputs accumulate in float32 (XLA:CPU's fast kernels need it;
-    # layers.float32_accumulating_dot says why), the softmax runs in float32.
-    f32 = None if q.dtype == jnp.float32 else jnp.float32
-    logits = jnp.einsum("bnth,bnsh->bnts", q_BxNxTxH * scale, k_BxNxSxH, preferred_element_type=f32)
+    # Both products of bfloat16 inputs accumulate in float32 (products.py says why), the softmax
+    # runs in float32.
+    logits = products.einsum("bnth,bnsh->bnts", q_BxNxTxH * scale, k_BxNxSxH)
     logits = logits.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out_BxNxTxH = jnp.einsum("bnts,bnsh->bnth", weights, v_BxNxSxH, preferred_element_type=f32)
-    return jnp.swapaxes(out_BxNxTxH, 1, 2).astype(v.dtype)
+    out_BxNxTxH = products.einsum("bnts,bnsh->bnth", weights, v_BxNxSxH)
+    return jnp.swapaxes(out_BxNxTxH, 1, 2)
 
 
 def blocked_attention(q, k, v, mask=None, block: int = BLOCK):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossmodal_jax.models.attention import attend
+from crossmodal_jax.models.products import float32_accumulating_dot
 from crossmodal_jax.training.sharding import (
     BATCH,
     CONV_IN,
@@ -35,23 +36,6 @@ Axes = tuple[str | None, ...]
 
 DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
 ZEROS = nn.initializers.zeros_init()
-
-
-def float32_accumulating_dot(lhs, rhs, dimension_numbers, precision=None, **_) -> jax.Array:
-    """lax.dot_general that accumulates in float32 and returns the operands' dtype.
-
-    For bfloat16 operands this is what GPUs and TPUs do anyway; XLA:CPU instead runs a bfloat16
-    x bfloat16 -> bfloat16 product on a slow path (1.5x float32's time for a [4096, 384] x
-    [384, 1536] product) while bfloat16 -> float32 takes its AMX/oneDNN kernels (0.3x), so a
-    bfloat16 model on such a CPU is faster than float32 only with this (docs/results.md).
-    """
-    dtype = jnp.result_type(lhs, rhs)
-    if dtype == jnp.float32:  # flax's own call, unchanged
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision)
-    out = jax.lax.dot_general(
-        lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32
-    )
-    return out.astype(dtype)
 
 
 def partitioned(init: Initializer, axes: Axes) -> Initializer:

@@ -7,7 +7,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from crossmodal_jax.models import attention, layers
+from crossmodal_jax.models import attention, layers, products
 
 
 def _dot_eqns(fn, *args):
@@ -33,10 +33,10 @@ def test_float32_accumulating_dot_keeps_float32_exact_and_rounds_bfloat16_once()
     b = jax.random.normal(jax.random.key(1), (384, 32))
     dims = (((1,), (0,)), ((), ()))
     np.testing.assert_array_equal(
-        layers.float32_accumulating_dot(a, b, dims), jax.lax.dot_general(a, b, dims)
+        products.float32_accumulating_dot(a, b, dims), jax.lax.dot_general(a, b, dims)
     )
     a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-    got = layers.float32_accumulating_dot(a16, b16, dims)
+    got = products.float32_accumulating_dot(a16, b16, dims)
     assert got.dtype == jnp.bfloat16
     # The float32 sum of exact bfloat16 products, rounded to bfloat16 once: within half a
     # bfloat16 ulp (2^-8 relative) of it, where summing in bfloat16 drifts further.
@@ -61,6 +61,45 @@ def test_bfloat16_dense_layers_and_einsum_attention_ask_for_float32_products():
     q16 = q.astype(jnp.bfloat16)
     got = attention.einsum_attention(q16, q16, q16)
     assert got.dtype == jnp.bfloat16
-    products = _dot_eqns(attention.einsum_attention, q16, q16, q16)
-    assert len(products) == 2 and all(e[1] == jnp.float32 for e in products)
+    found = _dot_eqns(attention.einsum_attention, q16, q16, q16)
+    assert len(found) == 2 and all(e[1] == jnp.float32 for e in found)
+    grad = jax.grad(lambda q: jnp.sum(attention.einsum_attention(q, q, q).astype(jnp.float32)))
+    found = _dot_eqns(grad, q16)
+    assert len(found) == 6  # two products and their four transposes
+    assert all(ops == (jnp.bfloat16, jnp.bfloat16) and out == jnp.float32 for ops, out in found)
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=3e-2)
+
+
+def test_the_gradient_products_are_bfloat16_operands_too_and_equal_the_float32_ones():
+    """Dense ([B, L, K] x [K, N]), DenseGeneral (two contracted axes) and a batched product:
+    forward and both gradient products take bfloat16 operands and a float32 result, and the
+    gradients are jax's own for the same rounded product."""
+    keys = iter(jax.random.split(jax.random.key(3), 6))
+    cases = [
+        ((2, 5, 8), (8, 16), (((2,), (0,)), ((), ()))),
+        ((2, 5, 4, 2), (4, 2, 6), (((2, 3), (0, 1)), ((), ()))),
+        ((3, 5, 8), (3, 8, 4), (((2,), (1,)), ((0,), (0,)))),
+    ]
+    for lhs_shape, rhs_shape, dims in cases:
+        lhs = jax.random.normal(next(keys), lhs_shape).astype(jnp.bfloat16)
+        rhs = jax.random.normal(next(keys), rhs_shape).astype(jnp.bfloat16)
+
+        def loss(a, b, dot, dims=dims):
+            return jnp.sum(jnp.sin(dot(a, b, dims).astype(jnp.float32)))
+
+        ours = lambda a, b: jax.grad(loss, (0, 1))(a, b, products.float32_accumulating_dot)
+        got = ours(lhs, rhs)
+        found = _dot_eqns(ours, lhs, rhs)
+        assert len(found) == 3, found  # the forward and its two transposes
+        for operands, result in found:
+            assert operands == (jnp.bfloat16, jnp.bfloat16) and result == jnp.float32
+
+        # jax's own gradient of the same rounded product: its float32 cotangent holds bfloat16
+        # values, so only the summation order may differ.
+        def rounded(a, b, d):
+            return jax.lax.dot_general(a, b, d, preferred_element_type=jnp.float32).astype(a.dtype)
+
+        want = jax.grad(loss, (0, 1))(lhs, rhs, rounded)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == jnp.bfloat16 and g.shape == w.shape
+            np.testing.assert_allclose(g.astype(jnp.float32), w.astype(jnp.float32), rtol=2**-7)
