@@ -225,8 +225,8 @@ class ClassSampler:
     given, must be the size this DiT and VAE produce; `scaling_factor` defaults to the VAE
     config's (a config-less latent-diffusion file: DiT's 0.18215). `dtype` is the DiT's compute
     dtype (its weights stay float32, the chain's arithmetic too): "bfloat16" is faster where
-    the hardware multiplies bfloat16 (an AMX CPU: docs/results.md) at about 1e-2 of the latents'
-    range.
+    the hardware multiplies bfloat16 (an AMX CPU: docs/results.md), its final latents a few
+    thousandths of their range from float32's.
     """
 
     def __init__(
