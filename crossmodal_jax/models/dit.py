@@ -146,12 +146,16 @@ class ConditionEmbedder(nn.Module):
 
         mask = mask_BxL.astype(jnp.float32)
         count_B = jnp.sum(mask, axis=1)
-        if self.feature_dim and self.dropout:
-            cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
-        if self.feature_dim and self.mean_pool:  # projected like ids are embedded
+        if self.feature_dim:  # vectors, projected as ids are embedded
+            if self.dropout:
+                cond_BxL = nn.Dropout(self.dropout, deterministic=not train)(cond_BxL)
             tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
-        elif self.feature_dim:
-            tokens = dense(d, (None, EMBED), dtype=self.dtype, name="feature_proj")(cond_BxL)
+        else:
+            tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)
+        tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
+        tokens = constrain(tokens, TOKEN_AXES)
+
+        if self.feature_dim and not self.mean_pool:  # a map of the whole condition's features
             if self.summary_dim:
                 if summary_BxS is None:  # unconditional: the null vector replaces it below
                     summary_BxS = jnp.zeros((cond_BxL.shape[0], self.summary_dim), self.dtype)
@@ -166,12 +170,7 @@ class ConditionEmbedder(nn.Module):
                 )(flat_BxF)
                 flat_BxF = nn.gelu(flat_BxF, approximate=True)
             pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(flat_BxF)
-        else:
-            tokens = embed(self.vocab_size, d, dtype=self.dtype, name="token_embed")(cond_BxL)
-        tokens = tokens + (pos_LxD[:length] + type_D).astype(self.dtype)[None]
-        tokens = constrain(tokens, TOKEN_AXES)
-
-        if not self.feature_dim or self.mean_pool:
+        else:  # the masked mean of the tokens
             pooled_BxD = jnp.einsum("bld,bl->bd", tokens.astype(jnp.float32), mask)
             pooled_BxD = pooled_BxD / jnp.maximum(count_B, 1.0)[:, None]
             pooled_BxD = dense(d, (EMBED, MLP), dtype=self.dtype, name="pool_proj")(pooled_BxD)
