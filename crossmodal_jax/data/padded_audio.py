@@ -102,7 +102,8 @@ def end_padded_log_mel(
 
     Only the frames with sound are computed (a 12.7 s clip in 35.2 s: a third of the STFT): frame
     t's window ends before sample t * hop + n_fft, so the log-mel of the first
-    (valid + ceil(n_fft / hop)) * hop samples gives them exactly as the whole padded clip would.
+    (valid + ceil(n_fft / hop)) * hop samples gives them as the whole padded clip would (up to the
+    last bit that a matrix product of another size may round differently).
     """
     padded, kept = pad_end(x, num_samples)
     mask = frame_mask(kept, num_samples, hop)

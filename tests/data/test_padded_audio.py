@@ -70,7 +70,7 @@ def test_padded_features_do_not_depend_on_the_clips_room():
 
 
 @pytest.mark.parametrize("seconds", [0.0, 0.3, 1.3, 3.0, 3.2])
-def test_only_the_frames_with_sound_are_computed_and_they_are_exact(seconds):
+def test_only_the_frames_with_sound_are_computed_and_equal_the_whole_clips(seconds):
     # The 25 ms / 10 ms front end of configs/librispeech_s2t.py; 3.2 s is cut at 3.072 s.
     settings = dict(n_fft=400, hop=160, n_mels=80, fmin=20.0, fmax=8000.0)
     x = _speech(seconds) if seconds else np.zeros(0, np.float32)
@@ -78,7 +78,10 @@ def test_only_the_frames_with_sound_are_computed_and_they_are_exact(seconds):
     padded, _ = padded_audio.pad_end(x, 49152)
     whole = audio.normalize_log_mel(audio.log_mel_spectrogram(padded, **settings))
     whole[mask == 0] = padded_audio.PAD_VALUE
-    np.testing.assert_array_equal(got[..., 0], whole)
+    # Equal up to float32 rounding: numpy's BLAS may round the mel product of a shorter spectrogram
+    # differently in the last bit (1.8e-7 seen on an AMX Xeon); the padding is exact.
+    np.testing.assert_allclose(got[..., 0], whole, rtol=1e-5, atol=1e-6)
+    assert (got[mask == 0] == padded_audio.PAD_VALUE).all()
 
 
 def test_the_batch_has_a_mask_only_when_padded_at_the_end():
