@@ -32,3 +32,41 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+# pytest-xdist hands out whole files (`make test`: --dist loadfile), with two changes that keep
+# both workers busy to the end. Files that read the same trained smoke workdir (tests/cli/conftest)
+# go to one worker as one unit: otherwise the second worker to ask waits, idle, while the first
+# trains it (the joint smoke: about 2 minutes of one core). And the end-to-end files (tests/cli,
+# up to minutes each) are handed out first, the many short files after them, where xdist would
+# order files by their number of tests and leave a long end-to-end file running alone at the end.
+SHARED_SMOKE = {
+    "tests/cli/test_joint_cli.py": "configs/shapes_joint.py:smoke",
+    "tests/cli/test_pipeline.py": "configs/shapes_joint.py:smoke",
+    "tests/cli/test_serve.py": "configs/shapes_joint.py:smoke",
+    "tests/cli/test_seeds.py": "configs/img2txt.py:smoke",
+    "tests/cli/test_tasks_cli.py": "configs/img2txt.py:smoke",
+}
+
+
+def _hand_out_order(path: str) -> int:
+    return 0 if path in SHARED_SMOKE else 1 if path.startswith("tests/cli/") else 2
+
+
+def pytest_collection_modifyitems(items):
+    # A stable sort: each file's tests keep their order (module fixtures stay shared).
+    items.sort(key=lambda item: _hand_out_order(item.nodeid.split("::", 1)[0]))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedSmokeScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return SHARED_SMOKE.get(path, path)
+
+    config.option.loadscopereorder = False  # the collection's order, as sorted above
+    return SharedSmokeScheduling(config, log)
