@@ -9,15 +9,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from cli_helpers import TIMING_KEYS, read_jsonl, run_cli, shapes_inputs
+from cli_helpers import DEVICES, TIMING_KEYS, read_jsonl, run_cli, shapes_inputs
 from PIL import Image
 
 from crossmodal_jax import joint_run
 from crossmodal_jax.config.workdir import load_resolved_config
 from crossmodal_jax.errors import UserError
+from crossmodal_jax.pipeline import Pipeline
 
 CONFIG = "configs/shapes_joint.py:smoke"
 TASKS = ("image2text", "speech2text", "text2image", "video2text")
+PROMPTS = ["a red triangle above a cyan cross", "a small blue circle at top left", "a green square"]
 
 
 def test_one_generator_learns_every_task_and_each_is_evaluated(smoke_workdir):
@@ -107,14 +109,23 @@ def test_a_rerun_from_a_checkpoint_ends_bitwise_equal(smoke_workdir, tmp_path):
     assert by_step(cut) == by_step(workdir)  # every task's loss at every logged step
 
 
-def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path, data_dir):
+def test_the_sample_cli_runs_the_task_its_input_fits_as_the_pipeline_does(
+    smoke_workdir, tmp_path, data_dir
+):
     workdir, _, _ = smoke_workdir(CONFIG)
+    # The sample CLI's devices (cli_helpers.DEVICES): the same sharded programs.
+    pipe = Pipeline.from_workdir(workdir, devices=jax.devices()[:DEVICES])
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red triangle above a cyan cross\n")
+    prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "images"
-    result = run_cli("sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}")
+    result = run_cli(
+        "sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}", "--seed=3"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert np.asarray(Image.open(out / "000000.png")).shape == (32, 32, 3)
+    images = pipe.generate(PROMPTS, seed=3)  # the CLI is a user of the pipeline: same images
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{i:06d}.png")), image)
     prompts.write_text("a red triangle\na purple circle at top\n")  # not a shapes word
     bad = run_cli("sample", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}1")
     assert bad.returncode == 2 and "'purple'" in bad.stderr and not os.path.exists(f"{out}1")
@@ -130,6 +141,8 @@ def test_the_sample_cli_runs_the_task_its_input_fits(smoke_workdir, tmp_path, da
         assert result.returncode == 0, result.stderr[-3000:]
         rows = read_jsonl(captions / "outputs.jsonl")
         assert [r["input"] for r in rows] == names and all(isinstance(r["text"], str) for r in rows)
+        paths = [str(tmp_path / name / n) for n in names]
+        assert pipe.caption(paths) == [r["text"] for r in rows]
     wrong = run_cli(
         "sample",
         f"--workdir={workdir}",
