@@ -57,7 +57,8 @@ demo: $(VENV)/.core
 	@echo "Artifacts in $(WORKDIR): report.html, samples.png, metrics.json, tokenizer/ and generator/ (docs: README 'What the demo leaves')"
 
 # Two pytest workers (pytest-xdist), whole files per worker: the suite is mostly XLA compilation,
-# which runs on one core, so two workers keep both CI cores busy.
+# which runs on one core, so two workers keep both CI cores busy. tests/conftest.py hands out the
+# end-to-end files first and keeps files that share a trained smoke workdir on one worker.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed install-system-deps
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
