@@ -30,8 +30,8 @@ TASK_CONFIGS = {
     "video2text": "shapes_v2t.py",
 }
 
-# Variants of those configs as the joint runs of results.md were measured: video→text's frames pooled
-# to 16×16 (the single-task default reads whole 32×32 frames since; the joint has not been
+# Variants of those configs as the joint runs of results.md were measured: video→text's frames
+# pooled to 16×16 (the single-task default reads whole 32×32 frames since; the joint has not been
 # measured so, and its run would take minutes more).
 TASK_VARIANTS = {"video2text": "pooled"}
 

@@ -4,10 +4,10 @@ A model in bfloat16 (`dtype`) multiplies bfloat16 operands into a float32 result
 bfloat16 once, as GPUs and TPUs do anyway. On XLA:CPU it decides the speed: its bfloat16 x
 bfloat16 -> bfloat16 product runs on a slow path (1.5x float32's time for a [4096, 384] x
 [384, 1536] product) while bfloat16 -> float32 takes its AMX/oneDNN kernels (0.3x); a bfloat16
-model is faster than a float32 one there only this way (docs/results.md). The gradient's two products are
-written the same way (a custom VJP): jax's own transpose would multiply the float32 cotangent of
-the float32 product by a bfloat16 operand, a float32 product. Float32 operands take jax's own
-product, unchanged.
+model is faster than a float32 one there only this way (docs/results.md). The gradient's two
+products are written the same way (a custom VJP): jax's own transpose would multiply the float32
+cotangent of the float32 product by a bfloat16 operand, a float32 product. Float32 operands take
+jax's own product, unchanged.
 """
 
 from __future__ import annotations
